@@ -1,0 +1,352 @@
+//! The VoIPBIN client: one login, its outcome classified.
+//!
+//! The real server (see `shared/voipbin-api.md`) answers a login with 200
+//! and `{"username","token"}`; every failure with 400 and an empty body;
+//! rate limiting with 429 and `Retry-After`. The client keeps no cookies
+//! (the server would prefer a stale `token` cookie over the header), follows
+//! no redirects, caps the response body, and bounds the whole request by
+//! `api.timeout`.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::config::ApiConfig;
+use crate::schedule::FailureKind;
+use crate::secret::Secret;
+use crate::token::{self, Claims, TokenError};
+
+/// The largest login response read; a token is under 16 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A client for one API configuration.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    login_url: reqwest::Url,
+    timeout: Duration,
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("login_url", &self.login_url.as_str())
+            .finish()
+    }
+}
+
+/// A successful login.
+#[derive(Debug)]
+pub struct Login {
+    pub token: Secret,
+    pub claims: Claims,
+    /// When the answer arrived, by our clock.
+    pub received_at: OffsetDateTime,
+    /// The server's clock minus ours, from its `Date` header (1 s resolution).
+    pub server_skew: Option<time::Duration>,
+}
+
+/// Why a login failed. Carries the server's `X-Request-Id` where there was
+/// an answer. Never holds the password, the token or the response body.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("credentials rejected (HTTP 400){}", rid(.request_id))]
+    Rejected { request_id: Option<String> },
+    #[error("rate limited (HTTP 429){}{}", .retry_after.map(|d| format!(", retry after {}", humantime::format_duration(d))).unwrap_or_default(), rid(.request_id))]
+    RateLimited {
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+    },
+    #[error("redirect (HTTP {status}) not followed; check api.base-url{}", rid(.request_id))]
+    Redirect { status: u16, request_id: Option<String> },
+    #[error("unexpected answer HTTP {status}{}", rid(.request_id))]
+    Status { status: u16, request_id: Option<String> },
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("response body larger than {MAX_BODY} bytes")]
+    TooLarge { request_id: Option<String> },
+    #[error("response is not JSON with a string `token`{}", rid(.request_id))]
+    BadBody { request_id: Option<String> },
+    #[error("server sent an unusable token: {source}{}", rid(.request_id))]
+    BadToken {
+        #[source]
+        source: TokenError,
+        request_id: Option<String>,
+    },
+}
+
+fn rid(request_id: &Option<String>) -> String {
+    match request_id {
+        Some(id) => format!(" [request id {id}]"),
+        None => String::new(),
+    }
+}
+
+impl LoginError {
+    /// How this failure affects the retry delay.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            LoginError::Rejected { .. } => FailureKind::Rejected,
+            LoginError::RateLimited { retry_after, .. } => FailureKind::RateLimited(*retry_after),
+            _ => FailureKind::Transient,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct LoginBody<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct LoginAnswer {
+    token: String,
+}
+
+impl ApiClient {
+    pub fn new(cfg: &ApiConfig) -> Result<ApiClient, String> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("voipbin-tokend/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(2);
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{} is not a PEM bundle: {e}", path.display()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
+        let mut login_url = cfg.base_url.clone();
+        login_url
+            .path_segments_mut()
+            .map_err(|_| "api.base-url cannot be a base".to_string())?
+            .pop_if_empty()
+            .extend(["auth", "login"]);
+        Ok(ApiClient {
+            http,
+            login_url,
+            timeout: cfg.timeout,
+        })
+    }
+
+    pub fn login_url(&self) -> &reqwest::Url {
+        &self.login_url
+    }
+
+    /// Logs in once. The token in a successful answer has been decoded
+    /// and is a JWT; whether it is already expired is for the caller to
+    /// judge (it knows about clock skew).
+    pub async fn login(&self, username: &str, password: &Secret) -> Result<Login, LoginError> {
+        // reqwest's timeout covers the body too; this outer one is a
+        // belt-and-braces bound on the whole exchange.
+        match tokio::time::timeout(
+            self.timeout + Duration::from_millis(250),
+            self.exchange(username, password),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(LoginError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn exchange(&self, username: &str, password: &Secret) -> Result<Login, LoginError> {
+        let body = Zeroizing::new(
+            serde_json::to_vec(&LoginBody {
+                username,
+                password: password.expose(),
+            })
+            .map_err(|_| LoginError::Transport("cannot encode the request".into()))?,
+        );
+        let response = self
+            .http
+            .post(self.login_url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let received_at = crate::now();
+        let status = response.status();
+        let headers = response.headers();
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(128).collect::<String>());
+        let server_skew = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .map(|t| OffsetDateTime::from(t) - received_at);
+
+        match status.as_u16() {
+            200 => {}
+            400 => return Err(LoginError::Rejected { request_id }),
+            429 => {
+                return Err(LoginError::RateLimited {
+                    retry_after: retry_after(headers, received_at),
+                    request_id,
+                });
+            }
+            s @ 300..=399 => {
+                return Err(LoginError::Redirect {
+                    status: s,
+                    request_id,
+                });
+            }
+            s => {
+                return Err(LoginError::Status {
+                    status: s,
+                    request_id,
+                });
+            }
+        }
+
+        let bytes = read_capped(response, &request_id, self).await?;
+        let answer: LoginAnswer = serde_json::from_slice(&bytes).map_err(|_| LoginError::BadBody {
+            request_id: request_id.clone(),
+        })?;
+        let token = Secret::new(answer.token);
+        let claims =
+            token::decode(token.expose()).map_err(|source| LoginError::BadToken { source, request_id })?;
+        Ok(Login {
+            token,
+            claims,
+            received_at,
+            server_skew,
+        })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> LoginError {
+        if e.is_timeout() {
+            LoginError::Timeout(self.timeout)
+        } else {
+            LoginError::Transport(chain(&e))
+        }
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes [`MAX_BODY`]. The
+/// buffer is zeroed when dropped: it holds the token.
+async fn read_capped(
+    mut response: reqwest::Response,
+    request_id: &Option<String>,
+    client: &ApiClient,
+) -> Result<Zeroizing<Vec<u8>>, LoginError> {
+    let too_large = || LoginError::TooLarge {
+        request_id: request_id.clone(),
+    };
+    if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    while let Some(chunk) = response.chunk().await.map_err(|e| client.transport(e))? {
+        if buf.len() + chunk.len() > MAX_BODY {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped at a day.
+fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = OffsetDateTime::from(httpdate::parse_http_date(value).ok()?);
+        Duration::try_from(at - now).unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(Duration::from_secs(86_400)))
+}
+
+/// An error and its sources, joined with ": ".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_url_is_base_plus_auth_login() {
+        let mk = |base: &str| {
+            let cfg = ApiConfig {
+                base_url: base.parse().unwrap(),
+                timeout: Duration::from_secs(1),
+                ca_file: None,
+                max_logins_per_second: 0,
+            };
+            ApiClient::new(&cfg).unwrap().login_url().to_string()
+        };
+        assert_eq!(
+            mk("https://api.voipbin.net"),
+            "https://api.voipbin.net/auth/login"
+        );
+        assert_eq!(
+            mk("https://api.voipbin.net/"),
+            "https://api.voipbin.net/auth/login"
+        );
+        assert_eq!(
+            mk("http://127.0.0.1:9/prefix/"),
+            "http://127.0.0.1:9/prefix/auth/login"
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
+        let later = httpdate::fmt_http_date((now + time::Duration::seconds(90)).into());
+        h.insert(RETRY_AFTER, later.parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(90)));
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(
+            LoginError::Rejected { request_id: None }.kind(),
+            FailureKind::Rejected
+        );
+        let e = LoginError::RateLimited {
+            retry_after: Some(Duration::from_secs(2)),
+            request_id: Some("abc".into()),
+        };
+        assert_eq!(e.kind(), FailureKind::RateLimited(Some(Duration::from_secs(2))));
+        assert_eq!(
+            e.to_string(),
+            "rate limited (HTTP 429), retry after 2s [request id abc]"
+        );
+    }
+}

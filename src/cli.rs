@@ -1,0 +1,321 @@
+//! The command line: clap definitions, dispatch, exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::credential::{self, Api};
+use crate::logging::{self, LogFormat};
+use crate::token::{self, Validity};
+
+/// Exit code for an invalid config (EX_CONFIG from sysexits.h); systemd
+/// units use it with RestartPreventExitStatus=.
+pub const EXIT_CONFIG: u8 = 78;
+
+const ABOUT: &str = "Keeps VoIPBIN API tokens fresh on disk.
+
+Logs in to the VoIPBIN API, reads the token's expiry, logs in again well \
+before it, and writes each fresh token atomically to files (raw, env, shell, \
+JSON or a template) that other programs read.";
+
+const EXAMPLES: &str = "Examples:
+  voipbin-tokend demo                          see it work against a local stand-in API
+  voipbin-tokend check -c /etc/voipbin-tokend/config.toml
+  voipbin-tokend run                           the daemon (systemd, sidecar)
+  voipbin-tokend once                          one pass for cron or ExecStartPre
+  voipbin-tokend inspect /run/voipbin/main.token
+
+Signals to `run`: SIGHUP reloads the config, SIGUSR1 renews every token now,
+SIGTERM/SIGINT stop cleanly.";
+
+#[derive(Debug, Parser)]
+#[command(name = "voipbin-tokend", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Log line format on stderr. RUST_LOG sets the level (default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(short, long, env = "VOIPBIN_TOKEND_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground: keep every output fresh until SIGTERM or SIGINT.
+    #[command(
+        after_help = "Example:\n  voipbin-tokend run -c /etc/voipbin-tokend/config.toml\n\n\
+        A token already on disk that is not yet due is reused: a restart does not log in.\n\
+        SIGHUP or an edit of the config reloads it; a config that fails to load is logged\n\
+        and ignored. SIGUSR1 renews every credential now."
+    )]
+    Run(ConfigArg),
+    /// Make every output hold a token that is not due for renewal, then exit (0 all fresh, 1 any failed).
+    #[command(
+        after_help = "Example (cron, ExecStartPre=, an init container):\n  voipbin-tokend once -c /etc/voipbin-tokend/config.toml\n\n\
+        Logs in only for credentials whose outputs lack a token that is not yet due; --force always logs in.\n\
+        Each credential gets one login attempt."
+    )]
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log in for every credential, even if its token is not due.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config and print what the daemon would do; touches nothing (0 valid, 78 invalid).
+    #[command(after_help = "Example:\n  voipbin-tokend check -c ./config.toml")]
+    Check(ConfigArg),
+    /// Show a token file's expiry and time left (raw, env, shell, json or template output; `-` for stdin). Never prints the token.
+    #[command(
+        after_help = "Examples:\n  voipbin-tokend inspect /run/voipbin/main.token\n  voipbin-tokend inspect --json /run/voipbin/main.env | jq .remaining_seconds"
+    )]
+    Inspect {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The file to read, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Run the daemon against a built-in local stand-in of the VoIPBIN API, writing into a temporary folder.
+    #[command(after_help = "Example:\n  cargo run --release -- demo\n\n\
+        Tokens live 20 seconds, so renewals show within a minute. Ctrl-C stops it.")]
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Parses the command line, runs the command, maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Command::Run(c) => run(&c.config),
+        Command::Once { config, force } => once(&config.config, force),
+        Command::Check(c) => check(&c.config),
+        Command::Inspect { json, file } => inspect(&file, json),
+        Command::Demo(args) => crate::demo::main(args),
+    }
+}
+
+/// The runtime: one thread is plenty for a handful of HTTP calls a week;
+/// file writes go to a small blocking pool.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        report_config_error(&e);
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn report_config_error(e: &ConfigError) {
+    eprintln!("voipbin-tokend: invalid config: {e}");
+}
+
+fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("voipbin-tokend: {message}");
+    ExitCode::FAILURE
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fatal(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(crate::daemon::run(config, std::future::pending())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fatal(e),
+    }
+}
+
+fn once(path: &Path, force: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fatal(format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async {
+        let api = match Api::new(&config.api) {
+            Ok(api) => api,
+            Err(e) => return fatal(e),
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for cred in config.credentials {
+            let api: Arc<Api> = api.clone();
+            let span = tracing::info_span!("credential", name = %cred.name);
+            set.spawn(tracing::Instrument::instrument(
+                credential::once(cred, api, force),
+                span,
+            ));
+        }
+        let mut all_ok = true;
+        while let Some(result) = set.join_next().await {
+            all_ok &= result.unwrap_or(false);
+        }
+        if all_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let api = &config.api;
+    println!("{}: valid", config.path.display());
+    println!(
+        "api: POST {}auth/login, timeout {}, {}",
+        api.base_url,
+        humantime::format_duration(api.timeout),
+        match api.max_logins_per_second {
+            0 => "no login rate limit".to_string(),
+            n => format!("at most {n} logins/s"),
+        }
+    );
+    if let Some(ca) = &api.ca_file {
+        println!("     extra trust anchor {}", ca.display());
+    }
+    for cred in &config.credentials {
+        let r = &cred.renewal;
+        println!("credential {} ({}):", cred.name, cred.username);
+        let readable = match cred.password.read() {
+            Ok(_) => "readable now".to_string(),
+            Err(e) => format!("NOT READABLE NOW: {e}"),
+        };
+        println!("  password from {} ({readable})", cred.password);
+        println!(
+            "  renew at {:.0}% +/- {:.0}% of the token's lifetime; retry after {} doubling up to {}",
+            r.renew_at * 100.0,
+            r.jitter * 100.0,
+            humantime::format_duration(r.retry_min),
+            humantime::format_duration(r.retry_max)
+        );
+        for out in &cred.outputs {
+            let mut line = format!(
+                "  -> {} ({}, mode {:04o}",
+                out.path.display(),
+                out.format,
+                out.mode
+            );
+            if let Some(o) = &out.owner {
+                line.push_str(&format!(", owner {}", o.name));
+            }
+            if let Some(g) = &out.group {
+                line.push_str(&format!(", group {}", g.name));
+            }
+            line.push(')');
+            if let Some(parent) = out.path.parent()
+                && !parent.is_dir()
+            {
+                line.push_str(&format!(
+                    " WARNING: directory {} does not exist",
+                    parent.display()
+                ));
+            }
+            println!("{line}");
+        }
+    }
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn inspect(file: &Path, json: bool) -> ExitCode {
+    let (bytes, mtime) = if file == Path::new("-") {
+        let mut buf = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+            eprintln!("voipbin-tokend: cannot read standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        (buf, None)
+    } else {
+        match std::fs::read(file) {
+            Ok(b) => (b, std::fs::metadata(file).and_then(|m| m.modified()).ok()),
+            Err(e) => {
+                eprintln!("voipbin-tokend: cannot read {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let bytes = zeroize::Zeroizing::new(bytes);
+    let Some((_, claims)) = std::str::from_utf8(&bytes).ok().and_then(token::find_in) else {
+        eprintln!("voipbin-tokend: no token found in {}", file.display());
+        return ExitCode::FAILURE;
+    };
+    let now = crate::now();
+    // A token without expiry lives 7 days from when it was obtained; for a
+    // file that is its modification time, for stdin it is unknown.
+    let expires_at = claims
+        .expires_at
+        .or_else(|| mtime.map(|m| Validity::new(claims, OffsetDateTime::from(m)).expires_at));
+    let remaining = expires_at.map(|e| (e - now).whole_seconds());
+    if json {
+        let value = serde_json::json!({
+            "file": file.display().to_string(),
+            "expires_at": expires_at.map(token::rfc3339),
+            "issued_at": claims.issued_at.map(token::rfc3339),
+            "expiry_from_claims": claims.expires_at.is_some(),
+            "remaining_seconds": remaining,
+            "expired": remaining.map(|r| r <= 0),
+        });
+        println!("{value}");
+    } else {
+        println!("file:       {}", file.display());
+        match (expires_at, remaining) {
+            (Some(e), Some(r)) => {
+                let how = if claims.expires_at.is_some() {
+                    ""
+                } else {
+                    " (no expiry claim: 7 days from the file's time)"
+                };
+                println!("expires at: {}{how}", token::rfc3339(e));
+                if r > 0 {
+                    println!(
+                        "remaining:  {}",
+                        humantime::format_duration(std::time::Duration::from_secs(r as u64))
+                    );
+                } else {
+                    println!(
+                        "remaining:  none, EXPIRED {} ago",
+                        humantime::format_duration(std::time::Duration::from_secs((-r) as u64))
+                    );
+                }
+            }
+            _ => println!("expires at: unknown (no expiry claim; VoIPBIN tokens live 7 days from login)"),
+        }
+        if let Some(iat) = claims.issued_at {
+            println!("issued at:  {}", token::rfc3339(iat));
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,855 @@
+//! The config file: TOML in, a validated [`Config`] out.
+//!
+//! Parsing happens in two steps. serde reads the file into `Raw*` structs
+//! that mirror the TOML exactly (kebab-case keys, unknown keys refused);
+//! [`validate`] then turns them into the types the daemon uses, resolving
+//! relative paths against the config file's directory, checking every value,
+//! and naming the key of anything wrong. `check`, `run`, `once` and a reload
+//! all go through [`Config::load`], so they agree on what is valid.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::{PasswordSource, Secret};
+
+/// Where the config is read from when `-c` and `$VOIPBIN_TOKEND_CONFIG` are absent.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/voipbin-tokend/config.toml";
+pub const DEFAULT_BASE_URL: &str = "https://api.voipbin.net";
+const DEFAULT_STATE_DIR: &str = "/var/lib/voipbin-tokend";
+
+/// A config that failed to load. Every variant names the file; `Invalid`
+/// also names the key. None of them quotes a value from the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: line {line}, column {column}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub api: ApiConfig,
+    pub health: Option<HealthConfig>,
+    pub state_dir: PathBuf,
+    pub credentials: Vec<CredentialConfig>,
+    /// Things worth a warning that do not make the config invalid.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub base_url: reqwest::Url,
+    /// Whole-request timeout of a login.
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// Logins allowed in any one-second window, all credentials together; 0 = no limit.
+    pub max_logins_per_second: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialConfig {
+    pub name: String,
+    pub username: String,
+    pub password: PasswordSource,
+    pub renewal: RenewalPolicy,
+    pub outputs: Vec<OutputConfig>,
+}
+
+impl CredentialConfig {
+    /// True when a token obtained under `self` is still right for `other`:
+    /// same account, same password source. (The API settings are compared
+    /// by the caller, as they are shared by all credentials.)
+    pub fn same_login(&self, other: &CredentialConfig) -> bool {
+        self.username == other.username && self.password == other.password
+    }
+}
+
+/// When to renew and how to back off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RenewalPolicy {
+    /// Fraction of the lifetime after which renewal is due.
+    pub renew_at: f64,
+    /// Plus or minus this fraction of the lifetime, drawn anew each time.
+    pub jitter: f64,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        RenewalPolicy {
+            renew_at: 0.8,
+            jitter: 0.05,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputConfig {
+    pub path: PathBuf,
+    pub format: Format,
+    /// Permission bits, applied on every write.
+    pub mode: u32,
+    pub owner: Option<Owner>,
+    pub group: Option<Owner>,
+    pub on_change: Option<Vec<String>>,
+    pub signal: Option<nix::sys::signal::Signal>,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// A user or group, as written in the config and as resolved to an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    pub id: u32,
+}
+
+/// What an output file holds; see [`crate::output::render`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Env { variable: String },
+    Shell { variable: String },
+    Json,
+    Template { template: String },
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Format::Raw => f.write_str("raw"),
+            Format::Env { variable } => write!(f, "env ({variable})"),
+            Format::Shell { variable } => write!(f, "shell ({variable})"),
+            Format::Json => f.write_str("json"),
+            Format::Template { .. } => f.write_str("template"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    api: RawApi,
+    health: Option<RawHealth>,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    credential: Vec<RawCredential>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawApi {
+    base_url: Option<String>,
+    timeout: Option<String>,
+    ca_file: Option<PathBuf>,
+    max_logins_per_second: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawHealth {
+    listen: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawCredential {
+    name: String,
+    username: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    password_credential: Option<String>,
+    password: Option<Secret>,
+    renew_at: Option<f64>,
+    jitter: Option<f64>,
+    retry_min: Option<String>,
+    retry_max: Option<String>,
+    #[serde(default)]
+    output: Vec<RawOutput>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawOutput {
+    path: PathBuf,
+    format: Option<String>,
+    mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    variable: Option<String>,
+    template: Option<String>,
+    on_change: Option<Vec<String>>,
+    signal: Option<String>,
+    pid_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o002 != 0
+        {
+            config.warnings.push(format!(
+                "config file {} is writable by every user; anyone could point it elsewhere",
+                path.display()
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Validates config text as if it were read from `path` (which is used
+    /// in messages and to resolve relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        validate(raw, path)
+    }
+}
+
+/// A TOML error without the offending line's text, which could hold an
+/// inline password: only its position and the parser's message.
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: e.message().trim_end().to_string(),
+    }
+}
+
+/// Builds the validated config, or the first error found.
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let v = Validator { path, base: &base };
+    let mut warnings = Vec::new();
+
+    let api = v.api(raw.api)?;
+    let health = match raw.health {
+        Some(h) => Some(HealthConfig {
+            listen: h.listen.parse().map_err(|_| {
+                v.err(
+                    "health.listen",
+                    format!("not an address:port like 127.0.0.1:9464: {:?}", h.listen),
+                )
+            })?,
+        }),
+        None => None,
+    };
+    let state_dir = match raw.state.dir {
+        Some(d) => v.resolve(&d),
+        None => std::env::var_os("STATE_DIRECTORY")
+            .and_then(|s| {
+                // systemd joins several StateDirectory= entries with ':'.
+                s.to_str().and_then(|s| s.split(':').next().map(PathBuf::from))
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+    };
+
+    if raw.credential.is_empty() {
+        return Err(v.err("credential", "no [[credential]] defined; nothing to do".into()));
+    }
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    let mut credentials = Vec::new();
+    for (i, rc) in raw.credential.into_iter().enumerate() {
+        let cred = v.credential(i, rc)?;
+        if !names.insert(cred.name.clone()) {
+            return Err(v.err(
+                &format!("credential[{i}].name"),
+                format!(
+                    "{:?} is used by an earlier credential; names must be unique",
+                    cred.name
+                ),
+            ));
+        }
+        for (j, out) in cred.outputs.iter().enumerate() {
+            if !paths.insert(out.path.clone()) {
+                return Err(v.err(
+                    &format!("credential[{}].output[{j}].path", cred.name),
+                    format!(
+                        "{} is written by another output too; every output needs its own file",
+                        out.path.display()
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = cred.password.warning() {
+            warnings.push(format!("credential {}: {w}", cred.name));
+        }
+        credentials.push(cred);
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        api,
+        health,
+        state_dir,
+        credentials,
+        warnings,
+    })
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(&self, key: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(text) = value else { return Ok(default) };
+        let d = humantime::parse_duration(&text).map_err(|e| {
+            self.err(
+                key,
+                format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be longer than zero".into()));
+        }
+        Ok(d)
+    }
+
+    fn api(&self, raw: RawApi) -> Result<ApiConfig, ConfigError> {
+        let text = raw.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let base_url = reqwest::Url::parse(&text)
+            .map_err(|e| self.err("api.base-url", format!("{text:?} is not a URL: {e}")))?;
+        match base_url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&base_url) => {}
+            "http" => {
+                return Err(self.err(
+                    "api.base-url",
+                    "http:// is allowed only for loopback addresses (tests, demo); use https://".into(),
+                ));
+            }
+            other => return Err(self.err("api.base-url", format!("scheme {other:?} is not http(s)"))),
+        }
+        if !base_url.username().is_empty() || base_url.password().is_some() {
+            return Err(self.err("api.base-url", "must not carry a user or password".into()));
+        }
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(self.err("api.base-url", "must not have a query or fragment".into()));
+        }
+        let timeout = self.duration("api.timeout", raw.timeout, Duration::from_secs(30))?;
+        let ca_file = match raw.ca_file {
+            Some(p) => {
+                let p = self.resolve(&p);
+                let pem = std::fs::read(&p)
+                    .map_err(|e| self.err("api.ca-file", format!("cannot read {}: {e}", p.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    self.err(
+                        "api.ca-file",
+                        format!("{} is not a PEM certificate bundle: {e}", p.display()),
+                    )
+                })?;
+                if certs.is_empty() {
+                    return Err(self.err("api.ca-file", format!("{} holds no certificate", p.display())));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        Ok(ApiConfig {
+            base_url,
+            timeout,
+            ca_file,
+            max_logins_per_second: raw.max_logins_per_second.unwrap_or(5),
+        })
+    }
+
+    fn credential(&self, i: usize, raw: RawCredential) -> Result<CredentialConfig, ConfigError> {
+        let name_ok = !raw.name.is_empty()
+            && raw.name.len() <= 64
+            && raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(self.err(
+                &format!("credential[{i}].name"),
+                format!("{:?} must be 1 to 64 of a-z, 0-9, '_' and '-'", raw.name),
+            ));
+        }
+        let key = |k: &str| format!("credential[{}].{k}", raw.name);
+        if raw.username.trim().is_empty() {
+            return Err(self.err(&key("username"), "must not be empty".into()));
+        }
+
+        let mut sources = Vec::new();
+        if let Some(p) = raw.password_file {
+            sources.push(PasswordSource::File(self.resolve(&p)));
+        }
+        if let Some(v) = raw.password_env {
+            if v.is_empty() {
+                return Err(self.err(&key("password-env"), "must name a variable".into()));
+            }
+            sources.push(PasswordSource::Env(v));
+        }
+        if let Some(n) = raw.password_credential {
+            if n.is_empty() || n.contains('/') {
+                return Err(self.err(
+                    &key("password-credential"),
+                    "must be a plain credential name".into(),
+                ));
+            }
+            sources.push(PasswordSource::Credential(n));
+        }
+        if let Some(s) = raw.password {
+            sources.push(PasswordSource::Inline(s));
+        }
+        if sources.len() != 1 {
+            return Err(self.err(
+                &key("password-file"),
+                format!(
+                    "give exactly one of password-file, password-env, password-credential, password (found {})",
+                    sources.len()
+                ),
+            ));
+        }
+        let password = sources.remove(0);
+
+        let defaults = RenewalPolicy::default();
+        let renew_at = raw.renew_at.unwrap_or(defaults.renew_at);
+        if !(0.1..=0.95).contains(&renew_at) {
+            return Err(self.err(&key("renew-at"), format!("{renew_at} is outside 0.1..0.95")));
+        }
+        let jitter = raw.jitter.unwrap_or(defaults.jitter);
+        if !(0.0..=0.2).contains(&jitter) {
+            return Err(self.err(&key("jitter"), format!("{jitter} is outside 0..0.2")));
+        }
+        if renew_at + jitter >= 1.0 {
+            return Err(self.err(
+                &key("jitter"),
+                format!(
+                    "renew-at {renew_at} plus jitter {jitter} reaches the expiry; keep their sum under 1"
+                ),
+            ));
+        }
+        let retry_min = self.duration(&key("retry-min"), raw.retry_min, defaults.retry_min)?;
+        let retry_max = self.duration(&key("retry-max"), raw.retry_max, defaults.retry_max)?;
+        if retry_max < retry_min {
+            return Err(self.err(&key("retry-max"), "must not be shorter than retry-min".into()));
+        }
+
+        if raw.output.is_empty() {
+            return Err(self.err(
+                &key("output"),
+                "no [[credential.output]]; a credential needs at least one file to write".into(),
+            ));
+        }
+        let outputs = raw
+            .output
+            .into_iter()
+            .enumerate()
+            .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(CredentialConfig {
+            name: raw.name,
+            username: raw.username,
+            password,
+            renewal: RenewalPolicy {
+                renew_at,
+                jitter,
+                retry_min,
+                retry_max,
+            },
+            outputs,
+        })
+    }
+
+    fn output(&self, prefix: &str, raw: RawOutput) -> Result<OutputConfig, ConfigError> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        if raw.path.as_os_str().is_empty() || raw.path.file_name().is_none() {
+            return Err(self.err(&key("path"), "must name a file".into()));
+        }
+        let path = self.resolve(&raw.path);
+
+        let format_name = raw.format.as_deref().unwrap_or("raw");
+        let variable = match &raw.variable {
+            Some(v) if !is_env_name(v) => {
+                return Err(self.err(
+                    &key("variable"),
+                    format!("{v:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+                ));
+            }
+            Some(v) => Some(v.clone()),
+            None => None,
+        };
+        if variable.is_some() && !matches!(format_name, "env" | "shell") {
+            return Err(self.err(
+                &key("variable"),
+                format!("only for format env or shell, not {format_name:?}"),
+            ));
+        }
+        if raw.template.is_some() && format_name != "template" {
+            return Err(self.err(
+                &key("template"),
+                format!("only for format template, not {format_name:?}"),
+            ));
+        }
+        let variable = variable.unwrap_or_else(|| "VOIPBIN_TOKEN".to_string());
+        let format = match format_name {
+            "raw" => Format::Raw,
+            "env" => Format::Env { variable },
+            "shell" => Format::Shell { variable },
+            "json" => Format::Json,
+            "template" => {
+                let template = raw.template.ok_or_else(|| {
+                    self.err(&key("template"), "format template needs a template string".into())
+                })?;
+                crate::output::render::check_template(&template)
+                    .map_err(|m| self.err(&key("template"), m))?;
+                Format::Template { template }
+            }
+            other => {
+                return Err(self.err(
+                    &key("format"),
+                    format!("{other:?} is not one of raw, env, shell, json, template"),
+                ));
+            }
+        };
+
+        let mode_text = raw.mode.as_deref().unwrap_or("0600");
+        let mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                self.err(
+                    &key("mode"),
+                    format!("{mode_text:?} is not an octal mode like \"0640\""),
+                )
+            })?;
+        if mode & 0o400 == 0 {
+            return Err(self.err(
+                &key("mode"),
+                format!("{mode_text:?} does not let the owner read the file"),
+            ));
+        }
+
+        let owner = raw
+            .owner
+            .map(|o| resolve_user(&o).map_err(|m| self.err(&key("owner"), m)))
+            .transpose()?;
+        let group = raw
+            .group
+            .map(|g| resolve_group(&g).map_err(|m| self.err(&key("group"), m)))
+            .transpose()?;
+
+        if let Some(argv) = &raw.on_change
+            && argv.first().is_none_or(|p| p.is_empty())
+        {
+            return Err(self.err(
+                &key("on-change"),
+                "must be a non-empty command, like [\"systemctl\", \"reload\", \"app\"]".into(),
+            ));
+        }
+        let signal = match &raw.signal {
+            Some(s) => {
+                let name = s.to_ascii_uppercase();
+                let name = if name.starts_with("SIG") {
+                    name
+                } else {
+                    format!("SIG{name}")
+                };
+                Some(name.parse::<nix::sys::signal::Signal>().map_err(|_| {
+                    self.err(
+                        &key("signal"),
+                        format!("{s:?} is not a signal name like \"SIGHUP\""),
+                    )
+                })?)
+            }
+            None => None,
+        };
+        if signal.is_some() != raw.pid_file.is_some() {
+            return Err(self.err(&key("signal"), "signal and pid-file go together".into()));
+        }
+
+        Ok(OutputConfig {
+            path,
+            format,
+            mode,
+            owner,
+            group,
+            on_change: raw.on_change,
+            signal,
+            pid_file: raw.pid_file.map(|p| self.resolve(&p)),
+        })
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn resolve_user(name: &str) -> Result<Owner, String> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(Owner {
+            name: name.into(),
+            id,
+        });
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(Owner {
+            name: name.into(),
+            id: u.uid.as_raw(),
+        }),
+        Ok(None) => Err(format!("no user named {name:?} on this system")),
+        Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+    }
+}
+
+fn resolve_group(name: &str) -> Result<Owner, String> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(Owner {
+            name: name.into(),
+            id,
+        });
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(Owner {
+            name: name.into(),
+            id: g.gid.as_raw(),
+        }),
+        Ok(None) => Err(format!("no group named {name:?} on this system")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[credential]]
+name = "main"
+username = "agent@example.com"
+password-env = "PW"
+[[credential.output]]
+path = "/run/voipbin/main.token"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/t/config.toml"))
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.api.base_url.as_str(), "https://api.voipbin.net/");
+        assert_eq!(c.api.timeout, Duration::from_secs(30));
+        assert_eq!(c.api.max_logins_per_second, 5);
+        let cred = &c.credentials[0];
+        assert_eq!(cred.renewal, RenewalPolicy::default());
+        assert_eq!(cred.outputs[0].mode, 0o600);
+        assert_eq!(cred.outputs[0].format, Format::Raw);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_dir() {
+        let text = MINIMAL.replace("/run/voipbin/main.token", "out/main.token");
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.credentials[0].outputs[0].path,
+            PathBuf::from("/etc/t/out/main.token")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_position_but_not_its_line() {
+        let text = MINIMAL.replace("password-env = \"PW\"", "pasword = \"hunter2\"");
+        let err = parse(&text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("pasword"), "{msg}");
+        assert!(msg.contains("/etc/t/config.toml"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn http_only_on_loopback() {
+        let ok = format!("[api]\nbase-url = \"http://127.0.0.1:8080\"\n{MINIMAL}");
+        parse(&ok).unwrap();
+        let ok = format!("[api]\nbase-url = \"http://localhost:8080\"\n{MINIMAL}");
+        parse(&ok).unwrap();
+        let bad = format!("[api]\nbase-url = \"http://api.voipbin.net\"\n{MINIMAL}");
+        assert_eq!(invalid_key(&bad), "api.base-url");
+    }
+
+    #[test]
+    fn exactly_one_password_source() {
+        let two = MINIMAL.replace(
+            "password-env = \"PW\"",
+            "password-env = \"PW\"\npassword-file = \"pw\"",
+        );
+        assert_eq!(invalid_key(&two), "credential[main].password-file");
+        let none = MINIMAL.replace("password-env = \"PW\"", "");
+        assert_eq!(invalid_key(&none), "credential[main].password-file");
+    }
+
+    #[test]
+    fn inline_password_is_warned_and_hidden() {
+        let text = MINIMAL.replace("password-env = \"PW\"", "password = \"hunter2\"");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let k = |extra: &str| {
+            invalid_key(&MINIMAL.replace(
+                "password-env = \"PW\"",
+                &format!("password-env = \"PW\"\n{extra}"),
+            ))
+        };
+        assert_eq!(k("renew-at = 0.99"), "credential[main].renew-at");
+        assert_eq!(k("jitter = 0.5"), "credential[main].jitter");
+        assert_eq!(k("renew-at = 0.9\njitter = 0.1"), "credential[main].jitter");
+        assert_eq!(k("retry-min = \"5 parsecs\""), "credential[main].retry-min");
+        assert_eq!(
+            k("retry-min = \"10m\"\nretry-max = \"1m\""),
+            "credential[main].retry-max"
+        );
+    }
+
+    #[test]
+    fn names_and_paths_are_unique() {
+        let twice = format!("{MINIMAL}{MINIMAL}");
+        assert_eq!(invalid_key(&twice), "credential[1].name");
+        let other = MINIMAL.replace("\"main\"", "\"other\"");
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}{other}")),
+            "credential[other].output[0].path"
+        );
+        let bad = MINIMAL.replace("\"main\"", "\"Main!\"");
+        assert_eq!(invalid_key(&bad), "credential[0].name");
+    }
+
+    #[test]
+    fn output_options_are_checked() {
+        let k = |extra: &str| invalid_key(&format!("{MINIMAL}{extra}\n"));
+        assert_eq!(k("mode = \"0999\""), "credential[main].output[0].mode");
+        assert_eq!(k("mode = \"0200\""), "credential[main].output[0].mode");
+        assert_eq!(k("format = \"yaml\""), "credential[main].output[0].format");
+        assert_eq!(k("variable = \"X\""), "credential[main].output[0].variable");
+        assert_eq!(
+            k("format = \"env\"\nvariable = \"1X\""),
+            "credential[main].output[0].variable"
+        );
+        assert_eq!(k("format = \"template\""), "credential[main].output[0].template");
+        assert_eq!(
+            k("format = \"template\"\ntemplate = \"{nope}\""),
+            "credential[main].output[0].template"
+        );
+        assert_eq!(
+            k("owner = \"no-such-user-here\""),
+            "credential[main].output[0].owner"
+        );
+        assert_eq!(k("signal = \"SIGHUP\""), "credential[main].output[0].signal");
+        assert_eq!(
+            k("signal = \"SIGNOPE\"\npid-file = \"/x\""),
+            "credential[main].output[0].signal"
+        );
+        assert_eq!(k("on-change = []"), "credential[main].output[0].on-change");
+        let c = parse(&format!("{MINIMAL}format = \"env\"\nvariable = \"API_TOKEN\"\nmode = \"0640\"\nsignal = \"hup\"\npid-file = \"/run/app.pid\"\n")).unwrap();
+        let o = &c.credentials[0].outputs[0];
+        assert_eq!(
+            o.format,
+            Format::Env {
+                variable: "API_TOKEN".into()
+            }
+        );
+        assert_eq!(o.mode, 0o640);
+        assert_eq!(o.signal, Some(nix::sys::signal::Signal::SIGHUP));
+    }
+}

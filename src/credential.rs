@@ -1,0 +1,646 @@
+//! One credential: the token it holds, its outputs, its retry state.
+//!
+//! [`Credential`] is the state machine; [`run`] is the task that drives it
+//! in the daemon and [`once`] the one-shot pass of the `once` command. The
+//! decisions (when to act, how long to back off) come from
+//! [`crate::schedule`]; this module does the I/O around them.
+//!
+//! Invariants:
+//! - a token replaces the held one only after it decoded as a JWT and is
+//!   not expired (by the server's clock);
+//! - the held token stays in place through any failure;
+//! - every output is "stale" until it holds the held token; stale outputs
+//!   are (re)written without a login.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::api::{ApiClient, LoginError};
+use crate::config::{ApiConfig, CredentialConfig, Format, OutputConfig};
+use crate::output::render::{TokenFacts, render};
+use crate::output::write::{FileSpec, WriteOutcome, remove_stale_temps, write_atomic};
+use crate::schedule::{self, FailureKind};
+use crate::secret::Secret;
+use crate::token::{self, TokenError, Validity};
+
+/// Logins allowed in flight at once, whatever the per-second budget.
+const MAX_CONCURRENT_LOGINS: usize = 16;
+
+/// Server clock offsets below this are Date-header noise and ignored.
+const SKEW_IGNORED: time::Duration = time::Duration::seconds(5);
+/// Server clock offsets above this are worth a warning.
+const SKEW_WARN: time::Duration = time::Duration::seconds(60);
+
+/// The API client and the login budget it shares among all credentials.
+#[derive(Debug)]
+pub struct Api {
+    pub config: ApiConfig,
+    pub client: ApiClient,
+    limiter: LoginLimiter,
+}
+
+impl Api {
+    pub fn new(config: &ApiConfig) -> Result<Arc<Api>, String> {
+        Ok(Arc::new(Api {
+            client: ApiClient::new(config)?,
+            limiter: LoginLimiter::new(config.max_logins_per_second),
+            config: config.clone(),
+        }))
+    }
+}
+
+/// At most `per_second` logins in any one-second window (0: no limit),
+/// and at most [`MAX_CONCURRENT_LOGINS`] in flight. Waiters are served in
+/// arrival order.
+#[derive(Debug)]
+struct LoginLimiter {
+    per_second: u32,
+    recent: tokio::sync::Mutex<VecDeque<tokio::time::Instant>>,
+    in_flight: Semaphore,
+}
+
+impl LoginLimiter {
+    fn new(per_second: u32) -> Self {
+        LoginLimiter {
+            per_second,
+            recent: tokio::sync::Mutex::new(VecDeque::new()),
+            in_flight: Semaphore::new(MAX_CONCURRENT_LOGINS),
+        }
+    }
+
+    async fn acquire(&self) -> SemaphorePermit<'_> {
+        let permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if self.per_second > 0 {
+            let window = Duration::from_secs(1);
+            let mut recent = self.recent.lock().await;
+            let now = tokio::time::Instant::now();
+            while recent.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                recent.pop_front();
+            }
+            if recent.len() >= self.per_second as usize
+                && let Some(oldest) = recent.pop_front()
+            {
+                tokio::time::sleep_until(oldest + window).await;
+            }
+            recent.push_back(tokio::time::Instant::now());
+        }
+        permit
+    }
+}
+
+/// The token a credential holds, and when it is due for renewal.
+#[derive(Clone)]
+pub struct Held {
+    pub token: Secret,
+    /// In our clock (adjusted for the server's skew when it was obtained).
+    pub validity: Validity,
+    pub obtained_at: OffsetDateTime,
+    pub due_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("token", &self.token)
+            .field("expires_at", &token::rfc3339(self.validity.expires_at))
+            .field("due_at", &token::rfc3339(self.due_at))
+            .finish()
+    }
+}
+
+/// What a credential looks like from outside: for logs, `status`,
+/// readiness. Never holds the token.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CredentialStatus {
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub obtained_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_renewal: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+    /// Holds an unexpired token and every output has it on disk.
+    pub fresh: bool,
+    pub renewals_ok: u64,
+    pub renewals_failed: u64,
+}
+
+/// The daemon's view of every credential, updated by their tasks.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    inner: Mutex<std::collections::BTreeMap<String, CredentialStatus>>,
+    changed: tokio::sync::Notify,
+}
+
+impl StatusBoard {
+    pub fn publish(&self, status: CredentialStatus) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&status.name) != Some(&status) {
+            map.insert(status.name.clone(), status);
+            self.changed.notify_waiters();
+        }
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.changed.notify_waiters();
+    }
+
+    pub fn snapshot(&self) -> Vec<CredentialStatus> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Resolves on the next change.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+/// What a credential should do next, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Login,
+    WriteOutputs,
+}
+
+/// One credential's state.
+pub struct Credential {
+    cfg: CredentialConfig,
+    api: Arc<Api>,
+    held: Option<Held>,
+    /// Per output (same order as `cfg.outputs`): does its file still need the held token?
+    stale: Vec<bool>,
+    /// Log in at the next step even if the token is not due (SIGUSR1, changed login).
+    force_login: bool,
+    failures: u32,
+    retry_at: Option<OffsetDateTime>,
+    last_error: Option<String>,
+    skew_warned: bool,
+    renewals_ok: u64,
+    renewals_failed: u64,
+    board: Option<Arc<StatusBoard>>,
+}
+
+impl Credential {
+    pub fn new(cfg: CredentialConfig, api: Arc<Api>, board: Option<Arc<StatusBoard>>) -> Credential {
+        Credential {
+            stale: vec![true; cfg.outputs.len()],
+            cfg,
+            api,
+            held: None,
+            force_login: false,
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+            skew_warned: false,
+            renewals_ok: 0,
+            renewals_failed: 0,
+            board,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn config(&self) -> &CredentialConfig {
+        &self.cfg
+    }
+
+    pub fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
+    }
+
+    pub fn force_login(&mut self) {
+        self.force_login = true;
+        self.retry_at = None;
+    }
+
+    /// Looks for a usable token in the outputs (a restart must not log in
+    /// when it need not). Takes the one that expires last; an expired one
+    /// is ignored. Also removes temp files a killed process left behind.
+    pub fn adopt_from_disk(&mut self, now: OffsetDateTime) {
+        for out in &self.cfg.outputs {
+            let removed = remove_stale_temps(&out.path);
+            if removed > 0 {
+                info!(path = %out.path.display(), removed, "removed temp files left by an earlier run");
+            }
+        }
+        let mut best: Option<(Secret, Validity, OffsetDateTime)> = None;
+        for out in &self.cfg.outputs {
+            let Some((tok, validity, obtained_at)) = read_token_file(out) else {
+                continue;
+            };
+            if validity.is_expired(now) {
+                continue;
+            }
+            let better = best
+                .as_ref()
+                .is_none_or(|(_, v, _)| validity.expires_at > v.expires_at);
+            if better {
+                best = Some((tok, validity, obtained_at));
+            }
+        }
+        if let Some((tok, validity, obtained_at)) = best {
+            let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
+            info!(
+                expires_at = %token::rfc3339(validity.expires_at),
+                next_renewal = %token::rfc3339(due_at),
+                "reusing the token found on disk"
+            );
+            self.held = Some(Held {
+                token: tok,
+                validity,
+                obtained_at,
+                due_at,
+            });
+            self.stale = vec![true; self.cfg.outputs.len()];
+        }
+        self.publish(now);
+    }
+
+    /// The next step and when it is due (possibly in the past: act now).
+    pub fn next_step(&self, now: OffsetDateTime) -> (Step, OffsetDateTime) {
+        let needs_login = match &self.held {
+            None => true,
+            Some(h) => self.force_login || now >= h.due_at || h.validity.is_expired(now),
+        };
+        let step = if needs_login {
+            Step::Login
+        } else {
+            Step::WriteOutputs
+        };
+        if let Some(at) = self.retry_at {
+            return (step, at);
+        }
+        match (&self.held, needs_login, self.stale.iter().any(|s| *s)) {
+            (_, true, _) | (None, _, _) => (Step::Login, now),
+            (Some(_), false, true) => (Step::WriteOutputs, now),
+            (Some(h), false, false) => (Step::Login, h.due_at),
+        }
+    }
+
+    /// Holds an unexpired token and every output has it.
+    pub fn is_fresh(&self, now: OffsetDateTime) -> bool {
+        self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now)) && !self.stale.iter().any(|s| *s)
+    }
+
+    /// Takes a new config for this credential. The held token is kept
+    /// (outputs are brought up to date without a login) unless the login
+    /// itself changed, in which case a login is forced.
+    pub fn reconfigure(&mut self, cfg: CredentialConfig, api: Arc<Api>, now: OffsetDateTime) {
+        let login_changed = !self.cfg.same_login(&cfg) || self.api.config != api.config;
+        let renewal_changed = self.cfg.renewal != cfg.renewal;
+        for out in &self.cfg.outputs {
+            if !cfg.outputs.iter().any(|o| o.path == out.path) {
+                info!(path = %out.path.display(), "output removed from the config; its file is left in place");
+            }
+        }
+        self.cfg = cfg;
+        self.api = api;
+        // Unchanged files are detected by content and not rewritten.
+        self.stale = vec![true; self.cfg.outputs.len()];
+        if renewal_changed && let Some(h) = &mut self.held {
+            h.due_at = schedule::due_at(&h.validity, &self.cfg.renewal, jitter_sample());
+            info!(next_renewal = %token::rfc3339(h.due_at), "renewal settings changed; rescheduled");
+        }
+        if login_changed {
+            info!("username, password source or API changed; logging in anew");
+            self.force_login();
+        }
+        self.publish(now);
+    }
+
+    /// Does one step. Logging in can be abandoned through `cancel` (the
+    /// token would simply not be used); writes, once started, finish.
+    pub async fn act(&mut self, step: Step, cancel: &CancellationToken) {
+        if step == Step::Login {
+            let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                r = self.login() => r,
+            };
+            match result {
+                Ok(held) => {
+                    self.held = Some(held);
+                    self.force_login = false;
+                    self.stale = vec![true; self.cfg.outputs.len()];
+                    self.renewals_ok += 1;
+                    self.clear_failure();
+                }
+                Err(failure) => {
+                    self.renewals_failed += 1;
+                    self.fail(failure.kind, failure.message);
+                    return;
+                }
+            }
+        }
+        self.write_outputs(step == Step::Login).await;
+    }
+
+    /// Reads the password, waits for the login budget, logs in, checks the token.
+    async fn login(&mut self) -> Result<Held, Failure> {
+        let password = self
+            .cfg
+            .password
+            .read()
+            .map_err(|e| Failure::transient(format!("password: {e}")))?;
+        let _permit = self.api.limiter.acquire().await;
+        debug!(url = %self.api.client.login_url(), "logging in");
+        let login = self
+            .api
+            .client
+            .login(&self.cfg.username, &password)
+            .await
+            .map_err(Failure::from)?;
+        drop(password);
+
+        let mut claims = login.claims;
+        if let Some(skew) = login.server_skew.filter(|s| s.abs() > SKEW_IGNORED) {
+            if skew.abs() > SKEW_WARN && !self.skew_warned {
+                warn!(
+                    skew_seconds = skew.whole_seconds(),
+                    "the server's clock differs from ours; using the server's view for the token's lifetime"
+                );
+                self.skew_warned = true;
+            }
+            claims.expires_at = claims.expires_at.map(|t| t - skew);
+            claims.issued_at = claims.issued_at.map(|t| t - skew);
+        }
+        let validity = Validity::new(claims, login.received_at);
+        if validity.is_expired(crate::now()) {
+            return Err(Failure::transient(format!(
+                "server sent an unusable token: {}",
+                TokenError::Expired
+            )));
+        }
+        let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
+        Ok(Held {
+            token: login.token,
+            validity,
+            obtained_at: login.received_at,
+            due_at,
+        })
+    }
+
+    /// Writes the held token to every stale output. A failed output stays
+    /// stale and is retried with backoff; the others are written anyway.
+    async fn write_outputs(&mut self, renewed: bool) {
+        let Some(held) = self.held.clone() else { return };
+        let mut written = Vec::new();
+        let mut errors = Vec::new();
+        for (i, out) in self.cfg.outputs.iter().enumerate() {
+            if !self.stale[i] {
+                continue;
+            }
+            let content = render(
+                &out.format,
+                &TokenFacts {
+                    credential: &self.cfg.name,
+                    username: &self.cfg.username,
+                    token: &held.token,
+                    expires_at: held.validity.expires_at,
+                    obtained_at: held.obtained_at,
+                },
+            );
+            let path = out.path.clone();
+            let (mode, uid, gid) = (
+                out.mode,
+                out.owner.as_ref().map(|o| o.id),
+                out.group.as_ref().map(|g| g.id),
+            );
+            let result = tokio::task::spawn_blocking(move || {
+                write_atomic(
+                    &FileSpec {
+                        path: &path,
+                        mode,
+                        uid,
+                        gid,
+                    },
+                    &content,
+                )
+            })
+            .await;
+            match result {
+                Ok(Ok(outcome)) => {
+                    self.stale[i] = false;
+                    if outcome == WriteOutcome::Written {
+                        written.push(out.path.display().to_string());
+                    }
+                }
+                Ok(Err(e)) => errors.push(e.to_string()),
+                Err(e) => errors.push(format!("write of {} panicked: {e}", out.path.display())),
+            }
+        }
+        let now = crate::now();
+        if renewed {
+            info!(
+                expires_at = %token::rfc3339(held.validity.expires_at),
+                next_renewal = %token::rfc3339(held.due_at),
+                files = %written.join(", "),
+                "token renewed"
+            );
+        } else if !written.is_empty() {
+            info!(files = %written.join(", "), "outputs updated");
+        }
+        if errors.is_empty() {
+            if !renewed {
+                self.clear_failure();
+            }
+            self.publish(now);
+        } else {
+            self.fail(FailureKind::Transient, errors.join("; "));
+        }
+    }
+
+    fn clear_failure(&mut self) {
+        if self.failures > 0 {
+            info!(after_failures = self.failures, "recovered");
+        }
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+    }
+
+    /// Records a failure and schedules the retry. Logs at warn when the
+    /// error differs from the last one, else at debug: an outage of hours
+    /// gives a handful of lines, not one per try.
+    fn fail(&mut self, kind: FailureKind, message: String) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
+        let now = crate::now();
+        self.retry_at = Some(schedule::after(now, delay));
+        let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            if kind == FailureKind::Rejected {
+                error!(error = %message, failures = self.failures, retry_in = %retry_in, "credentials rejected by the server; check username and password");
+            } else {
+                warn!(error = %message, failures = self.failures, retry_in = %retry_in, "renewal failed; keeping the current token");
+            }
+        } else {
+            debug!(error = %message, failures = self.failures, retry_in = %retry_in, "renewal failed again");
+        }
+        self.last_error = Some(message);
+        self.publish(now);
+    }
+
+    pub fn status(&self, now: OffsetDateTime) -> CredentialStatus {
+        let (step, at) = self.next_step(now);
+        CredentialStatus {
+            name: self.cfg.name.clone(),
+            expires_at: self.held.as_ref().map(|h| h.validity.expires_at),
+            obtained_at: self.held.as_ref().map(|h| h.obtained_at),
+            next_renewal: if step == Step::Login {
+                Some(at)
+            } else {
+                self.held.as_ref().map(|h| h.due_at)
+            },
+            last_error: self.last_error.clone(),
+            failures: self.failures,
+            fresh: self.is_fresh(now),
+            renewals_ok: self.renewals_ok,
+            renewals_failed: self.renewals_failed,
+        }
+    }
+
+    fn publish(&self, now: OffsetDateTime) {
+        if let Some(board) = &self.board {
+            board.publish(self.status(now));
+        }
+    }
+}
+
+/// A failed login attempt, ready for logging and backoff.
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+impl Failure {
+    fn transient(message: String) -> Failure {
+        Failure {
+            kind: FailureKind::Transient,
+            message,
+        }
+    }
+}
+
+impl From<LoginError> for Failure {
+    fn from(e: LoginError) -> Failure {
+        Failure {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A uniform sample in [-1, 1] for renewal jitter.
+fn jitter_sample() -> f64 {
+    fastrand::f64() * 2.0 - 1.0
+}
+
+/// Reads the token in an output file, with when it was obtained: the JSON
+/// format's `obtained_at`, else the file's modification time.
+fn read_token_file(out: &OutputConfig) -> Option<(Secret, Validity, OffsetDateTime)> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(&out.path).ok()?);
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let (tok, claims) = token::find_in(text)?;
+    let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
+    let mut obtained_at = OffsetDateTime::from(mtime);
+    if out.format == Format::Json
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
+        && let Some(t) = v.get("obtained_at").and_then(|t| t.as_str())
+        && let Ok(t) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+    {
+        obtained_at = t;
+    }
+    Some((
+        Secret::new(tok.to_string()),
+        Validity::new(claims, obtained_at),
+        obtained_at,
+    ))
+}
+
+/// Commands from the daemon to a credential's task.
+#[derive(Debug)]
+pub enum Command {
+    /// Log in now, even if not due and even during backoff (SIGUSR1).
+    RenewNow,
+    /// A reloaded config for this credential.
+    Reconfigure(Box<CredentialConfig>, Arc<Api>),
+}
+
+/// The daemon's task for one credential: act when due, sleep at most
+/// [`schedule::MAX_SLEEP`] at a time (so a wall-clock deadline passed
+/// during a suspend is noticed), obey commands, stop on `cancel`.
+pub async fn run(
+    mut cred: Credential,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let now = crate::now();
+        let (step, at) = cred.next_step(now);
+        if at <= now {
+            cred.act(step, &cancel).await;
+            if cancel.is_cancelled() {
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            command = commands.recv() => match command {
+                Some(Command::RenewNow) => {
+                    info!("renewal requested");
+                    cred.force_login();
+                }
+                Some(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
+                None => break,
+            },
+            _ = tokio::time::sleep(schedule::sleep_for(now, at)) => {}
+        }
+    }
+    debug!("credential task stopped");
+}
+
+/// The `once` pass for one credential: reuse what is on disk if it is not
+/// due (unless `force`), else log in once; write every output. True if the
+/// credential ends fresh.
+pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
+    let mut cred = Credential::new(cfg, api, None);
+    let now = crate::now();
+    cred.adopt_from_disk(now);
+    if force {
+        cred.force_login();
+    }
+    let (step, _) = cred.next_step(now);
+    cred.act(step, &CancellationToken::new()).await;
+    let fresh = cred.is_fresh(crate::now());
+    if !fresh {
+        error!(
+            error = cred.last_error.as_deref().unwrap_or("outputs not written"),
+            "credential failed"
+        );
+    }
+    fresh
+}

@@ -1,0 +1,143 @@
+//! `voipbin-tokend demo`: the real daemon against a local stand-in of the
+//! VoIPBIN API, writing into a temporary folder, so a newcomer sees
+//! renewals within a minute.
+//!
+//! Nothing is special-cased: the demo writes an ordinary config file and
+//! password file into the folder and runs [`crate::daemon::run`] on it, so
+//! editing that config reloads it, SIGUSR1 renews, Ctrl-C stops.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::standin::{StandIn, StandInOptions};
+
+const DEMO_USER: &str = "demo@example.com";
+const DEMO_PASSWORD: &str = "demo-password";
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Lifetime of the stand-in's tokens.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+    /// Folder to write into (kept afterwards). Default: a new temporary folder, removed on exit.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+pub fn main(args: DemoArgs) -> ExitCode {
+    let (dir, _temp) = match &args.dir {
+        Some(d) => match std::fs::create_dir_all(d) {
+            Ok(()) => (d.clone(), None),
+            Err(e) => {
+                eprintln!("voipbin-tokend: cannot create {}: {e}", d.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => match tempfile::Builder::new().prefix("voipbin-tokend-demo-").tempdir() {
+            Ok(t) => (t.path().to_path_buf(), Some(t)),
+            Err(e) => {
+                eprintln!("voipbin-tokend: cannot create a temporary folder: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let rt = match crate::cli::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voipbin-tokend: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let standin = StandIn::start_in_runtime(StandInOptions {
+            lifetime: args.lifetime,
+            users: vec![(DEMO_USER.to_string(), DEMO_PASSWORD.to_string())],
+            ..StandInOptions::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start the stand-in API: {e}"))?;
+        let config_path = write_files(&dir, &standin.base_url())
+            .map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
+        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+        println!("voipbin-tokend demo");
+        println!(
+            "  stand-in VoIPBIN API: {} (tokens live {})",
+            standin.base_url(),
+            humantime::format_duration(args.lifetime)
+        );
+        println!("  writing into:         {}", dir.display());
+        println!(
+            "  config:               {} (edit it: the daemon reloads)",
+            config_path.display()
+        );
+        println!("  outputs:              main.token (raw), main.env (env), main.json (json)");
+        println!("  try: voipbin-tokend inspect {}", dir.join("main.env").display());
+        println!(
+            "  a line is logged at each renewal (about every {}); Ctrl-C stops.",
+            humantime::format_duration(Duration::from_secs(
+                (args.lifetime.as_secs_f64() * 0.8).round() as u64
+            ))
+        );
+        println!();
+        crate::daemon::run(config, std::future::pending())
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("logins served by the stand-in: {}", standin.logins_ok());
+        Ok::<(), String>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voipbin-tokend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the demo's password file and config; returns the config's path.
+fn write_files(dir: &std::path::Path, base_url: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let password = dir.join("demo.password");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&password)?;
+    std::io::Write::write_all(&mut f, format!("{DEMO_PASSWORD}\n").as_bytes())?;
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# Written by `voipbin-tokend demo`. Edit it while the demo runs: it reloads.
+[api]
+base-url = "{base_url}"
+timeout = "5s"
+
+[[credential]]
+name = "main"
+username = "{DEMO_USER}"
+password-file = "demo.password"
+renew-at = 0.8
+jitter = 0.05
+retry-min = "1s"
+retry-max = "5s"
+
+[[credential.output]]
+path = "main.token"
+format = "raw"
+
+[[credential.output]]
+path = "main.env"
+format = "env"
+
+[[credential.output]]
+path = "main.json"
+format = "json"
+"#
+        ),
+    )?;
+    Ok(config)
+}

@@ -1,0 +1,6 @@
+//! Output files: what they hold ([`render`]) and how they get to disk
+//! ([`write`]). The two are separate so the formats are pure functions and
+//! the writer knows nothing about tokens.
+
+pub mod render;
+pub mod write;

@@ -1,0 +1,199 @@
+//! What each output format holds. Pure: token facts in, bytes out.
+//!
+//! The token is checked at decode time to contain only base64url characters
+//! and dots, so it is safe unquoted in env files and inside single quotes in
+//! shell files.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::config::Format;
+use crate::secret::Secret;
+use crate::token::rfc3339;
+
+/// Everything a format may show.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenFacts<'a> {
+    pub credential: &'a str,
+    pub username: &'a str,
+    pub token: &'a Secret,
+    pub expires_at: OffsetDateTime,
+    pub obtained_at: OffsetDateTime,
+}
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: [&str; 5] = ["token", "expires_at", "expires_at_unix", "username", "credential"];
+
+/// The bytes of an output file. Zeroed when dropped: they hold the token.
+pub fn render(format: &Format, facts: &TokenFacts<'_>) -> Zeroizing<Vec<u8>> {
+    let token = facts.token.expose();
+    let expires = rfc3339(facts.expires_at);
+    let text = match format {
+        Format::Raw => token.to_string(),
+        Format::Env { variable } => format!("{variable}={token}\n{variable}_EXPIRES_AT={expires}\n"),
+        Format::Shell { variable } => {
+            format!("export {variable}='{token}'\nexport {variable}_EXPIRES_AT='{expires}'\n")
+        }
+        Format::Json => {
+            #[derive(Serialize)]
+            struct Json<'a> {
+                credential: &'a str,
+                username: &'a str,
+                token: &'a str,
+                expires_at: &'a str,
+                obtained_at: &'a str,
+            }
+            let mut text = serde_json::to_string(&Json {
+                credential: facts.credential,
+                username: facts.username,
+                token,
+                expires_at: &expires,
+                obtained_at: &rfc3339(facts.obtained_at),
+            })
+            .unwrap_or_default();
+            text.push('\n');
+            text
+        }
+        Format::Template { template } => expand(template, facts),
+    };
+    Zeroizing::new(text.into_bytes())
+}
+
+/// Checks a template: every `{name}` is a known placeholder; `{{` and `}}`
+/// stand for literal braces.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut unknown = None;
+    walk(template, |piece| {
+        if let Piece::Placeholder(name) = piece
+            && !PLACEHOLDERS.contains(&name)
+            && unknown.is_none()
+        {
+            unknown = Some(name.to_string());
+        }
+    })?;
+    match unknown {
+        Some(name) => Err(format!(
+            "unknown placeholder {{{name}}}; use {}",
+            PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn expand(template: &str, facts: &TokenFacts<'_>) -> String {
+    let mut out = String::with_capacity(template.len() + facts.token.expose().len());
+    // The template was checked at config load, so the walk cannot fail.
+    let _ = walk(template, |piece| match piece {
+        Piece::Text(t) => out.push_str(t),
+        Piece::Placeholder("token") => out.push_str(facts.token.expose()),
+        Piece::Placeholder("expires_at") => out.push_str(&rfc3339(facts.expires_at)),
+        Piece::Placeholder("expires_at_unix") => out.push_str(&facts.expires_at.unix_timestamp().to_string()),
+        Piece::Placeholder("username") => out.push_str(facts.username),
+        Piece::Placeholder("credential") => out.push_str(facts.credential),
+        Piece::Placeholder(_) => {}
+    });
+    out
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+fn walk<'a>(template: &'a str, mut each: impl FnMut(Piece<'a>)) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        each(Piece::Text(&rest[..i]));
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            each(Piece::Text("{"));
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            each(Piece::Text("}"));
+            rest = after;
+        } else if tail.starts_with('}') {
+            return Err("a lone '}' (write '}}' for a literal brace)".into());
+        } else {
+            let end = tail
+                .find('}')
+                .ok_or("a '{' without its '}' (write '{{' for a literal brace)")?;
+            each(Piece::Placeholder(&tail[1..end]));
+            rest = &tail[end + 1..];
+        }
+    }
+    each(Piece::Text(rest));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn facts(token: &Secret) -> TokenFacts<'_> {
+        TokenFacts {
+            credential: "main",
+            username: "agent@example.com",
+            token,
+            expires_at: datetime!(2026-12-04 09:15:02.123456 UTC),
+            obtained_at: datetime!(2026-11-27 09:15:02 UTC),
+        }
+    }
+
+    fn text(format: Format) -> String {
+        let t = Secret::new("eyJh.eyJi.c2ln".into());
+        String::from_utf8(render(&format, &facts(&t)).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn raw_is_the_token_exactly() {
+        assert_eq!(text(Format::Raw), "eyJh.eyJi.c2ln");
+    }
+
+    #[test]
+    fn env_and_shell() {
+        assert_eq!(
+            text(Format::Env {
+                variable: "VOIPBIN_TOKEN".into()
+            }),
+            "VOIPBIN_TOKEN=eyJh.eyJi.c2ln\nVOIPBIN_TOKEN_EXPIRES_AT=2026-12-04T09:15:02Z\n"
+        );
+        assert_eq!(
+            text(Format::Shell {
+                variable: "API".into()
+            }),
+            "export API='eyJh.eyJi.c2ln'\nexport API_EXPIRES_AT='2026-12-04T09:15:02Z'\n"
+        );
+    }
+
+    #[test]
+    fn json_fields_in_order() {
+        assert_eq!(
+            text(Format::Json),
+            concat!(
+                r#"{"credential":"main","username":"agent@example.com","token":"eyJh.eyJi.c2ln","#,
+                r#""expires_at":"2026-12-04T09:15:02Z","obtained_at":"2026-11-27T09:15:02Z"}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn template_placeholders_and_escapes() {
+        let t = "{{\"h\": \"Bearer {token}\"}} {expires_at} {expires_at_unix} {username} {credential}\n";
+        check_template(t).unwrap();
+        assert_eq!(
+            text(Format::Template { template: t.into() }),
+            "{\"h\": \"Bearer eyJh.eyJi.c2ln\"} 2026-12-04T09:15:02Z 1796375702 agent@example.com main\n"
+        );
+    }
+
+    #[test]
+    fn template_errors() {
+        assert!(check_template("{tokn}").unwrap_err().contains("{tokn}"));
+        assert!(check_template("{token").is_err());
+        assert!(check_template("x } y").is_err());
+        check_template("no placeholders at all").unwrap();
+    }
+}

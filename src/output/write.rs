@@ -1,0 +1,260 @@
+//! The atomic file writer.
+//!
+//! A reader of the target path sees, at every instant, either the whole old
+//! content or the whole new content, with the configured mode and owner:
+//!
+//! 1. create a temp file in the target's directory, exclusively (`O_EXCL`,
+//!    so a planted file or symlink is never followed or reused), with the
+//!    final mode; then fix the mode against the umask and chown it, all
+//!    before a single byte is written;
+//! 2. write, fsync;
+//! 3. rename over the target (if the target is a symlink, the link itself
+//!    is replaced by the file, not the file it points to);
+//! 4. fsync the directory, so the rename survives a crash.
+//!
+//! Any failure removes the temp file and leaves the target untouched.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+/// How the file must look on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct FileSpec<'a> {
+    pub path: &'a Path,
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// The file already held this content with this mode and owner.
+    Unchanged,
+}
+
+/// A failed write; the target is as it was. Names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("directory {} does not exist (create it; it is not created for you)", .0.display())]
+    NoDirectory(PathBuf),
+    #[error("cannot {step} {}: {source}", path.display())]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WriteError + 'a {
+    move |source| WriteError::Io {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `content` to `spec.path` atomically, unless it is already there.
+pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome, WriteError> {
+    let path = spec.path;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(WriteError::NoDirectory(dir.to_path_buf()));
+    }
+    if is_current(spec, content) {
+        return Ok(WriteOutcome::Unchanged);
+    }
+
+    let tmp = dir.join(temp_name(path));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(spec.mode)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io("create a temp file in", dir))?;
+    let result = fill(&mut file, &tmp, spec, content).and_then(|()| {
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is done; a failed directory fsync only weakens crash safety.
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    }
+    Ok(WriteOutcome::Written)
+}
+
+/// Mode and owner first, then the bytes, then fsync.
+fn fill(file: &mut File, tmp: &Path, spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
+    // The umask may have narrowed the mode at creation; set it exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(spec.mode))
+        .map_err(io("set the mode of", tmp))?;
+    if spec.uid.is_some() || spec.gid.is_some() {
+        std::os::unix::fs::fchown(&*file, spec.uid, spec.gid).map_err(io("change the owner of", tmp))?;
+    }
+    file.write_all(content).map_err(io("write", tmp))?;
+    file.sync_all().map_err(io("fsync", tmp))
+}
+
+/// True if the target is a regular file (not a symlink) that already has
+/// this content, mode and owner.
+fn is_current(spec: &FileSpec<'_>, content: &[u8]) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(spec.path) else {
+        return false;
+    };
+    if !meta.file_type().is_file()
+        || meta.mode() & 0o7777 != spec.mode
+        || meta.len() != content.len() as u64
+        || spec.uid.is_some_and(|u| u != meta.uid())
+        || spec.gid.is_some_and(|g| g != meta.gid())
+    {
+        return false;
+    }
+    match std::fs::read(spec.path) {
+        Ok(old) => Zeroizing::new(old).as_slice() == content,
+        Err(_) => false,
+    }
+}
+
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+fn temp_name(path: &Path) -> String {
+    format!(
+        "{}{}-{:016x}",
+        temp_prefix(path),
+        std::process::id(),
+        fastrand::u64(..)
+    )
+}
+
+/// Removes temp files an earlier, killed process left beside `path`.
+/// Returns how many were removed.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let (Some(dir), prefix) = (path.parent(), temp_prefix(path)) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(&prefix) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &Path, mode: u32) -> FileSpec<'_> {
+        FileSpec {
+            path,
+            mode,
+            uid: None,
+            gid: None,
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writes_with_mode_then_skips_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        assert_eq!(
+            write_atomic(&spec(&p, 0o640), b"one").unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+        assert_eq!(
+            write_atomic(&spec(&p, 0o640), b"one").unwrap(),
+            WriteOutcome::Unchanged
+        );
+        // A mode change alone rewrites.
+        assert_eq!(
+            write_atomic(&spec(&p, 0o600), b"one").unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        assert_eq!(
+            write_atomic(&spec(&p, 0o600), b"two").unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(entries(dir.path()), ["t"]);
+    }
+
+    #[test]
+    fn missing_directory_is_named_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope/t");
+        let err = write_atomic(&spec(&p, 0o600), b"x").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert!(!dir.path().join("nope").exists());
+    }
+
+    #[test]
+    fn symlink_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let p = dir.path().join("t");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        write_atomic(&spec(&p, 0o600), b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_file());
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn failed_rename_leaves_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a non-empty directory: rename onto it fails.
+        let p = dir.path().join("t");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("inside"), "x").unwrap();
+        assert!(write_atomic(&spec(&p, 0o600), b"new").is_err());
+        assert_eq!(entries(dir.path()), ["t"]);
+    }
+
+    #[test]
+    fn stale_temps_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(dir.path().join(".t.tmp-1-abc"), "x").unwrap();
+        std::fs::write(dir.path().join(".other.tmp-1-abc"), "x").unwrap();
+        assert_eq!(remove_stale_temps(&p), 1);
+        assert_eq!(entries(dir.path()), [".other.tmp-1-abc"]);
+    }
+}

@@ -1,0 +1,317 @@
+//! What a token says about itself: its expiry, read without checking the
+//! signature (the signing key is the server's, not ours).
+//!
+//! VoIPBIN login tokens carry no standard `exp`: the expiry is a string claim
+//! `expire`, `2006-01-02T15:04:05.000000Z` (older servers wrote
+//! `2006-01-02 15:04:05.000000`, UTC). Other token kinds use `exp`/`iat`.
+//! A token with neither is taken to live [`DEFAULT_LIFETIME`] from when it
+//! was obtained.
+//!
+//! Errors never include the token or any part of its payload: the payload
+//! carries account details and is as secret as the token.
+
+use serde::Deserialize;
+use time::{
+    OffsetDateTime, PrimitiveDateTime, format_description::well_known::Rfc3339, macros::format_description,
+};
+
+/// The lifetime assumed when a token states no expiry: VoIPBIN's login tokens live 7 days.
+pub const DEFAULT_LIFETIME: time::Duration = time::Duration::days(7);
+
+/// A token larger than this is refused (a real one is well under 16 KiB).
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// What the claims say about time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    /// From `expire`, else `exp`; `None` when the token states neither.
+    pub expires_at: Option<OffsetDateTime>,
+    /// From `iat`, when present.
+    pub issued_at: Option<OffsetDateTime>,
+}
+
+/// Why a string is not a usable token. Never quotes the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is empty")]
+    Empty,
+    #[error("token is larger than {MAX_TOKEN_LEN} bytes")]
+    TooLarge,
+    #[error("token is not a JWT (expected three base64url parts separated by dots)")]
+    NotJwt,
+    #[error("token header or payload is not valid base64url")]
+    BadBase64,
+    #[error("token payload is not a JSON object of claims")]
+    BadClaims,
+    #[error("token's `expire` claim is not a UTC time like 2006-01-02T15:04:05.000000Z")]
+    BadExpire,
+    #[error("token's `exp` or `iat` claim is not a number of seconds")]
+    BadNumericDate,
+    #[error("token is already expired")]
+    Expired,
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    expire: Option<serde_json::Value>,
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
+}
+
+/// Reads the time claims of `token`. Checks the shape strictly, since a
+/// token is later written unquoted into env files: only base64url
+/// characters and exactly two dots are accepted.
+pub fn decode(token: &str) -> Result<Claims, TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLarge);
+    }
+    let well_formed = token.split('.').count() == 3
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && token.split('.').take(2).all(|part| !part.is_empty());
+    if !well_formed {
+        return Err(TokenError::NotJwt);
+    }
+    let data = jsonwebtoken::dangerous::insecure_decode::<RawClaims>(token).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::Base64(_) | ErrorKind::Utf8(_) => TokenError::BadBase64,
+            ErrorKind::InvalidToken => TokenError::NotJwt,
+            _ => TokenError::BadClaims,
+        }
+    })?;
+    let raw = data.claims;
+    let expires_at = match raw.expire {
+        Some(serde_json::Value::String(s)) => Some(parse_expire(&s).ok_or(TokenError::BadExpire)?),
+        Some(serde_json::Value::Null) | None => None,
+        Some(_) => return Err(TokenError::BadExpire),
+    };
+    let exp = numeric_date(raw.exp)?;
+    let iat = numeric_date(raw.iat)?;
+    Ok(Claims {
+        expires_at: expires_at.or(exp),
+        issued_at: iat,
+    })
+}
+
+fn numeric_date(v: Option<serde_json::Value>) -> Result<Option<OffsetDateTime>, TokenError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            let secs = n.as_f64().ok_or(TokenError::BadNumericDate)?;
+            if !secs.is_finite() || secs.abs() > 1e11 {
+                return Err(TokenError::BadNumericDate);
+            }
+            let nanos = (secs * 1e9) as i128;
+            OffsetDateTime::from_unix_timestamp_nanos(nanos)
+                .map(Some)
+                .map_err(|_| TokenError::BadNumericDate)
+        }
+        Some(_) => Err(TokenError::BadNumericDate),
+    }
+}
+
+/// Parses VoIPBIN's `expire`: RFC 3339 (the current `...000000Z` form is
+/// one), or the older `2006-01-02 15:04:05.000000` with no zone, meaning UTC.
+pub fn parse_expire(s: &str) -> Option<OffsetDateTime> {
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Some(t);
+    }
+    let with_fraction = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]");
+    let without = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    PrimitiveDateTime::parse(s, with_fraction)
+        .or_else(|_| PrimitiveDateTime::parse(s, without))
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
+}
+
+/// A token's place in time: when it was obtained, when it expires, and
+/// hence its lifetime, from which renewal is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Start of the lifetime: `iat` where present, else when it was obtained.
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+impl Validity {
+    /// Combines the claims with when we obtained the token. `obtained_at`
+    /// is the login's time, or for a token found on disk its file's mtime.
+    pub fn new(claims: Claims, obtained_at: OffsetDateTime) -> Validity {
+        let issued_at = claims.issued_at.unwrap_or(obtained_at);
+        let expires_at = claims.expires_at.unwrap_or(obtained_at + DEFAULT_LIFETIME);
+        Validity {
+            issued_at,
+            expires_at,
+        }
+    }
+
+    pub fn lifetime(&self) -> time::Duration {
+        self.expires_at - self.issued_at
+    }
+
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now >= self.expires_at
+    }
+}
+
+/// Finds a JWT inside a file of any output format (raw, env, shell, json,
+/// template): the first run of base64url characters and two dots that
+/// starts like a JWT header (`eyJ`, base64 of `{"`) and decodes.
+pub fn find_in(text: &str) -> Option<(&str, Claims)> {
+    let is_jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let mut rest = text;
+    while let Some(start) = rest.find("eyJ") {
+        let candidate = &rest[start..];
+        let end = candidate
+            .find(|c: char| !is_jwt_char(c))
+            .unwrap_or(candidate.len());
+        let token = &candidate[..end];
+        if let Ok(claims) = decode(token) {
+            return Some((token, claims));
+        }
+        rest = &candidate[3..];
+    }
+    None
+}
+
+/// Formats a time as RFC 3339 UTC, whole seconds (`2026-12-04T09:15:02Z`).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use base64::Engine;
+    use time::macros::datetime;
+
+    /// Builds an unsigned-looking JWT with the given claims JSON (tests only).
+    pub(crate) fn jwt(claims: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64.encode(claims),
+            b64.encode("signature-bytes")
+        )
+    }
+
+    #[test]
+    fn voipbin_expire_claim() {
+        let t = jwt(r#"{"type":"agent","agent":{"id":"x"},"expire":"2026-12-04T09:15:02.123456Z"}"#);
+        let c = decode(&t).unwrap();
+        assert_eq!(c.expires_at, Some(datetime!(2026-12-04 09:15:02.123456 UTC)));
+        assert_eq!(c.issued_at, None);
+    }
+
+    #[test]
+    fn legacy_expire_layout_is_utc() {
+        let t = jwt(r#"{"expire":"2026-12-04 09:15:02.123456"}"#);
+        assert_eq!(
+            decode(&t).unwrap().expires_at,
+            Some(datetime!(2026-12-04 09:15:02.123456 UTC))
+        );
+        let t = jwt(r#"{"expire":"2026-12-04 09:15:02"}"#);
+        assert_eq!(
+            decode(&t).unwrap().expires_at,
+            Some(datetime!(2026-12-04 09:15:02 UTC))
+        );
+    }
+
+    #[test]
+    fn standard_exp_and_iat() {
+        let t = jwt(r#"{"exp":1796400000,"iat":1795795200}"#);
+        let c = decode(&t).unwrap();
+        assert_eq!(c.expires_at.unwrap().unix_timestamp(), 1796400000);
+        assert_eq!(c.issued_at.unwrap().unix_timestamp(), 1795795200);
+    }
+
+    #[test]
+    fn expire_wins_over_exp() {
+        let t = jwt(r#"{"expire":"2026-12-04T09:15:02.000000Z","exp":1}"#);
+        assert_eq!(
+            decode(&t).unwrap().expires_at,
+            Some(datetime!(2026-12-04 09:15:02 UTC))
+        );
+    }
+
+    #[test]
+    fn no_expiry_means_seven_days_from_obtained() {
+        let t = jwt(r#"{"type":"agent"}"#);
+        let c = decode(&t).unwrap();
+        assert_eq!(c.expires_at, None);
+        let got = datetime!(2026-11-27 10:00 UTC);
+        let v = Validity::new(c, got);
+        assert_eq!(v.expires_at, datetime!(2026-12-04 10:00 UTC));
+        assert_eq!(v.lifetime(), time::Duration::days(7));
+    }
+
+    #[test]
+    fn garbage_is_refused_without_quoting_it() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let cases = [
+            ("", TokenError::Empty),
+            ("not-a-jwt", TokenError::NotJwt),
+            ("a.b", TokenError::NotJwt),
+            ("a.b.c.d", TokenError::NotJwt),
+            ("eyJ.with space.x", TokenError::NotJwt),
+            ("eyJ!!!.eyJ.sig", TokenError::NotJwt),
+        ];
+        for (input, want) in cases {
+            assert_eq!(decode(input).unwrap_err(), want, "{input:?}");
+        }
+        let header = b64.encode(r#"{"alg":"HS256"}"#);
+        let not_json = format!("{header}.{}.sig", b64.encode("secret-payload-text"));
+        assert_eq!(decode(&not_json).unwrap_err(), TokenError::BadClaims);
+        let bad_b64 = format!("{header}.@@@@.sig").replace('@', "A"); // decodes to junk bytes
+        assert!(decode(&bad_b64).is_err());
+        let bad_expire = jwt(r#"{"expire":"yesterday-ish"}"#);
+        assert_eq!(decode(&bad_expire).unwrap_err(), TokenError::BadExpire);
+        let num_expire = jwt(r#"{"expire":12}"#);
+        assert_eq!(decode(&num_expire).unwrap_err(), TokenError::BadExpire);
+        let bad_exp = jwt(r#"{"exp":"soon"}"#);
+        assert_eq!(decode(&bad_exp).unwrap_err(), TokenError::BadNumericDate);
+        for e in [TokenError::BadClaims, TokenError::BadExpire] {
+            assert!(!e.to_string().contains("yesterday"));
+        }
+    }
+
+    #[test]
+    fn finds_the_token_in_every_format() {
+        let t = jwt(r#"{"expire":"2026-12-04T09:15:02.000000Z"}"#);
+        let files = [
+            t.clone(),
+            format!("VOIPBIN_TOKEN={t}\nVOIPBIN_TOKEN_EXPIRES_AT=2026-12-04T09:15:02Z\n"),
+            format!("export VOIPBIN_TOKEN='{t}'\n"),
+            format!("{{\"credential\":\"main\",\"token\":\"{t}\"}}\n"),
+            format!("Authorization: Bearer {t}\n"),
+        ];
+        for f in files {
+            let (found, claims) = find_in(&f).expect("found");
+            assert_eq!(found, t);
+            assert!(claims.expires_at.is_some());
+        }
+        assert!(find_in("eyJnothing here").is_none());
+    }
+
+    #[test]
+    fn rfc3339_is_whole_seconds_utc() {
+        assert_eq!(
+            rfc3339(datetime!(2026-12-04 09:15:02.9 UTC)),
+            "2026-12-04T09:15:02Z"
+        );
+    }
+}
