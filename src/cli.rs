@@ -87,6 +87,27 @@ pub enum Command {
         /// The file to read, or `-` for standard input.
         file: PathBuf,
     },
+    /// Show each credential's expiry, last and next renewal and last error, from the running daemon's status file.
+    #[command(
+        after_help = "Example:\n  voipbin-tokend status -c /etc/voipbin-tokend/config.toml\n\n\
+        Reads {state dir}/status.json, which the daemon keeps current. Exits 0 only if the daemon\n\
+        is running and every credential holds an unexpired token on disk."
+    )]
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Example:\n  voipbin-tokend completions bash > /etc/bash_completion.d/voipbin-tokend"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) generated from this command line definition.
+    #[command(after_help = "Example:\n  voipbin-tokend man > /usr/local/share/man/man1/voipbin-tokend.1")]
+    Man,
     /// Run the daemon against a built-in local stand-in of the VoIPBIN API, writing into a temporary folder.
     #[command(after_help = "Example:\n  cargo run --release -- demo\n\n\
         Tokens live 20 seconds, so renewals show within a minute. Ctrl-C stops it.")]
@@ -102,6 +123,22 @@ pub fn main() -> ExitCode {
         Command::Once { config, force } => once(&config.config, force),
         Command::Check(c) => check(&c.config),
         Command::Inspect { json, file } => inspect(&file, json),
+        Command::Status { config, json } => match load(&config.config) {
+            Ok(c) => crate::status::command(&c.state_dir, json),
+            Err(code) => code,
+        },
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "voipbin-tokend", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(e),
+            }
+        }
         Command::Demo(args) => crate::demo::main(args),
     }
 }
@@ -143,6 +180,10 @@ fn run(path: &Path) -> ExitCode {
     };
     match rt.block_on(crate::daemon::run(config, std::future::pending())) {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e @ crate::daemon::DaemonError::Bind { .. }) => {
+            eprintln!("voipbin-tokend: invalid config: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => fatal(e),
     }
 }

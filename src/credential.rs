@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiClient, LoginError};
 use crate::config::{ApiConfig, CredentialConfig, Format, OutputConfig};
+use crate::hooks::{Hook, HookSpec};
+use crate::metrics::Metrics;
 use crate::output::render::{TokenFacts, render};
 use crate::output::write::{FileSpec, WriteOutcome, remove_stale_temps, write_atomic};
 use crate::schedule::{self, FailureKind};
@@ -121,7 +123,7 @@ impl std::fmt::Debug for Held {
 
 /// What a credential looks like from outside: for logs, `status`,
 /// readiness. Never holds the token.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CredentialStatus {
     pub name: String,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -138,6 +140,40 @@ pub struct CredentialStatus {
     pub renewals_failed: u64,
 }
 
+impl CredentialStatus {
+    /// A credential not heard from yet.
+    pub fn pending(name: &str) -> CredentialStatus {
+        CredentialStatus {
+            name: name.to_string(),
+            expires_at: None,
+            obtained_at: None,
+            next_renewal: None,
+            last_error: None,
+            failures: 0,
+            fresh: false,
+            renewals_ok: 0,
+            renewals_failed: 0,
+        }
+    }
+
+    /// Fresh as of `now`: the token may have expired since it was published.
+    pub fn is_fresh_at(&self, now: OffsetDateTime) -> bool {
+        self.fresh && self.expires_at.is_some_and(|e| e > now)
+    }
+
+    /// One word for tables and health bodies.
+    pub fn state(&self, now: OffsetDateTime) -> &'static str {
+        match self.expires_at {
+            None if self.failures > 0 => "failing",
+            None => "pending",
+            Some(e) if e <= now => "expired",
+            Some(_) if !self.fresh => "unwritten",
+            Some(_) if self.failures > 0 => "retrying",
+            Some(_) => "fresh",
+        }
+    }
+}
+
 /// The daemon's view of every credential, updated by their tasks.
 #[derive(Debug, Default)]
 pub struct StatusBoard {
@@ -152,6 +188,16 @@ impl StatusBoard {
             map.insert(status.name.clone(), status);
             self.changed.notify_waiters();
         }
+    }
+
+    /// Adds a credential as pending (so readiness waits for it).
+    pub fn register(&self, name: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| CredentialStatus::pending(name));
+        self.changed.notify_waiters();
     }
 
     pub fn remove(&self, name: &str) {
@@ -197,12 +243,25 @@ pub struct Credential {
     renewals_ok: u64,
     renewals_failed: u64,
     board: Option<Arc<StatusBoard>>,
+    metrics: Arc<Metrics>,
+    /// Per output: its hook task, if it has hooks.
+    hooks: Vec<Option<Hook>>,
 }
 
 impl Credential {
-    pub fn new(cfg: CredentialConfig, api: Arc<Api>, board: Option<Arc<StatusBoard>>) -> Credential {
+    /// A credential with no token yet. Must be called within the runtime
+    /// (hook tasks are started here).
+    pub fn new(
+        cfg: CredentialConfig,
+        api: Arc<Api>,
+        board: Option<Arc<StatusBoard>>,
+        metrics: Arc<Metrics>,
+    ) -> Credential {
+        let hooks = start_hooks(&cfg, Vec::new(), &metrics);
         Credential {
             stale: vec![true; cfg.outputs.len()],
+            hooks,
+            metrics,
             cfg,
             api,
             held: None,
@@ -266,6 +325,8 @@ impl Credential {
                 next_renewal = %token::rfc3339(due_at),
                 "reusing the token found on disk"
             );
+            self.metrics
+                .token(&self.cfg.name, validity.expires_at, obtained_at);
             self.held = Some(Held {
                 token: tok,
                 validity,
@@ -314,6 +375,12 @@ impl Credential {
                 info!(path = %out.path.display(), "output removed from the config; its file is left in place");
             }
         }
+        let old_hooks = std::mem::take(&mut self.hooks)
+            .into_iter()
+            .zip(self.cfg.outputs.iter().map(|o| o.path.clone()))
+            .filter_map(|(h, p)| h.map(|h| (p, h)))
+            .collect();
+        self.hooks = start_hooks(&cfg, old_hooks, &self.metrics);
         self.cfg = cfg;
         self.api = api;
         // Unchanged files are detected by content and not rewritten.
@@ -338,8 +405,11 @@ impl Credential {
                 _ = cancel.cancelled() => return,
                 r = self.login() => r,
             };
+            self.metrics.renewal(&self.cfg.name, result.is_ok());
             match result {
                 Ok(held) => {
+                    self.metrics
+                        .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
                     self.held = Some(held);
                     self.force_login = false;
                     self.stale = vec![true; self.cfg.outputs.len()];
@@ -444,10 +514,19 @@ impl Credential {
                     self.stale[i] = false;
                     if outcome == WriteOutcome::Written {
                         written.push(out.path.display().to_string());
+                        if let Some(hook) = &self.hooks[i] {
+                            hook.fire(held.validity.expires_at);
+                        }
                     }
                 }
-                Ok(Err(e)) => errors.push(e.to_string()),
-                Err(e) => errors.push(format!("write of {} panicked: {e}", out.path.display())),
+                Ok(Err(e)) => {
+                    self.metrics.write_failure(&self.cfg.name);
+                    errors.push(e.to_string());
+                }
+                Err(e) => {
+                    self.metrics.write_failure(&self.cfg.name);
+                    errors.push(format!("write of {} failed: {e}", out.path.display()));
+                }
             }
         }
         let now = crate::now();
@@ -526,6 +605,30 @@ impl Credential {
             board.publish(self.status(now));
         }
     }
+}
+
+/// Hook tasks for `cfg`'s outputs, reusing a running one whose output
+/// path and hooks are unchanged.
+fn start_hooks(
+    cfg: &CredentialConfig,
+    mut old: Vec<(std::path::PathBuf, Hook)>,
+    metrics: &Arc<Metrics>,
+) -> Vec<Option<Hook>> {
+    cfg.outputs
+        .iter()
+        .map(|out| {
+            let spec = HookSpec::of(out)?;
+            if let Some(i) = old.iter().position(|(p, h)| p == &out.path && h.spec == spec) {
+                return Some(old.swap_remove(i).1);
+            }
+            Some(Hook::start(
+                spec,
+                cfg.name.clone(),
+                out.path.clone(),
+                metrics.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// A failed login attempt, ready for logging and backoff.
@@ -627,7 +730,7 @@ pub async fn run(
 /// due (unless `force`), else log in once; write every output. True if the
 /// credential ends fresh.
 pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
-    let mut cred = Credential::new(cfg, api, None);
+    let mut cred = Credential::new(cfg, api, None, Arc::new(Metrics::new()));
     let now = crate::now();
     cred.adopt_from_disk(now);
     if force {
@@ -636,6 +739,9 @@ pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
     let (step, _) = cred.next_step(now);
     cred.act(step, &CancellationToken::new()).await;
     let fresh = cred.is_fresh(crate::now());
+    for hook in std::mem::take(&mut cred.hooks).into_iter().flatten() {
+        hook.finish().await;
+    }
     if !fresh {
         error!(
             error = cred.last_error.as_deref().unwrap_or("outputs not written"),

@@ -1,5 +1,5 @@
 //! The daemon: one task per credential, reloads reconciled task by task,
-//! a clean shutdown.
+//! systemd notifications, the status file, a clean shutdown.
 //!
 //! All events (signals, config-file changes, the caller's shutdown future)
 //! arrive on one channel and are handled one at a time by [`run_with_events`].
@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +17,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{Config, CredentialConfig};
-use crate::credential::{self, Api, Command, Credential, StatusBoard};
+use crate::credential::{self, Api, Command, Credential, CredentialStatus, StatusBoard};
+use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
 use crate::signals::{self, Event};
+use crate::status::{self, StatusFile};
 
 /// How long shutdown waits for in-flight work (the interface promises exit within 5 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+
+/// Changes to the status board within this window are reported together.
+const STATUS_COALESCE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -30,6 +35,14 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("{0}")]
     Api(String),
+    /// A config-time error: the `[health] listen` address cannot be bound.
+    #[error("{}: health.listen: cannot listen on {addr}: {source}", config.display())]
+    Bind {
+        config: std::path::PathBuf,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 struct Task {
@@ -43,6 +56,8 @@ struct Daemon {
     config_text: Option<String>,
     api: Arc<Api>,
     board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
+    notifier: Arc<Notifier>,
     tasks: BTreeMap<String, Task>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -76,15 +91,30 @@ pub async fn run_with_events(
     for w in &config.warnings {
         warn!("{w}");
     }
+    let metrics = Arc::new(Metrics::new());
+    let board = Arc::new(StatusBoard::default());
+    let cancel = CancellationToken::new();
+    if let Some(health) = &config.health {
+        let listener = crate::health::bind(health.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                config: config.path.clone(),
+                addr: health.listen,
+                source,
+            })?;
+        info!(listen = %health.listen, "serving /healthz, /readyz, /metrics");
+        crate::health::serve(listener, board.clone(), metrics.clone(), cancel.clone());
+    }
     let api = Api::new(&config.api).map_err(DaemonError::Api)?;
-    let config_text = std::fs::read_to_string(&config.path).ok();
     let mut daemon = Daemon {
-        config_text,
+        config_text: std::fs::read_to_string(&config.path).ok(),
         api,
-        board: Arc::new(StatusBoard::default()),
+        board,
+        metrics,
+        notifier: Arc::new(Notifier::from_env()),
         tasks: BTreeMap::new(),
         tracker: TaskTracker::new(),
-        cancel: CancellationToken::new(),
+        cancel,
         config,
     };
     info!(
@@ -95,13 +125,24 @@ pub async fn run_with_events(
     for cred in daemon.config.credentials.clone() {
         daemon.spawn(cred);
     }
-    tokio::spawn(announce_readiness(daemon.board.clone(), daemon.cancel.clone()));
+    tokio::spawn(report_status(
+        daemon.board.clone(),
+        daemon.notifier.clone(),
+        daemon.config.clone(),
+        daemon.cancel.clone(),
+    ));
 
+    // The watchdog is fed from this loop, so a loop that hangs stops feeding it.
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
             event = events.recv() => event.unwrap_or(Event::Shutdown),
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                daemon.notifier.notify("WATCHDOG=1");
+                continue;
+            }
         };
         match event {
             Event::Reload { forced } => daemon.reload(forced),
@@ -114,6 +155,7 @@ pub async fn run_with_events(
         }
     }
 
+    daemon.notifier.notify("STOPPING=1");
     daemon.cancel.cancel();
     daemon.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, daemon.tracker.wait())
@@ -131,12 +173,12 @@ impl Daemon {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = self.cancel.child_token();
         let name = cfg.name.clone();
-        let api = self.api.clone();
-        let board = self.board.clone();
+        let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
         let task_cancel = cancel.clone();
+        self.board.register(&name);
         self.tracker.spawn(
             async move {
-                let mut cred = Credential::new(cfg, api, Some(board));
+                let mut cred = Credential::new(cfg, api, Some(board), metrics);
                 cred.adopt_from_disk(crate::now());
                 credential::run(cred, rx, task_cancel).await;
             }
@@ -154,11 +196,22 @@ impl Daemon {
             debug!("config file touched but unchanged");
             return;
         }
+        self.notifier.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
+        let ok = self.try_reload(text);
+        self.metrics.reload(ok);
+        self.notifier.notify("READY=1");
+    }
+
+    fn try_reload(&mut self, text: Option<String>) -> bool {
+        let path = self.config.path.clone();
         let new = match Config::load(&path) {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "config reload failed; keeping the last good config");
-                return;
+                return false;
             }
         };
         let api_changed = new.api != self.config.api;
@@ -167,7 +220,7 @@ impl Daemon {
                 Ok(api) => self.api = api,
                 Err(e) => {
                     error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
-                    return;
+                    return false;
                 }
             }
         }
@@ -176,6 +229,7 @@ impl Daemon {
         }
         self.config_text = text;
         self.reconcile(new, api_changed);
+        true
     }
 
     fn reconcile(&mut self, new: Config, api_changed: bool) {
@@ -192,6 +246,7 @@ impl Daemon {
             {
                 task.cancel.cancel();
                 self.board.remove(name);
+                self.metrics.forget(name);
                 info!(credential = %name, "credential removed from the config; its files are left in place");
                 removed += 1;
             }
@@ -220,21 +275,82 @@ impl Daemon {
     }
 }
 
-/// Logs once when every credential first holds a token on disk.
-async fn announce_readiness(board: Arc<StatusBoard>, cancel: CancellationToken) {
+/// After each change of any credential's state: `READY=1` the first time
+/// every credential is fresh, a `STATUS=` line, and the status file.
+async fn report_status(
+    board: Arc<StatusBoard>,
+    notifier: Arc<Notifier>,
+    config: Config,
+    cancel: CancellationToken,
+) {
+    let mut ready = false;
+    let mut last_summary = String::new();
+    let mut status_file_ok = true;
     loop {
         let changed = board.changed();
         let all = board.snapshot();
-        if !all.is_empty() && all.iter().all(|s| s.fresh) {
+        let now = crate::now();
+        let summary = summarize(&all, now);
+        if summary != last_summary {
+            notifier.notify(&format!("STATUS={summary}"));
+            last_summary = summary;
+        }
+        if !ready && !all.is_empty() && all.iter().all(|s| s.is_fresh_at(now)) {
+            ready = true;
             info!(
                 credentials = all.len(),
                 "every credential has a fresh token on disk"
             );
-            return;
+            notifier.notify("READY=1");
+        }
+        let file = StatusFile {
+            pid: std::process::id(),
+            written_at: now,
+            config: config.path.clone(),
+            credentials: all,
+        };
+        let state_dir = config.state_dir.clone();
+        match tokio::task::spawn_blocking(move || status::write(&state_dir, &file)).await {
+            Ok(Ok(())) => status_file_ok = true,
+            Ok(Err(e)) => {
+                if status_file_ok {
+                    warn!(error = %e, "cannot write the status file; `status` will not see this daemon");
+                }
+                status_file_ok = false;
+            }
+            Err(_) => {}
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changed => {}
         }
+        // Let a burst of changes (many credentials starting) settle.
+        tokio::time::sleep(STATUS_COALESCE).await;
     }
+}
+
+/// One line for systemd's STATUS=: "2/2 fresh; next renewal main in 5days 14h".
+pub fn summarize(all: &[CredentialStatus], now: time::OffsetDateTime) -> String {
+    let fresh = all.iter().filter(|s| s.is_fresh_at(now)).count();
+    let mut line = format!("{fresh}/{} fresh", all.len());
+    let failing: Vec<&str> = all
+        .iter()
+        .filter(|s| s.failures > 0)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !failing.is_empty() {
+        line.push_str(&format!("; failing: {}", failing.join(", ")));
+    }
+    if let Some(next) = all
+        .iter()
+        .filter(|s| s.next_renewal.is_some())
+        .min_by_key(|s| s.next_renewal)
+    {
+        let at = next.next_renewal.unwrap_or(now);
+        let secs = (at - now).whole_seconds().max(0).unsigned_abs();
+        let d = humantime::format_duration(Duration::from_secs(secs)).to_string();
+        let short = d.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        line.push_str(&format!("; next renewal {} in {short}", next.name));
+    }
+    line
 }

@@ -116,6 +116,9 @@ fn write_files(dir: &std::path::Path, base_url: &str) -> std::io::Result<PathBuf
 base-url = "{base_url}"
 timeout = "5s"
 
+[state]
+dir = "state"   # status.json for `voipbin-tokend status -c this-file`
+
 [[credential]]
 name = "main"
 username = "{DEMO_USER}"

@@ -14,9 +14,14 @@
 //! - [`schedule`]: pure policy: when renewal is due, how long to back off.
 //! - [`output`]: what a file holds ([`output::render`]) and how it is written ([`output::write`]).
 //! - [`credential`]: one credential's state machine: reuse, renew, write, retry.
+//! - [`hooks`]: on-change commands and signals after a new token is written.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`daemon`]: one task per credential, reload reconciliation, shutdown.
 //! - [`watch`]: the config-file watcher (directory watch, debounced).
 //! - [`signals`]: SIGHUP / SIGUSR1 / SIGTERM / SIGINT into one event stream.
+//! - [`notify`]: systemd notifications (a no-op without `NOTIFY_SOCKET`).
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`status`]: the status file and the `status` command.
 //! - [`standin`]: a local stand-in of the VoIPBIN API for `demo`, tests and benchmarks.
 //! - [`demo`]: the `demo` command.
 //! - [`logging`]: tracing set-up (text or JSON to stderr).
@@ -27,12 +32,17 @@ pub mod config;
 pub mod credential;
 pub mod daemon;
 pub mod demo;
+pub mod health;
+pub mod hooks;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod schedule;
 pub mod secret;
 pub mod signals;
 pub mod standin;
+pub mod status;
 pub mod token;
 pub mod watch;
 

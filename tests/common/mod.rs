@@ -103,7 +103,10 @@ impl TestDir {
 
 /// The standard test config: loopback API, short timeouts, then `rest`.
 pub fn config_text(base_url: &str, rest: &str) -> String {
-    format!("[api]\nbase-url = \"{base_url}\"\ntimeout = \"3s\"\nmax-logins-per-second = 0\n\n{rest}")
+    format!(
+        "[api]\nbase-url = \"{base_url}\"\ntimeout = \"3s\"\nmax-logins-per-second = 0\n\n\
+         [state]\ndir = \"state\"\n\n{rest}"
+    )
 }
 
 /// One credential named `name` reading ./password, fast retries, with `outputs` appended.

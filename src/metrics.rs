@@ -1,0 +1,211 @@
+//! Prometheus metrics (prometheus-client), collected always, served on
+//! `/metrics` when `[health] listen` is set. Names are part of the
+//! interface; see `shared/interface.md`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabel {
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub credential: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub credential: String,
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the daemon keeps.
+pub struct Metrics {
+    registry: Registry,
+    token_expiry: Family<CredentialLabel, FloatGauge>,
+    renewals: Family<ResultLabel, Counter>,
+    last_renewal: Family<CredentialLabel, FloatGauge>,
+    reloads: Family<ReloadLabel, Counter>,
+    login_duration: Family<CredentialLabel, Histogram>,
+    write_failures: Family<CredentialLabel, Counter>,
+    hooks: Family<HookLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn label(credential: &str) -> CredentialLabel {
+    CredentialLabel {
+        credential: credential.to_string(),
+    }
+}
+
+fn unix(t: OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("voipbin_tokend");
+        let token_expiry = Family::<CredentialLabel, FloatGauge>::default();
+        let renewals = Family::<ResultLabel, Counter>::default();
+        let last_renewal = Family::<CredentialLabel, FloatGauge>::default();
+        let reloads = Family::<ReloadLabel, Counter>::default();
+        let login_duration = Family::<CredentialLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        let write_failures = Family::<CredentialLabel, Counter>::default();
+        let hooks = Family::<HookLabel, Counter>::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "Expiry of the token each credential holds (Unix time)",
+            token_expiry.clone(),
+        );
+        registry.register(
+            "renewals",
+            "Renewal attempts (logins) by result: success or failure",
+            renewals.clone(),
+        );
+        registry.register(
+            "last_renewal_timestamp_seconds",
+            "When each credential last obtained a token (Unix time)",
+            last_renewal.clone(),
+        );
+        registry.register("config_reloads", "Config reloads by result", reloads.clone());
+        registry.register(
+            "login_duration_seconds",
+            "Duration of login requests, whatever their outcome",
+            login_duration.clone(),
+        );
+        registry.register(
+            "output_write_failures",
+            "Output files that could not be written",
+            write_failures.clone(),
+        );
+        registry.register(
+            "hook_runs",
+            "on-change commands and signals by kind (command, signal) and result (success, failure)",
+            hooks.clone(),
+        );
+        Metrics {
+            registry,
+            token_expiry,
+            renewals,
+            last_renewal,
+            reloads,
+            login_duration,
+            write_failures,
+            hooks,
+        }
+    }
+
+    pub fn token(&self, credential: &str, expires_at: OffsetDateTime, obtained_at: OffsetDateTime) {
+        self.token_expiry
+            .get_or_create(&label(credential))
+            .set(unix(expires_at));
+        self.last_renewal
+            .get_or_create(&label(credential))
+            .set(unix(obtained_at));
+    }
+
+    pub fn renewal(&self, credential: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.renewals
+            .get_or_create(&ResultLabel {
+                credential: credential.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn login_duration(&self, credential: &str, seconds: f64) {
+        self.login_duration
+            .get_or_create(&label(credential))
+            .observe(seconds);
+    }
+
+    pub fn write_failure(&self, credential: &str) {
+        self.write_failures.get_or_create(&label(credential)).inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabel { result }).inc();
+    }
+
+    pub fn hook(&self, credential: &str, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.hooks
+            .get_or_create(&HookLabel {
+                credential: credential.to_string(),
+                kind,
+                result,
+            })
+            .inc();
+    }
+
+    /// Drops a removed credential's series.
+    pub fn forget(&self, credential: &str) {
+        self.token_expiry.remove(&label(credential));
+        self.last_renewal.remove(&label(credential));
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_interface() {
+        let m = Metrics::new();
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        m.token("main", t, t);
+        m.renewal("main", true);
+        m.renewal("main", false);
+        m.reload(false);
+        let text = m.encode();
+        for needle in [
+            "voipbin_tokend_token_expiry_timestamp_seconds{credential=\"main\"} 1800000000",
+            "voipbin_tokend_renewals_total{credential=\"main\",result=\"success\"} 1",
+            "voipbin_tokend_renewals_total{credential=\"main\",result=\"failure\"} 1",
+            "voipbin_tokend_last_renewal_timestamp_seconds{credential=\"main\"}",
+            "voipbin_tokend_config_reloads_total{result=\"failure\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! `{state dir}/status.json`, which the daemon keeps current, and the
+//! `status` command that reads it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::credential::CredentialStatus;
+use crate::output::write::{FileSpec, write_atomic};
+use crate::token::rfc3339;
+
+/// What the daemon writes. Holds no secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub pid: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub written_at: OffsetDateTime,
+    pub config: PathBuf,
+    pub credentials: Vec<CredentialStatus>,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+/// Writes the status file atomically, creating the state directory
+/// (mode 0700) if needed: unlike output directories, it is ours.
+pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
+    if !state_dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|e| format!("cannot create state directory {}: {e}", state_dir.display()))?;
+    }
+    let mut text = serde_json::to_string_pretty(status).map_err(|e| e.to_string())?;
+    text.push('\n');
+    let p = path(state_dir);
+    write_atomic(
+        &FileSpec {
+            path: &p,
+            mode: 0o644,
+            uid: None,
+            gid: None,
+        },
+        text.as_bytes(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
+}
+
+fn ago_or_in(t: OffsetDateTime, now: OffsetDateTime) -> String {
+    let secs = (t - now).whole_seconds();
+    let d = humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs()));
+    // Keep the two largest units: "5days 14h", not "5days 14h 3m 2s".
+    let d = d.to_string();
+    let short = d.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    if secs >= 0 {
+        format!("in {short}")
+    } else {
+        format!("{short} ago")
+    }
+}
+
+/// The `status` command: 0 if the daemon runs and every credential is fresh.
+pub fn command(state_dir: &Path, json: bool) -> ExitCode {
+    let p = path(state_dir);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "voipbin-tokend: cannot read {}: {e} (is the daemon running with this config?)",
+                p.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let status: StatusFile = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("voipbin-tokend: {} is not a status file: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = crate::now();
+    let running = alive(status.pid);
+    let all_fresh = !status.credentials.is_empty() && status.credentials.iter().all(|c| c.is_fresh_at(now));
+    if json {
+        let creds: Vec<_> = status
+            .credentials
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                v["state"] = c.state(now).into();
+                v
+            })
+            .collect();
+        let v = serde_json::json!({
+            "daemon_running": running,
+            "pid": status.pid,
+            "written_at": rfc3339(status.written_at),
+            "config": status.config,
+            "healthy": running && all_fresh,
+            "credentials": creds,
+        });
+        println!("{v:#}");
+    } else {
+        if running {
+            println!(
+                "daemon: running (pid {}), config {}, status as of {}",
+                status.pid,
+                status.config.display(),
+                ago_or_in(status.written_at, now)
+            );
+        } else {
+            println!(
+                "daemon: NOT RUNNING (pid {} is gone); figures below are from {}",
+                status.pid,
+                rfc3339(status.written_at)
+            );
+        }
+        println!(
+            "{:<20} {:<10} {:<34} {:<34} LAST ERROR",
+            "CREDENTIAL", "STATE", "EXPIRES", "NEXT RENEWAL"
+        );
+        for c in &status.credentials {
+            let when = |t: Option<OffsetDateTime>| {
+                t.map(|t| format!("{} ({})", rfc3339(t), ago_or_in(t, now)))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let error = match (&c.last_error, c.failures) {
+                (Some(e), n) => format!("{e} ({n} failures)"),
+                (None, _) => "-".into(),
+            };
+            println!(
+                "{:<20} {:<10} {:<34} {:<34} {}",
+                c.name,
+                c.state(now),
+                when(c.expires_at),
+                when(c.next_renewal),
+                error
+            );
+        }
+    }
+    if running && all_fresh {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
