@@ -607,6 +607,18 @@ impl Validator<'_> {
             .group
             .map(|g| resolve_group(&g).map_err(|m| self.err(&key("group"), m)))
             .transpose()?;
+        // Found now rather than at the first write: a file silently left
+        // owned by the daemon's user is worse than a refusal to start.
+        if let Some(o) = &owner
+            && !may_chown_to_user(o.id)
+        {
+            return Err(self.err(&key("owner"), cannot_chown("user", &o.name)));
+        }
+        if let Some(g) = &group
+            && !may_chown_to_group(g.id)
+        {
+            return Err(self.err(&key("group"), cannot_chown("group", &g.name)));
+        }
 
         if let Some(argv) = &raw.on_change
             && argv.first().is_none_or(|p| p.is_empty())
@@ -663,6 +675,33 @@ fn is_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// True if this process holds CAP_CHOWN (Linux: bit 0 of CapEff).
+fn has_cap_chown() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match status.lines().find_map(|l| l.strip_prefix("CapEff:")) {
+        Some(hex) => u64::from_str_radix(hex.trim(), 16).is_ok_and(|caps| caps & 1 != 0),
+        None => nix::unistd::geteuid().is_root(),
+    }
+}
+
+fn may_chown_to_user(uid: u32) -> bool {
+    uid == nix::unistd::geteuid().as_raw() || has_cap_chown()
+}
+
+fn may_chown_to_group(gid: u32) -> bool {
+    let ours = gid == nix::unistd::getegid().as_raw()
+        || nix::unistd::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid));
+    ours || has_cap_chown()
+}
+
+fn cannot_chown(what: &str, name: &str) -> String {
+    format!(
+        "this process (uid {}) may not give files to {what} {name:?}: that needs CAP_CHOWN \
+         (run as root, or grant CAP_CHOWN with the unit's CapabilityBoundingSet= and AmbientCapabilities=)",
+        nix::unistd::geteuid()
+    )
 }
 
 fn resolve_user(name: &str) -> Result<Owner, String> {
