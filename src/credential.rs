@@ -236,7 +236,13 @@ pub struct Credential {
     stale: Vec<bool>,
     /// Log in at the next step even if the token is not due (SIGUSR1, changed login).
     force_login: bool,
+    /// Write stale outputs at the next step, even during backoff: set when
+    /// outputs appear or change (start, reload), not after a failed write.
+    write_now: bool,
     failures: u32,
+    /// Which step the current failures are of: a successful write must not
+    /// end the backoff of a failing login.
+    failed_step: Option<Step>,
     retry_at: Option<OffsetDateTime>,
     last_error: Option<String>,
     skew_warned: bool,
@@ -266,7 +272,9 @@ impl Credential {
             api,
             held: None,
             force_login: false,
+            write_now: true,
             failures: 0,
+            failed_step: None,
             retry_at: None,
             last_error: None,
             skew_warned: false,
@@ -344,6 +352,11 @@ impl Credential {
             None => true,
             Some(h) => self.force_login || now >= h.due_at || h.validity.is_expired(now),
         };
+        let has_stale = self.stale.iter().any(|s| *s);
+        let usable = self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now));
+        if self.write_now && usable && has_stale {
+            return (Step::WriteOutputs, now);
+        }
         let step = if needs_login {
             Step::Login
         } else {
@@ -352,7 +365,7 @@ impl Credential {
         if let Some(at) = self.retry_at {
             return (step, at);
         }
-        match (&self.held, needs_login, self.stale.iter().any(|s| *s)) {
+        match (&self.held, needs_login, has_stale) {
             (_, true, _) | (None, _, _) => (Step::Login, now),
             (Some(_), false, true) => (Step::WriteOutputs, now),
             (Some(h), false, false) => (Step::Login, h.due_at),
@@ -385,6 +398,9 @@ impl Credential {
         self.api = api;
         // Unchanged files are detected by content and not rewritten.
         self.stale = vec![true; self.cfg.outputs.len()];
+        // A token of the old login is not written anywhere new: the login
+        // that follows writes every output.
+        self.write_now = !login_changed;
         if renewal_changed && let Some(h) = &mut self.held {
             h.due_at = schedule::due_at(&h.validity, &self.cfg.renewal, jitter_sample());
             info!(next_renewal = %token::rfc3339(h.due_at), "renewal settings changed; rescheduled");
@@ -418,7 +434,7 @@ impl Credential {
                 }
                 Err(failure) => {
                     self.renewals_failed += 1;
-                    self.fail(failure.kind, failure.message);
+                    self.fail(Step::Login, failure.kind, failure.message);
                     return;
                 }
             }
@@ -474,6 +490,7 @@ impl Credential {
     /// Writes the held token to every stale output. A failed output stays
     /// stale and is retried with backoff; the others are written anyway.
     async fn write_outputs(&mut self, renewed: bool) {
+        self.write_now = false;
         let Some(held) = self.held.clone() else { return };
         let mut written = Vec::new();
         let mut errors = Vec::new();
@@ -541,12 +558,12 @@ impl Credential {
             info!(files = %written.join(", "), "outputs updated");
         }
         if errors.is_empty() {
-            if !renewed {
+            if self.failed_step == Some(Step::WriteOutputs) {
                 self.clear_failure();
             }
             self.publish(now);
         } else {
-            self.fail(FailureKind::Transient, errors.join("; "));
+            self.fail(Step::WriteOutputs, FailureKind::Transient, errors.join("; "));
         }
     }
 
@@ -555,6 +572,7 @@ impl Credential {
             info!(after_failures = self.failures, "recovered");
         }
         self.failures = 0;
+        self.failed_step = None;
         self.retry_at = None;
         self.last_error = None;
     }
@@ -562,8 +580,9 @@ impl Credential {
     /// Records a failure and schedules the retry. Logs at warn when the
     /// error differs from the last one, else at debug: an outage of hours
     /// gives a handful of lines, not one per try.
-    fn fail(&mut self, kind: FailureKind, message: String) {
+    fn fail(&mut self, step: Step, kind: FailureKind, message: String) {
         self.failures = self.failures.saturating_add(1);
+        self.failed_step = Some(step);
         let delay = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
         let now = crate::now();
         self.retry_at = Some(schedule::after(now, delay));
@@ -852,7 +871,11 @@ path = "/nonexistent/main.token"
     #[test]
     fn backoff_holds_the_next_attempt_but_sigusr1_clears_it() {
         let (_, mut cred) = credential();
-        cred.fail(FailureKind::Rejected, "credentials rejected (HTTP 400)".into());
+        cred.fail(
+            Step::Login,
+            FailureKind::Rejected,
+            "credentials rejected (HTTP 400)".into(),
+        );
         let (step, at) = cred.next_step(crate::now());
         assert_eq!(step, Step::Login);
         assert!(at >= crate::now() + time::Duration::seconds(299), "{at}");

@@ -52,6 +52,12 @@ pub fn watch(config_path: &Path, events: mpsc::UnboundedSender<Event>) -> notify
     let (raw_tx, raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(event) => {
+            // Opening and reading the file (the daemon's own reload does)
+            // is not a change; a close after writing is.
+            use notify::event::{AccessKind, AccessMode, EventKind};
+            if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)) {
+                return;
+            }
             let relevant = event.paths.iter().any(|p| {
                 p.file_name().is_some_and(|n| {
                     names.iter().any(|name| name == n) || n.to_string_lossy().starts_with("..")
