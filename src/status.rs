@@ -131,24 +131,27 @@ pub fn command(state_dir: &Path, json: bool) -> ExitCode {
             );
         }
         println!(
-            "{:<20} {:<10} {:<34} {:<34} LAST ERROR",
-            "CREDENTIAL", "STATE", "EXPIRES", "NEXT RENEWAL"
+            "{:<20} {:<10} {:<36} {:<14} {:<16} LAST ERROR",
+            "CREDENTIAL", "STATE", "EXPIRES", "LAST RENEWAL", "NEXT RENEWAL"
         );
         for c in &status.credentials {
-            let when = |t: Option<OffsetDateTime>| {
-                t.map(|t| format!("{} ({})", rfc3339(t), ago_or_in(t, now)))
-                    .unwrap_or_else(|| "-".into())
-            };
+            let relative =
+                |t: Option<OffsetDateTime>| t.map(|t| ago_or_in(t, now)).unwrap_or_else(|| "-".into());
+            let expires = c
+                .expires_at
+                .map(|t| format!("{} ({})", rfc3339(t), ago_or_in(t, now)))
+                .unwrap_or_else(|| "-".into());
             let error = match (&c.last_error, c.failures) {
                 (Some(e), n) => format!("{e} ({n} failures)"),
                 (None, _) => "-".into(),
             };
             println!(
-                "{:<20} {:<10} {:<34} {:<34} {}",
+                "{:<20} {:<10} {:<36} {:<14} {:<16} {}",
                 c.name,
                 c.state(now),
-                when(c.expires_at),
-                when(c.next_renewal),
+                expires,
+                relative(c.obtained_at),
+                relative(c.next_renewal),
                 error
             );
         }
