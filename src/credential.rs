@@ -451,12 +451,11 @@ impl Credential {
             .map_err(|e| Failure::transient(format!("password: {e}")))?;
         let _permit = self.api.limiter.acquire().await;
         debug!(url = %self.api.client.login_url(), "logging in");
-        let login = self
-            .api
-            .client
-            .login(&self.cfg.username, &password)
-            .await
-            .map_err(Failure::from)?;
+        let started = std::time::Instant::now();
+        let login = self.api.client.login(&self.cfg.username, &password).await;
+        self.metrics
+            .login_duration(&self.cfg.name, started.elapsed().as_secs_f64());
+        let login = login.map_err(Failure::from)?;
         drop(password);
 
         let mut claims = login.claims;
@@ -587,7 +586,18 @@ impl Credential {
         let now = crate::now();
         self.retry_at = Some(schedule::after(now, delay));
         let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
-        if self.last_error.as_deref() != Some(message.as_str()) {
+        // The same failure again (another request id, another Retry-After)
+        // is not news: only a change of state is logged above debug.
+        let kind_of = |m: &str| {
+            m.split(" [request id")
+                .next()
+                .unwrap_or("")
+                .split(", retry after")
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
             if kind == FailureKind::Rejected {
                 error!(error = %message, failures = self.failures, retry_in = %retry_in, "credentials rejected by the server; check username and password");
             } else {
