@@ -214,9 +214,10 @@ impl StatusBoard {
             .collect()
     }
 
-    /// Resolves on the next change.
-    pub async fn changed(&self) {
-        self.changed.notified().await
+    /// Resolves on the next change after this call (not after its first
+    /// poll: take it before looking at the board, so no change is missed).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 }
 
@@ -311,21 +312,23 @@ impl Credential {
                 info!(path = %out.path.display(), removed, "removed temp files left by an earlier run");
             }
         }
-        let mut best: Option<(Secret, Validity, OffsetDateTime)> = None;
-        for out in &self.cfg.outputs {
-            let Some((tok, validity, obtained_at)) = read_token_file(out) else {
-                continue;
-            };
-            if validity.is_expired(now) {
-                continue;
-            }
-            let better = best
-                .as_ref()
-                .is_none_or(|(_, v, _)| validity.expires_at > v.expires_at);
-            if better {
-                best = Some((tok, validity, obtained_at));
-            }
-        }
+        let found: Vec<_> = self.cfg.outputs.iter().filter_map(read_token_file).collect();
+        // The token that expires last; for when it was obtained, a JSON
+        // output's own record beats a file's mtime (so that output is not
+        // rewritten just because another file is older or newer).
+        let best = found
+            .iter()
+            .map(|(tok, claims, obtained_at, _)| (tok, Validity::new(*claims, *obtained_at)))
+            .filter(|(_, v)| !v.is_expired(now))
+            .max_by_key(|(_, v)| v.expires_at)
+            .map(|(tok, _)| {
+                let (_, claims, obtained_at, _) = found
+                    .iter()
+                    .filter(|f| &f.0 == tok)
+                    .max_by_key(|f| f.3)
+                    .expect("the token came from this list");
+                (tok.clone(), Validity::new(*claims, *obtained_at), *obtained_at)
+            });
         if let Some((tok, validity, obtained_at)) = best {
             let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
             info!(
@@ -354,7 +357,10 @@ impl Credential {
         };
         let has_stale = self.stale.iter().any(|s| *s);
         let usable = self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now));
-        if self.write_now && usable && has_stale {
+        // New or changed outputs get the held token at once, even while a
+        // login is backing off (when a login is possible now, it writes them).
+        let backing_off = self.retry_at.is_some_and(|at| at > now);
+        if self.write_now && usable && has_stale && (backing_off || !needs_login) {
             return (Step::WriteOutputs, now);
         }
         let step = if needs_login {
@@ -690,25 +696,23 @@ fn jitter_sample() -> f64 {
 }
 
 /// Reads the token in an output file, with when it was obtained: the JSON
-/// format's `obtained_at`, else the file's modification time.
-fn read_token_file(out: &OutputConfig) -> Option<(Secret, Validity, OffsetDateTime)> {
+/// format's `obtained_at` (`true` in the result), else the file's mtime.
+fn read_token_file(out: &OutputConfig) -> Option<(Secret, token::Claims, OffsetDateTime, bool)> {
     let bytes = zeroize::Zeroizing::new(std::fs::read(&out.path).ok()?);
     let text = std::str::from_utf8(&bytes).ok()?;
     let (tok, claims) = token::find_in(text)?;
     let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
     let mut obtained_at = OffsetDateTime::from(mtime);
+    let mut from_json = false;
     if out.format == Format::Json
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
         && let Some(t) = v.get("obtained_at").and_then(|t| t.as_str())
         && let Ok(t) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
     {
         obtained_at = t;
+        from_json = true;
     }
-    Some((
-        Secret::new(tok.to_string()),
-        Validity::new(claims, obtained_at),
-        obtained_at,
-    ))
+    Some((Secret::new(tok.to_string()), claims, obtained_at, from_json))
 }
 
 /// Commands from the daemon to a credential's task.
@@ -765,8 +769,15 @@ pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
     if force {
         cred.force_login();
     }
-    let (step, _) = cred.next_step(now);
-    cred.act(step, &CancellationToken::new()).await;
+    // A login, then (if it failed) the still-valid token to new outputs.
+    for _ in 0..2 {
+        let now = crate::now();
+        let (step, at) = cred.next_step(now);
+        if at > now {
+            break;
+        }
+        cred.act(step, &CancellationToken::new()).await;
+    }
     let fresh = cred.is_fresh(crate::now());
     for hook in std::mem::take(&mut cred.hooks).into_iter().flatten() {
         hook.finish().await;
