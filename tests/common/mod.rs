@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use voipbin_tokend::standin::{ClaimStyle, Fault, StandIn, StandInOptions};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_voipbin-tokend");
@@ -49,7 +50,10 @@ impl TestDir {
     }
 
     pub fn write_password(&self, password: &str) {
-        std::fs::write(self.path("password"), format!("{password}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path("password");
+        std::fs::write(&p, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     /// Writes config.toml: an [api] section for `base_url` (fast timeouts)
