@@ -264,6 +264,7 @@ impl Credential {
         board: Option<Arc<StatusBoard>>,
         metrics: Arc<Metrics>,
     ) -> Credential {
+        metrics.register(&cfg.name);
         let hooks = start_hooks(&cfg, Vec::new(), &metrics);
         Credential {
             stale: vec![true; cfg.outputs.len()],

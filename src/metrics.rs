@@ -114,6 +114,10 @@ impl Metrics {
             "on-change commands and signals by kind (command, signal) and result (success, failure)",
             hooks.clone(),
         );
+        // Series that alerts look for exist from the start, at 0.
+        for result in ["success", "failure"] {
+            reloads.get_or_create(&ReloadLabel { result });
+        }
         Metrics {
             registry,
             token_expiry,
@@ -124,6 +128,18 @@ impl Metrics {
             write_failures,
             hooks,
         }
+    }
+
+    /// Creates a credential's counters at 0, so `rate()` and absence
+    /// alerts work before the first failure.
+    pub fn register(&self, credential: &str) {
+        for result in ["success", "failure"] {
+            self.renewals.get_or_create(&ResultLabel {
+                credential: credential.to_string(),
+                result,
+            });
+        }
+        self.write_failures.get_or_create(&label(credential));
     }
 
     pub fn token(&self, credential: &str, expires_at: OffsetDateTime, obtained_at: OffsetDateTime) {
@@ -171,7 +187,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Drops a removed credential's series.
+    /// Drops a removed credential's gauges (counters stay: they are totals).
     pub fn forget(&self, credential: &str) {
         self.token_expiry.remove(&label(credential));
         self.last_renewal.remove(&label(credential));
