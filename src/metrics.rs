@@ -116,7 +116,7 @@ impl Metrics {
         );
         // Series that alerts look for exist from the start, at 0.
         for result in ["success", "failure"] {
-            reloads.get_or_create(&ReloadLabel { result });
+            let _ = reloads.get_or_create(&ReloadLabel { result });
         }
         Metrics {
             registry,
@@ -134,12 +134,12 @@ impl Metrics {
     /// alerts work before the first failure.
     pub fn register(&self, credential: &str) {
         for result in ["success", "failure"] {
-            self.renewals.get_or_create(&ResultLabel {
+            let _ = self.renewals.get_or_create(&ResultLabel {
                 credential: credential.to_string(),
                 result,
             });
         }
-        self.write_failures.get_or_create(&label(credential));
+        let _ = self.write_failures.get_or_create(&label(credential));
     }
 
     pub fn token(&self, credential: &str, expires_at: OffsetDateTime, obtained_at: OffsetDateTime) {
