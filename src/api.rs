@@ -120,10 +120,7 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(2);
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{} is not a PEM bundle: {e}", path.display()))?;
-            for cert in certs {
+            for cert in crate::config::read_ca_file(path)? {
                 builder = builder.add_root_certificate(cert);
             }
         }

@@ -406,17 +406,7 @@ impl Validator<'_> {
         let ca_file = match raw.ca_file {
             Some(p) => {
                 let p = self.resolve(&p);
-                let pem = std::fs::read(&p)
-                    .map_err(|e| self.err("api.ca-file", format!("cannot read {}: {e}", p.display())))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    self.err(
-                        "api.ca-file",
-                        format!("{} is not a PEM certificate bundle: {e}", p.display()),
-                    )
-                })?;
-                if certs.is_empty() {
-                    return Err(self.err("api.ca-file", format!("{} holds no certificate", p.display())));
-                }
+                read_ca_file(&p).map_err(|m| self.err("api.ca-file", m))?;
                 Some(p)
             }
             None => None,
@@ -660,6 +650,35 @@ impl Validator<'_> {
             pid_file: raw.pid_file.map(|p| self.resolve(&p)),
         })
     }
+}
+
+/// The largest `ca-file` read; a bundle of every public root is ~250 KiB.
+const MAX_CA_FILE: u64 = 1024 * 1024;
+
+/// Reads a PEM bundle of trust anchors: a regular file, at most 1 MiB, with
+/// at least one certificate.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if pem.len() as u64 > MAX_CA_FILE {
+        return Err(format!("{} is larger than {MAX_CA_FILE} bytes", path.display()));
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {

@@ -12,13 +12,12 @@
 //! - every output is "stale" until it holds the held token; stale outputs
 //!   are (re)written without a login.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -59,45 +58,65 @@ impl Api {
 }
 
 /// At most `per_second` logins in any one-second window (0: no limit),
-/// and at most [`MAX_CONCURRENT_LOGINS`] in flight. Waiters are served in
-/// arrival order.
+/// and at most [`MAX_CONCURRENT_LOGINS`] in flight.
+///
+/// A login holds its slot from before its request is sent until one second
+/// after its answer came. Whenever the server saw the request, that was
+/// inside this span, so the server never sees more than `per_second`
+/// requests in any one-second window, however slow the network.
 #[derive(Debug)]
 struct LoginLimiter {
-    per_second: u32,
-    recent: tokio::sync::Mutex<VecDeque<tokio::time::Instant>>,
+    per_second: Option<Arc<Semaphore>>,
     in_flight: Semaphore,
+}
+
+/// A login's place in the budget; returned when dropped.
+struct LoginSlot<'a> {
+    _in_flight: SemaphorePermit<'a>,
+    window: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for LoginSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.window.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(permit);
+            });
+        }
+    }
 }
 
 impl LoginLimiter {
     fn new(per_second: u32) -> Self {
         LoginLimiter {
-            per_second,
-            recent: tokio::sync::Mutex::new(VecDeque::new()),
+            per_second: (per_second > 0).then(|| Arc::new(Semaphore::new(per_second as usize))),
             in_flight: Semaphore::new(MAX_CONCURRENT_LOGINS),
         }
     }
 
-    async fn acquire(&self) -> SemaphorePermit<'_> {
-        let permit = self
+    /// Waits for a slot (first come, first served: tokio's semaphore is fair).
+    async fn acquire(&self) -> LoginSlot<'_> {
+        let window = match &self.per_second {
+            Some(s) => Some(
+                s.clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            None => None,
+        };
+        let in_flight = self
             .in_flight
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        if self.per_second > 0 {
-            let window = Duration::from_secs(1);
-            let mut recent = self.recent.lock().await;
-            let now = tokio::time::Instant::now();
-            while recent.front().is_some_and(|t| now.duration_since(*t) >= window) {
-                recent.pop_front();
-            }
-            if recent.len() >= self.per_second as usize
-                && let Some(oldest) = recent.pop_front()
-            {
-                tokio::time::sleep_until(oldest + window).await;
-            }
-            recent.push_back(tokio::time::Instant::now());
+        LoginSlot {
+            _in_flight: in_flight,
+            window,
         }
-        permit
     }
 }
 
@@ -456,7 +475,7 @@ impl Credential {
             .password
             .read()
             .map_err(|e| Failure::transient(format!("password: {e}")))?;
-        let _permit = self.api.limiter.acquire().await;
+        let _slot = self.api.limiter.acquire().await;
         debug!(url = %self.api.client.login_url(), "logging in");
         let started = std::time::Instant::now();
         let login = self.api.client.login(&self.cfg.username, &password).await;
@@ -592,7 +611,7 @@ impl Credential {
         let delay = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
         let now = crate::now();
         self.retry_at = Some(schedule::after(now, delay));
-        let retry_in = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
+        let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         // The same failure again (another request id, another Retry-After)
         // is not news: only a change of state is logged above debug.
         let kind_of = |m: &str| {

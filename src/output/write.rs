@@ -80,8 +80,8 @@ pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome,
         .mode(spec.mode)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&tmp)
-        .map_err(io("create a temp file in", dir))?;
-    let result = fill(&mut file, &tmp, spec, content).and_then(|()| {
+        .map_err(io("create a temp file beside", path))?;
+    let result = fill(&mut file, spec, content).and_then(|()| {
         drop(file);
         std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
     });
@@ -97,15 +97,18 @@ pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome,
 }
 
 /// Mode and owner first, then the bytes, then fsync.
-fn fill(file: &mut File, tmp: &Path, spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
+fn fill(file: &mut File, spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
+    let path = spec.path;
     // The umask may have narrowed the mode at creation; set it exactly.
     file.set_permissions(std::fs::Permissions::from_mode(spec.mode))
-        .map_err(io("set the mode of", tmp))?;
+        .map_err(io("set the mode of the temp file for", path))?;
     if spec.uid.is_some() || spec.gid.is_some() {
-        std::os::unix::fs::fchown(&*file, spec.uid, spec.gid).map_err(io("change the owner of", tmp))?;
+        std::os::unix::fs::fchown(&*file, spec.uid, spec.gid)
+            .map_err(io("change the owner of the temp file for", path))?;
     }
-    file.write_all(content).map_err(io("write", tmp))?;
-    file.sync_all().map_err(io("fsync", tmp))
+    file.write_all(content)
+        .map_err(io("write the temp file for", path))?;
+    file.sync_all().map_err(io("fsync the temp file for", path))
 }
 
 /// True if the target is a regular file (not a symlink) that already has
