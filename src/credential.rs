@@ -798,7 +798,9 @@ pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
         }
         cred.act(step, &CancellationToken::new()).await;
     }
-    let fresh = cred.is_fresh(crate::now());
+    // A login that was needed (or forced) and failed is a failure even if
+    // the old token is still on disk.
+    let fresh = cred.is_fresh(crate::now()) && cred.failures == 0;
     for hook in std::mem::take(&mut cred.hooks).into_iter().flatten() {
         hook.finish().await;
     }

@@ -46,7 +46,6 @@ fn once_logs_in_when_the_token_is_missing_and_not_again_when_it_is_fresh() {
 }
 
 #[test]
-
 fn once_force_logs_in_even_with_a_fresh_token_on_disk() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
@@ -63,6 +62,28 @@ fn once_force_logs_in_even_with_a_fresh_token_on_disk() {
     let second = t.read("main.token").unwrap();
     assert_ne!(second, first);
     assert_eq!(Some(&second), s.issued_tokens().last());
+}
+
+#[test]
+fn once_force_exits_1_when_the_login_fails_and_keeps_the_token_on_disk() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    let c = cfg_arg(&t);
+    let out = t.run(&["once", "-c", &c]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let first = t.read("main.token").unwrap();
+
+    s.set_default(Some(Fault::status(503)));
+    let out = t.run(&["once", "--force", "-c", &c]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed forced login is a failure: {}",
+        both(&out)
+    );
+    assert_eq!(s.login_requests(), 2);
+    assert_eq!(t.read("main.token").unwrap(), first, "the good token must stay");
 }
 
 #[test]
@@ -88,7 +109,6 @@ fn once_exits_1_when_a_password_is_rejected_but_writes_the_other_credential() {
 }
 
 #[test]
-
 fn once_renews_a_token_on_disk_that_is_past_renew_at() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
