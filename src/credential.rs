@@ -305,18 +305,6 @@ impl Credential {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
-    pub fn config(&self) -> &CredentialConfig {
-        &self.cfg
-    }
-
-    pub fn held(&self) -> Option<&Held> {
-        self.held.as_ref()
-    }
-
     pub fn force_login(&mut self) {
         self.force_login = true;
         self.retry_at = None;

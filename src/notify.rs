@@ -34,10 +34,6 @@ impl Notifier {
         Notifier { target }
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.target.is_some()
-    }
-
     /// Sends `state` (newline-separated `KEY=value` lines). Errors are
     /// logged at debug: a notification is never worth failing over.
     pub fn notify(&self, state: &str) {
