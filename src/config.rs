@@ -229,11 +229,21 @@ struct RawOutput {
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Config::from_file_text(&Config::read(path)?, path)
+    }
+
+    /// The config file's text.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        let mut config = Config::parse(&text, path)?;
+        })
+    }
+
+    /// Validates text just read from the file at `path`, with the warnings
+    /// that depend on the file itself (its permissions).
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::parse(text, path)?;
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o002 != 0
         {

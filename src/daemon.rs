@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::config::{Config, CredentialConfig};
+use crate::config::{Config, ConfigError, CredentialConfig};
 use crate::credential::{self, Api, Command, Credential, CredentialStatus, StatusBoard};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
@@ -190,9 +190,8 @@ impl Daemon {
     /// Loads the config again and reconciles. `forced` (SIGHUP) reloads
     /// even when the file's text is unchanged.
     fn reload(&mut self, forced: bool) {
-        let path = self.config.path.clone();
-        let text = std::fs::read_to_string(&path).ok();
-        if !forced && text.is_some() && text == self.config_text {
+        let text = Config::read(&self.config.path);
+        if !forced && text.as_ref().ok() == self.config_text.as_ref() {
             debug!("config file touched but unchanged");
             return;
         }
@@ -205,10 +204,10 @@ impl Daemon {
         self.notifier.notify("READY=1");
     }
 
-    fn try_reload(&mut self, text: Option<String>) -> bool {
+    fn try_reload(&mut self, text: Result<String, ConfigError>) -> bool {
         let path = self.config.path.clone();
-        let new = match Config::load(&path) {
-            Ok(c) => c,
+        let (new, text) = match text.and_then(|t| Config::from_file_text(&t, &path).map(|c| (c, t))) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 error!(error = %e, "config reload failed; keeping the last good config");
                 return false;
@@ -227,7 +226,7 @@ impl Daemon {
         for w in &new.warnings {
             warn!("{w}");
         }
-        self.config_text = text;
+        self.config_text = Some(text);
         self.reconcile(new, api_changed);
         true
     }
@@ -348,8 +347,7 @@ pub fn summarize(all: &[CredentialStatus], now: time::OffsetDateTime) -> String 
     {
         let at = next.next_renewal.unwrap_or(now);
         let secs = (at - now).whole_seconds().max(0).unsigned_abs();
-        let d = humantime::format_duration(Duration::from_secs(secs)).to_string();
-        let short = d.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let short = status::short_duration(Duration::from_secs(secs));
         line.push_str(&format!("; next renewal {} in {short}", next.name));
     }
     line

@@ -60,12 +60,15 @@ fn alive(pid: u32) -> bool {
     )
 }
 
+/// A duration in its two largest units: "5days 14h", not "5days 14h 3m 2s".
+pub fn short_duration(d: std::time::Duration) -> String {
+    let text = humantime::format_duration(d).to_string();
+    text.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
 fn ago_or_in(t: OffsetDateTime, now: OffsetDateTime) -> String {
     let secs = (t - now).whole_seconds();
-    let d = humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs()));
-    // Keep the two largest units: "5days 14h", not "5days 14h 3m 2s".
-    let d = d.to_string();
-    let short = d.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    let short = short_duration(std::time::Duration::from_secs(secs.unsigned_abs()));
     if secs >= 0 {
         format!("in {short}")
     } else {
