@@ -1,12 +1,10 @@
 //! The one-shot commands: `once`, `check`, `inspect`, and `demo`.
 
 mod common;
-mod coresupport;
 
 use std::time::Duration;
 
 use common::*;
-use coresupport::*;
 use nix::sys::signal::Signal;
 
 fn cfg_arg(t: &TestDir) -> String {
