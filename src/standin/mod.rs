@@ -56,6 +56,7 @@
 //! - this file: the public face: [`StandIn`], its options and records;
 //! - `faults`: [`Fault`], the misbehaving answers a test can script;
 //! - `server`: the shared state, the accept loop and the request handlers;
+//! - `keys`: the access-key API (`/v1.0/accesskeys`), with a time scale for short key lifetimes;
 //! - `body`: response bodies (whole, dribbled, huge).
 
 use std::collections::{HashMap, VecDeque};
@@ -89,11 +90,16 @@ use tracing::debug;
 
 mod body;
 mod faults;
+mod keys;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use faults::Fault;
+pub use keys::{
+    ACCESSKEYS_PATH, AuthVia, KeyInfo, MIN_KEY_EXPIRE_SECS, PERMISSION_CUSTOMER_ADMIN,
+    PERMISSION_CUSTOMER_AGENT, PERMISSION_PROJECT_SUPER_ADMIN,
+};
 use server::{Inner, User, serve};
 
 /// The login path (no `/v1.0` prefix, like the real server).
@@ -217,6 +223,11 @@ pub struct LoginRecord {
     pub request_id: String,
     /// When the request arrived.
     pub at: SystemTime,
+    /// How it authenticated (key API calls; `None` for the others).
+    pub auth: AuthVia,
+    /// Whether the query string carried `accesskey=` (a key in a URL ends
+    /// up in proxy logs: a client must never do it).
+    pub key_in_query: bool,
 }
 
 /// A running stand-in server. Dropping it stops it.

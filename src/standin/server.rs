@@ -14,6 +14,7 @@ pub(super) struct Inner {
     pub(super) login_requests: AtomicU64,
     pub(super) logins_ok: AtomicU64,
     pub(super) state: Mutex<State>,
+    pub(super) keys: Mutex<super::keys::KeyStore>,
 }
 
 pub(super) struct State {
@@ -32,6 +33,8 @@ pub(super) struct User {
     pub(super) password: String,
     pub(super) id: String,
     pub(super) name: String,
+    /// Permission bits of the agent (see `keys`): customer admin by default.
+    pub(super) permission: u64,
 }
 
 impl User {
@@ -40,6 +43,7 @@ impl User {
             password: password.to_owned(),
             id: uuid_like(),
             name: display_name(username),
+            permission: super::keys::PERMISSION_CUSTOMER_ADMIN,
         }
     }
 }
@@ -97,6 +101,7 @@ impl Inner {
             next_request: AtomicU64::new(1),
             login_requests: AtomicU64::new(0),
             logins_ok: AtomicU64::new(0),
+            keys: Mutex::new(super::keys::KeyStore::new()),
             state: Mutex::new(State {
                 users,
                 lifetime: opts.lifetime,
@@ -115,6 +120,11 @@ impl Inner {
     /// server unusable.
     pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The access keys (a lock of their own).
+    pub(super) fn keys(&self) -> MutexGuard<'_, super::keys::KeyStore> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn request_id(&self) -> String {
@@ -173,16 +183,20 @@ impl Inner {
     /// a username the server does not know (faults answer for any name).
     pub(super) fn agent(&self, username: &str) -> AgentClaim {
         let state = self.state();
-        let (id, name) = match state.users.get(username) {
-            Some(user) => (user.id.clone(), user.name.clone()),
-            None => (uuid_like(), display_name(username)),
+        let (id, name, permission) = match state.users.get(username) {
+            Some(user) => (user.id.clone(), user.name.clone(), user.permission),
+            None => (
+                uuid_like(),
+                display_name(username),
+                super::keys::PERMISSION_CUSTOMER_ADMIN,
+            ),
         };
         AgentClaim {
             id,
             customer_id: self.customer_id.clone(),
             username: username.to_owned(),
             name,
-            permission: 1,
+            permission,
         }
     }
 
@@ -315,9 +329,18 @@ pub(super) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let had_cookie_header = req.headers().contains_key(header::COOKIE);
+    let key_in_query = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("accesskey=")));
 
     let mut username = None;
-    let answer = route(&inner, client, req, &mut username).await;
+    let mut auth = super::keys::AuthVia::None;
+    let answer = if path.starts_with(super::keys::ACCESSKEYS_PATH) {
+        super::keys::route(&inner, req, &request_id, &mut auth).await
+    } else {
+        route(&inner, client, req, &mut username).await
+    };
     let status = match &answer {
         Ok(response) => response.status().as_u16(),
         Err(DropConnection) => 0,
@@ -332,6 +355,8 @@ pub(super) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
         status,
         request_id: request_id.clone(),
         at,
+        auth,
+        key_in_query,
     });
     answer.map(|mut response| {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
