@@ -399,7 +399,7 @@ fn list(inner: &Inner, req: &Request<Incoming>, request_id: &str) -> Response<Pa
         .filter(|k| k.info.tm_delete.is_none())
         .filter(|k| before.is_none_or(|b| k.info.tm_create < b))
         .collect();
-    live.sort_by(|a, b| b.info.tm_create.cmp(&a.info.tm_create));
+    live.sort_by_key(|k| std::cmp::Reverse(k.info.tm_create));
     live.truncate(size);
     let next = live
         .last()
