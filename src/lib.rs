@@ -10,6 +10,7 @@
 //! - [`config`]: TOML -> validated [`config::Config`]; every error names the file and key.
 //! - [`secret`]: password sources and the [`secret::Secret`] type that never prints itself.
 //! - [`api`]: the VoIPBIN client: one login, its outcome classified.
+//! - [`keyapi`]: the access-key client: create, list, look up, delete keys.
 //! - [`token`]: JWT claims -> expiry (no signature check: the key is the server's).
 //! - [`schedule`]: pure policy: when renewal is due, how long to back off.
 //! - [`output`]: what a file holds ([`output::render`]) and how it is written ([`output::write`]).
@@ -34,6 +35,7 @@ pub mod daemon;
 pub mod demo;
 pub mod health;
 pub mod hooks;
+pub mod keyapi;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
