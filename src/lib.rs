@@ -11,6 +11,7 @@
 //! - [`secret`]: password sources and the [`secret::Secret`] type that never prints itself.
 //! - [`api`]: the VoIPBIN client: one login, its outcome classified.
 //! - [`keyapi`]: the access-key client: create, list, look up, delete keys.
+//! - [`keystate`]: an access-key credential's state file (current key, pending deletions).
 //! - [`token`]: JWT claims -> expiry (no signature check: the key is the server's).
 //! - [`schedule`]: pure policy: when renewal is due, how long to back off.
 //! - [`output`]: what a file holds ([`output::render`]) and how it is written ([`output::write`]).
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod health;
 pub mod hooks;
 pub mod keyapi;
+pub mod keystate;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
