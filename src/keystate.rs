@@ -86,8 +86,10 @@ pub struct PendingDeletion {
     pub id: String,
     /// The public prefix, for logs and `status`.
     pub prefix: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub delete_after: OffsetDateTime,
+    /// `grace` after every output held the successor; `None` until then
+    /// (a consumer may still be reading the replaced key).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub delete_after: Option<OffsetDateTime>,
 }
 
 /// A replaced key left to expire on its own.
@@ -281,7 +283,7 @@ mod tests {
         s.pending_deletions.push(PendingDeletion {
             id: "00000000-0000-4000-8000-000000000002".into(),
             prefix: "vb_abcdefgh".into(),
-            delete_after: datetime!(2026-11-01 01:00 UTC),
+            delete_after: Some(datetime!(2026-11-01 01:00 UTC)),
         });
         s
     }

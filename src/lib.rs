@@ -20,6 +20,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`daemon`]: one task per credential, reload reconciliation, shutdown.
 //! - [`watch`]: the config-file watcher (directory watch, debounced).
+//! - [`source`]: per kind, how the next secret is obtained ([`source::key`]: access keys).
 //! - [`signals`]: SIGHUP / SIGUSR1 / SIGTERM / SIGINT into one event stream.
 //! - [`notify`]: systemd notifications (a no-op without `NOTIFY_SOCKET`).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
@@ -45,6 +46,7 @@ pub mod output;
 pub mod schedule;
 pub mod secret;
 pub mod signals;
+pub mod source;
 pub mod standin;
 pub mod status;
 pub mod token;
