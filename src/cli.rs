@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Kind};
 use crate::credential::{self, Api};
 use crate::logging::{self, LogFormat};
 use crate::token::{self, Validity};
@@ -206,11 +206,12 @@ fn once(path: &Path, force: bool) -> ExitCode {
             Err(e) => return fatal(e),
         };
         let mut set = tokio::task::JoinSet::new();
+        let state_dir = config.state_dir.clone();
         for cred in config.credentials {
             let api: Arc<Api> = api.clone();
             let span = tracing::info_span!("credential", name = %cred.name);
             set.spawn(tracing::Instrument::instrument(
-                credential::once(cred, api, force),
+                credential::once(cred, api, state_dir.clone(), force),
                 span,
             ));
         }
@@ -247,12 +248,39 @@ fn check(path: &Path) -> ExitCode {
     }
     for cred in &config.credentials {
         let r = &cred.renewal;
-        println!("credential {} ({}):", cred.name, cred.username);
-        let readable = match cred.password.read() {
-            Ok(_) => "readable now".to_string(),
-            Err(e) => format!("NOT READABLE NOW: {e}"),
-        };
-        println!("  password from {} ({readable})", cred.password);
+        match (&cred.kind, &cred.login) {
+            (Kind::LoginToken, _) => {
+                println!("credential {} (login token of {}):", cred.name, cred.username())
+            }
+            (Kind::AccessKey(k), login) => {
+                let auth = match (&k.bootstrap_key_file, login) {
+                    (Some(f), _) => format!("self-rotating, first key from {}", f.display()),
+                    (None, Some(l)) => format!("managed with the agent login of {}", l.username),
+                    (None, None) => "no way to authenticate".to_string(),
+                };
+                println!("credential {} (access key, {auth}):", cred.name);
+                println!(
+                    "  each new key lives {}; {}; state in {}",
+                    humantime::format_duration(k.lifetime),
+                    if k.delete_replaced {
+                        format!(
+                            "a replaced key is deleted {} after its successor is on disk",
+                            humantime::format_duration(k.grace)
+                        )
+                    } else {
+                        "replaced keys are left to expire".to_string()
+                    },
+                    crate::keystate::path(&config.state_dir, &cred.name).display()
+                );
+            }
+        }
+        if let Some(login) = &cred.login {
+            let readable = match login.password.read() {
+                Ok(_) => "readable now".to_string(),
+                Err(e) => format!("NOT READABLE NOW: {e}"),
+            };
+            println!("  password from {} ({readable})", login.password);
+        }
         println!(
             "  renew at {:.0}% +/- {:.0}% of the token's lifetime; retry after {} doubling up to {}",
             r.renew_at * 100.0,

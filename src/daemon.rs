@@ -174,12 +174,13 @@ impl Daemon {
         let cancel = self.cancel.child_token();
         let name = cfg.name.clone();
         let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
+        let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
         self.board.register(&name);
         self.tracker.spawn(
             async move {
-                let mut cred = Credential::new(cfg, api, Some(board), metrics);
-                cred.adopt_from_disk(crate::now());
+                let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
+                cred.adopt_from_disk(crate::now()).await;
                 credential::run(cred, rx, task_cancel).await;
             }
             .instrument(info_span!("credential", name = %name)),

@@ -435,3 +435,565 @@ mod tests {
         assert_eq!(found, ["a"]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The source a credential drives.
+
+/// With an agent login the daemon never uses the key it holds, so it looks
+/// it up this often to learn whether it was deleted out of band.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(300);
+
+/// A bootstrap key file is a key and a newline; anything larger is refused.
+pub const MAX_BOOTSTRAP_BYTES: u64 = 4096;
+
+/// What `status` shows of an access-key credential. No secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyStatus {
+    pub key_id: Option<String>,
+    pub key_prefix: Option<String>,
+    pub pending_deletions: Vec<PendingDeletion>,
+    pub left_to_expire: usize,
+}
+
+/// An access-key credential's source: the key state, the agent's login
+/// token (agent mode), and what the housekeeping still has to do.
+pub struct KeySource {
+    cfg: crate::config::AccessKeyConfig,
+    state: Option<KeyState>,
+    /// The agent login (agent mode), held in memory only.
+    login: super::login::LoginSource,
+    agent: Option<super::Held>,
+    /// Bootstrap keys the server refused (401): not tried again.
+    rejected: Vec<Secret>,
+    /// The held key was refused (401): it was deleted or expired.
+    dead: bool,
+    sweep_due: bool,
+    next_lookup: Option<OffsetDateTime>,
+    housekeeping_failures: u32,
+    housekeeping_retry_at: Option<OffsetDateTime>,
+}
+
+impl KeySource {
+    pub fn new(cfg: crate::config::AccessKeyConfig) -> KeySource {
+        KeySource {
+            cfg,
+            state: None,
+            login: super::login::LoginSource::default(),
+            agent: None,
+            rejected: Vec::new(),
+            dead: false,
+            sweep_due: true,
+            next_lookup: None,
+            housekeeping_failures: 0,
+            housekeeping_retry_at: None,
+        }
+    }
+
+    fn bootstrap_mode(&self) -> bool {
+        self.cfg.bootstrap_key_file.is_some()
+    }
+
+    /// Loads the state file, or makes (and saves) a fresh one with a new
+    /// installation id before any key is made.
+    async fn ensure_state(&mut self, ctx: &super::Ctx<'_>) -> Result<(), super::Failure> {
+        if self.state.is_some() {
+            return Ok(());
+        }
+        let path = keystate::path(ctx.state_dir, &ctx.cfg.name);
+        let name = ctx.cfg.name.clone();
+        let loaded = tokio::task::spawn_blocking(move || match keystate::load(&path)? {
+            Some(state) => Ok(state),
+            None => {
+                let state = KeyState::new(&name);
+                keystate::save(&path, &state)?;
+                Ok(state)
+            }
+        })
+        .await
+        .map_err(|e| super::Failure::transient(format!("key state: {e}")))?
+        .map_err(|e: StateError| super::Failure::transient(format!("key state: {e}")))?;
+        self.state = Some(loaded);
+        Ok(())
+    }
+
+    fn state_path(ctx: &super::Ctx<'_>) -> std::path::PathBuf {
+        keystate::path(ctx.state_dir, &ctx.cfg.name)
+    }
+
+    async fn save(&self, ctx: &super::Ctx<'_>) -> Result<(), StateError> {
+        let Some(state) = self.state.clone() else {
+            return Ok(());
+        };
+        let path = Self::state_path(ctx);
+        tokio::task::spawn_blocking(move || keystate::save(&path, &state))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Invalid {
+                    path: Self::state_path(ctx),
+                    reason: format!("the save task failed: {e}"),
+                })
+            })
+    }
+
+    /// The current key of the state as a held secret. A bootstrap key is
+    /// due at once: it was made by hand, may live long and lies in a file,
+    /// so it is replaced by a key of this installation right away.
+    fn held_of(current: &CurrentKey, policy: &crate::config::RenewalPolicy) -> super::Held {
+        let validity = crate::token::Validity {
+            issued_at: current.created_at(),
+            expires_at: current.expires_at(),
+        };
+        let due_at = match current.origin {
+            Origin::Bootstrap => current.obtained_at,
+            Origin::Created => crate::schedule::due_at(&validity, policy, super::jitter_sample()),
+        };
+        super::Held {
+            token: current.key.clone(),
+            validity,
+            obtained_at: current.obtained_at,
+            due_at,
+            key_id: Some(current.id.clone()),
+        }
+    }
+
+    /// At start: the current key of the state, if it is still live.
+    pub async fn adopt(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<super::Held>, super::Failure> {
+        self.ensure_state(ctx).await?;
+        let state = self.state.as_ref().expect("loaded above");
+        match &state.current {
+            Some(current) if current.expires_at() > now => {
+                let held = Self::held_of(current, &ctx.cfg.renewal);
+                info!(
+                    key_id = %current.id,
+                    prefix = %prefix_of(current.key.expose()),
+                    expires_at = %crate::token::rfc3339(held.validity.expires_at),
+                    next_rotation = %crate::token::rfc3339(held.due_at),
+                    "reusing the key in the key state"
+                );
+                Ok(Some(held))
+            }
+            Some(current) => {
+                warn!(key_id = %current.id, "the key in the key state has expired; a new one is needed");
+                self.dead = true;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The agent's login token for key calls, logging in when there is
+    /// none or it is about to expire.
+    async fn agent_token(&mut self, ctx: &super::Ctx<'_>) -> Result<Secret, super::Failure> {
+        let fresh = self
+            .agent
+            .as_ref()
+            .is_some_and(|h| h.validity.expires_at - crate::now() > time::Duration::minutes(1));
+        if !fresh {
+            let login = ctx
+                .cfg
+                .login
+                .as_ref()
+                .ok_or_else(|| super::Failure::transient("no agent login configured".into()))?;
+            self.agent = Some(self.login.login_as(ctx.api, login, ctx).await?);
+        }
+        Ok(self.agent.as_ref().expect("set above").token.clone())
+    }
+
+    /// Reads `bootstrap-key-file` (without blocking on a FIFO, at most
+    /// [`MAX_BOOTSTRAP_BYTES`]) and looks the key up; a key refused before
+    /// is not tried again. The adopted key becomes current (saved).
+    async fn adopt_bootstrap_file(&mut self, ctx: &super::Ctx<'_>) -> Result<Secret, super::Failure> {
+        let path = self.cfg.bootstrap_key_file.clone().expect("bootstrap mode");
+        let shown = path.display().to_string();
+        let key = tokio::task::spawn_blocking(move || read_key_file(&path))
+            .await
+            .map_err(|e| super::Failure::transient(format!("bootstrap-key-file {shown}: {e}")))?
+            .map_err(|e| super::Failure::transient(format!("bootstrap-key-file {shown}: {e}")))?;
+        if self.rejected.contains(&key) {
+            return Err(super::Failure::transient(format!(
+                "the key in bootstrap-key-file {shown} (prefix {}) was refused by the server; write a fresh key made on the admin page into it",
+                prefix_of(key.expose())
+            )));
+        }
+        let client = KeyClient::new(&ctx.api.client);
+        match adopt_bootstrap(&client, key.clone(), crate::now()).await {
+            Ok(current) => {
+                info!(key_id = %current.id, prefix = %prefix_of(current.key.expose()), "adopted the key in bootstrap-key-file");
+                let state = self.state.as_mut().expect("loaded");
+                if let Some(old) = state.current.replace(current)
+                    && self.cfg.delete_replaced
+                {
+                    // A dead key: deleting it confirms it is gone (404/409).
+                    state.pending_deletions.push(PendingDeletion {
+                        prefix: prefix_of(old.key.expose()).to_string(),
+                        id: old.id,
+                        delete_after: Some(crate::now()),
+                    });
+                }
+                self.save(ctx)
+                    .await
+                    .map_err(|e| super::Failure::transient(format!("key state: {e}")))?;
+                self.dead = false;
+                Ok(key)
+            }
+            Err(BootstrapError::Api(KeyError::Unauthorized { request_id })) => {
+                self.rejected.push(key.clone());
+                Err(super::Failure::transient(format!(
+                    "the key in bootstrap-key-file {shown} (prefix {}) was refused (HTTP 401: deleted or expired); write a fresh key made on the admin page into it{}",
+                    prefix_of(key.expose()),
+                    crate::api::rid(&request_id)
+                )))
+            }
+            Err(BootstrapError::Api(e)) => Err(super::Failure {
+                kind: e.kind(),
+                message: format!("looking up the bootstrap key: {e}"),
+            }),
+            Err(e) => Err(super::Failure::transient(format!(
+                "bootstrap-key-file {shown}: {e}"
+            ))),
+        }
+    }
+
+    /// Creates the next key (see [`rotate`]); the state on disk holds it
+    /// when this returns Ok.
+    pub async fn rotate(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        _held: Option<&super::Held>,
+    ) -> Result<super::Held, super::Failure> {
+        self.ensure_state(ctx).await?;
+        let now = crate::now();
+        let auth_secret = if self.bootstrap_mode() {
+            let usable = self
+                .state
+                .as_ref()
+                .and_then(|s| s.current.as_ref())
+                .filter(|c| !self.dead && c.expires_at() > now)
+                .map(|c| c.key.clone());
+            match usable {
+                Some(k) => k,
+                None => self.adopt_bootstrap_file(ctx).await?,
+            }
+        } else {
+            self.agent_token(ctx).await?
+        };
+        let bootstrap = self.bootstrap_mode();
+        match self.create_with(ctx, &auth_secret).await {
+            Err(RotateError::Api(KeyError::Unauthorized { .. })) if !bootstrap => {
+                // A stale login token: log in again, once, at once.
+                self.agent = None;
+                let token = self.agent_token(ctx).await?;
+                let result = self.create_with(ctx, &token).await;
+                self.outcome(ctx, result)
+            }
+            result => self.outcome(ctx, result),
+        }
+    }
+
+    /// One creation, authenticated with `secret` (a key, or the agent's token).
+    async fn create_with(&mut self, ctx: &super::Ctx<'_>, secret: &Secret) -> Result<Created, RotateError> {
+        let auth = if self.bootstrap_mode() {
+            KeyAuth::Key(secret)
+        } else {
+            KeyAuth::Bearer(secret)
+        };
+        let client = KeyClient::new(&ctx.api.client);
+        let path = Self::state_path(ctx);
+        let state = self.state.as_mut().expect("loaded");
+        rotate(
+            &client,
+            auth,
+            state,
+            &path,
+            self.cfg.lifetime,
+            self.cfg.delete_replaced,
+            crate::now,
+        )
+        .await
+    }
+
+    /// A creation's result as the credential sees it.
+    fn outcome(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        result: Result<Created, RotateError>,
+    ) -> Result<super::Held, super::Failure> {
+        match result {
+            Ok(created) => {
+                let current = self
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.current.as_ref())
+                    .expect("rotate sets it");
+                info!(
+                    key_id = %created.object.id,
+                    prefix = %prefix_of(created.key.expose()),
+                    expires_at = %crate::token::rfc3339(current.expires_at()),
+                    "new access key created and saved"
+                );
+                Ok(Self::held_of(current, &ctx.cfg.renewal))
+            }
+            Err(RotateError::Api(KeyError::Unauthorized { request_id })) => {
+                if self.bootstrap_mode() {
+                    self.dead = true;
+                    Err(super::Failure::transient(format!(
+                        "the held key was refused (HTTP 401: deleted or expired); write a fresh key made on the admin page into bootstrap-key-file {}{}",
+                        self.cfg
+                            .bootstrap_key_file
+                            .as_ref()
+                            .expect("bootstrap mode")
+                            .display(),
+                        crate::api::rid(&request_id)
+                    )))
+                } else {
+                    self.agent = None;
+                    Err(super::Failure::transient(format!(
+                        "the agent's login token was refused (HTTP 401){}",
+                        crate::api::rid(&request_id)
+                    )))
+                }
+            }
+            Err(RotateError::Api(e)) => {
+                // The request may have reached the server and made a key
+                // whose answer we never saw: sweep for orphans.
+                if !matches!(e, KeyError::BadRequest { .. } | KeyError::Forbidden { .. }) {
+                    self.sweep_due = true;
+                }
+                Err(super::Failure {
+                    kind: e.kind(),
+                    message: format!("creating the next key: {e}"),
+                })
+            }
+            Err(e) => {
+                self.sweep_due = true;
+                Err(super::Failure::transient(format!("creating the next key: {e}")))
+            }
+        }
+    }
+
+    /// Every output holds the current key: the grace of replaced keys starts.
+    pub async fn published(&mut self, ctx: &super::Ctx<'_>, now: OffsetDateTime) {
+        let Some(state) = self.state.as_mut() else { return };
+        if start_grace(state, self.cfg.grace, now) {
+            if let Err(e) = self.save(ctx).await {
+                warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
+            }
+            if let Some(at) = self.state.as_ref().and_then(next_deletion) {
+                info!(delete_at = %crate::token::rfc3339(at), "the replaced key will be deleted after the grace");
+            }
+        }
+    }
+
+    pub fn on_renew_request(&mut self) {
+        if !self.bootstrap_mode() {
+            self.next_lookup = Some(crate::now());
+        }
+        self.housekeeping_retry_at = None;
+    }
+
+    /// When housekeeping is next due: a sweep, a deletion, a lookup.
+    pub fn housekeeping_at(&self) -> Option<OffsetDateTime> {
+        let state = self.state.as_ref()?;
+        state.current.as_ref()?;
+        let now = crate::now();
+        let candidates = [
+            self.sweep_due.then_some(now),
+            next_deletion(state),
+            if self.bootstrap_mode() {
+                None
+            } else {
+                Some(self.next_lookup.unwrap_or(now))
+            },
+        ];
+        let at = candidates.into_iter().flatten().min()?;
+        Some(match self.housekeeping_retry_at {
+            Some(retry) => at.max(retry),
+            None => at,
+        })
+    }
+
+    /// Sweep, delete what is due, look the held key up (agent mode).
+    pub async fn housekeep(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        _held: Option<&super::Held>,
+        now: OffsetDateTime,
+    ) -> super::Housekept {
+        let outcome = self.housekeep_once(ctx, now).await;
+        match &outcome {
+            Ok(_) => {
+                self.housekeeping_failures = 0;
+                self.housekeeping_retry_at = None;
+            }
+            Err(kind) => {
+                self.housekeeping_failures = self.housekeeping_failures.saturating_add(1);
+                let delay = crate::schedule::backoff(
+                    self.housekeeping_failures,
+                    *kind,
+                    &ctx.cfg.renewal,
+                    fastrand::f64(),
+                );
+                self.housekeeping_retry_at = Some(crate::schedule::after(crate::now(), delay));
+            }
+        }
+        outcome.unwrap_or(super::Housekept::Failed)
+    }
+
+    async fn housekeep_once(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        now: OffsetDateTime,
+    ) -> Result<super::Housekept, crate::schedule::FailureKind> {
+        let secret = if self.bootstrap_mode() {
+            match self.state.as_ref().and_then(|s| s.current.as_ref()) {
+                Some(c) if !self.dead => c.key.clone(),
+                _ => return Ok(super::Housekept::Done),
+            }
+        } else {
+            match self.agent_token(ctx).await {
+                Ok(t) => t,
+                Err(f) => {
+                    warn!(error = %f.message, "cannot log in for key housekeeping");
+                    return Err(f.kind);
+                }
+            }
+        };
+        let auth = if self.bootstrap_mode() {
+            KeyAuth::Key(&secret)
+        } else {
+            KeyAuth::Bearer(&secret)
+        };
+        let client = KeyClient::new(&ctx.api.client);
+        let fail = |this: &mut KeySource, e: &KeyError| {
+            if matches!(e, KeyError::Unauthorized { .. }) {
+                if this.bootstrap_mode() {
+                    this.dead = true;
+                } else {
+                    this.agent = None;
+                }
+            }
+            e.kind()
+        };
+
+        // Look the held key up (agent mode): deleted out of band?
+        if !self.bootstrap_mode() && self.next_lookup.is_none_or(|t| t <= now) {
+            let id = self
+                .state
+                .as_ref()
+                .and_then(|s| s.current.as_ref())
+                .map(|c| c.id.clone());
+            if let Some(id) = id {
+                match client.get(auth, &id).await {
+                    Ok(_) => self.next_lookup = Some(crate::schedule::after(now, LOOKUP_EVERY)),
+                    Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
+                        warn!(key_id = %id, "the held key was deleted out of band; making a new one now");
+                        self.next_lookup = Some(crate::schedule::after(now, LOOKUP_EVERY));
+                        return Ok(super::Housekept::RenewNow);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot look the held key up");
+                        return Err(fail(self, &e));
+                    }
+                }
+            }
+        }
+
+        if self.sweep_due {
+            let state = self.state.as_ref().expect("loaded");
+            match sweep(&client, auth, state, now).await {
+                Ok(n) => {
+                    for _ in 0..n {
+                        ctx.metrics.key_deleted(&ctx.cfg.name, "success");
+                    }
+                    self.sweep_due = false;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot sweep for orphaned keys; will retry");
+                    return Err(fail(self, &e));
+                }
+            }
+        }
+
+        let due = due_deletions(self.state.as_ref().expect("loaded"), now);
+        let mut result = Ok(super::Housekept::Done);
+        for p in due {
+            match delete(&client, auth, &p).await {
+                Ok(outcome) => {
+                    let label = if outcome == Deleted::Now {
+                        "success"
+                    } else {
+                        "already_gone"
+                    };
+                    ctx.metrics.key_deleted(&ctx.cfg.name, label);
+                    let state = self.state.as_mut().expect("loaded");
+                    state.pending_deletions.retain(|q| q.id != p.id);
+                    if let Err(e) = self.save(ctx).await {
+                        warn!(error = %e, "cannot save the key state after a deletion");
+                    }
+                }
+                Err(e) => {
+                    ctx.metrics.key_deleted(&ctx.cfg.name, "failure");
+                    result = Err(fail(self, &e));
+                    break;
+                }
+            }
+        }
+        // Keys left to expire are forgotten once expired.
+        if let Some(state) = self.state.as_mut() {
+            let before = state.left_to_expire.len();
+            state.left_to_expire.retain(|l| l.tm_expire > now);
+            if state.left_to_expire.len() != before
+                && let Err(e) = self.save(ctx).await
+            {
+                warn!(error = %e, "cannot save the key state");
+            }
+        }
+        result
+    }
+
+    pub fn status(&self) -> KeyStatus {
+        let state = self.state.as_ref();
+        let current = state.and_then(|s| s.current.as_ref());
+        KeyStatus {
+            key_id: current.map(|c| c.id.clone()),
+            key_prefix: current.map(|c| prefix_of(c.key.expose()).to_string()),
+            pending_deletions: state.map(|s| s.pending_deletions.clone()).unwrap_or_default(),
+            left_to_expire: state.map_or(0, |s| s.left_to_expire.len()),
+        }
+    }
+}
+
+/// Reads a key file: no blocking on a FIFO (O_NONBLOCK), a regular file of
+/// at most [`MAX_BOOTSTRAP_BYTES`], one key with surrounding whitespace.
+fn read_key_file(path: &Path) -> Result<Secret, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_BOOTSTRAP_BYTES {
+        return Err(format!("larger than {MAX_BOOTSTRAP_BYTES} bytes; a key is 35"));
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(MAX_BOOTSTRAP_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|_| "not readable text".to_string())?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err("is empty".into());
+    }
+    if !crate::keyapi::is_key_shaped(key) {
+        return Err("does not hold a key (vb_ and 32 letters or digits)".into());
+    }
+    Ok(Secret::new(key.to_string()))
+}
