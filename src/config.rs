@@ -116,6 +116,9 @@ pub struct AccessKeyConfig {
     pub grace: Duration,
     /// False: replaced keys are left to expire on their own.
     pub delete_replaced: bool,
+    /// With an agent login: how often the held key is looked up (it is
+    /// never used, so a deletion out of band is noticed only this way).
+    pub lookup_every: Duration,
 }
 
 /// The least key lifetime the server accepts.
@@ -258,6 +261,7 @@ struct RawCredential {
     lifetime: Option<String>,
     grace: Option<String>,
     delete_replaced: Option<bool>,
+    lookup_every: Option<String>,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
     password_credential: Option<String>,
@@ -404,6 +408,31 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         credentials.push(cred);
     }
 
+    if let Some(cred) = credentials.iter().find(|c| c.key().is_some()) {
+        check_state_dir_writable(&state_dir).map_err(|m| {
+            v.err(
+                "state.dir",
+                format!(
+                    "credential {} holds an access key, whose state lives here: {m}",
+                    cred.name
+                ),
+            )
+        })?;
+    }
+    for cred in &credentials {
+        if let Some(k) = cred.key()
+            && let Some(file) = &k.bootstrap_key_file
+            && let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o004 != 0
+        {
+            warnings.push(format!(
+                "credential {}: bootstrap-key-file {} is readable by every user",
+                cred.name,
+                file.display()
+            ));
+        }
+    }
+
     Ok(Config {
         path: path.to_path_buf(),
         api,
@@ -412,6 +441,28 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         credentials,
         warnings,
     })
+}
+
+/// The state dir, or its nearest existing parent (it is created when
+/// needed), must be a directory this process can write.
+fn check_state_dir_writable(dir: &Path) -> Result<(), String> {
+    let mut probe = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => return Err(format!("{} is not a directory", probe.display())),
+            Err(_) => match probe.parent() {
+                Some(parent) if parent.as_os_str().is_empty() => probe = Path::new("."),
+                Some(parent) => probe = parent,
+                None => return Err(format!("no part of {} exists", dir.display())),
+            },
+        }
+    }
+    nix::unistd::access(
+        probe,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| format!("{} is not writable by this process: {e}", probe.display()))
 }
 
 struct Validator<'a> {
@@ -518,6 +569,7 @@ impl Validator<'_> {
                 (raw.lifetime.is_some(), "lifetime"),
                 (raw.grace.is_some(), "grace"),
                 (raw.delete_replaced.is_some(), "delete-replaced"),
+                (raw.lookup_every.is_some(), "lookup-every"),
             ] {
                 if set {
                     return Err(self.err(&key(k), "only for kind = \"access-key\"".into()));
@@ -571,11 +623,14 @@ impl Validator<'_> {
             {
                 return Err(self.err(&key("bootstrap-key-file"), "must name a file".into()));
             }
+            let lookup_every =
+                self.duration(&key("lookup-every"), raw.lookup_every, Duration::from_secs(300))?;
             Kind::AccessKey(AccessKeyConfig {
                 bootstrap_key_file: bootstrap,
                 lifetime,
                 grace,
                 delete_replaced: raw.delete_replaced.unwrap_or(true),
+                lookup_every,
             })
         } else {
             Kind::LoginToken
@@ -621,6 +676,16 @@ impl Validator<'_> {
             .enumerate()
             .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o, default_variable))
             .collect::<Result<Vec<_>, _>>()?;
+        if !is_key
+            && let Some((j, _)) = outputs.iter().enumerate().find(|(_, o)| {
+                matches!(&o.format, Format::Template { template } if crate::output::render::uses(template, "id"))
+            })
+        {
+            return Err(self.err(
+                &key(&format!("output[{j}].template")),
+                "{id} is an access key's id; this credential holds a login token".into(),
+            ));
+        }
 
         Ok(CredentialConfig {
             name: raw.name,

@@ -287,7 +287,7 @@ impl Credential {
         match (&self.held, needs_login, has_stale) {
             (_, true, _) | (None, _, _) => (Step::Renew, now),
             (Some(_), false, true) => (Step::WriteOutputs, now),
-            (Some(h), false, false) => match self.source.housekeeping_at() {
+            (Some(h), false, false) => match self.source.housekeeping_at(now) {
                 Some(at) if at < h.due_at => (Step::Housekeep, at),
                 _ => (Step::Renew, h.due_at),
             },
@@ -316,6 +316,7 @@ impl Credential {
             .filter_map(|(h, p)| h.map(|h| (p, h)))
             .collect();
         self.hooks = start_hooks(&cfg, old_hooks, &self.metrics);
+        self.source.reconfigure(&self.cfg, &cfg);
         self.cfg = cfg;
         self.api = api;
         // Unchanged files are detected by content and not rewritten.
@@ -504,7 +505,7 @@ impl Credential {
         };
         if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
             if kind == FailureKind::Rejected {
-                error!(error = %message, failures = self.failures, retry_in = %retry_in, "credentials rejected by the server; check username and password");
+                error!(error = %message, failures = self.failures, retry_in = %retry_in, "refused by the server; not retried before retry-max (SIGUSR1 retries at once)");
             } else {
                 warn!(error = %message, failures = self.failures, retry_in = %retry_in, "renewal failed; keeping the current token");
             }
@@ -632,7 +633,7 @@ pub async fn once(cfg: CredentialConfig, api: Arc<Api>, state_dir: std::path::Pa
     }
     // Access keys: the deletions past their grace (and an orphan sweep).
     if cred.failures == 0
-        && let Some(at) = cred.source.housekeeping_at()
+        && let Some(at) = cred.source.housekeeping_at(crate::now())
         && at <= crate::now()
     {
         cred.housekeep().await;

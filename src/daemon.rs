@@ -253,6 +253,17 @@ impl Daemon {
         }
         for cfg in &new.credentials {
             match (old.get(&cfg.name), self.tasks.get(&cfg.name)) {
+                (Some(before), Some(_))
+                    if std::mem::discriminant(&before.kind) != std::mem::discriminant(&cfg.kind) =>
+                {
+                    // Another kind of secret: start this credential afresh.
+                    if let Some(task) = self.tasks.remove(&cfg.name) {
+                        task.cancel.cancel();
+                    }
+                    info!(credential = %cfg.name, "credential kind changed; starting it anew");
+                    self.spawn(cfg.clone());
+                    changed += 1;
+                }
                 (Some(before), Some(task)) => {
                     if before != cfg || api_changed {
                         let _ = task

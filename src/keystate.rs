@@ -237,6 +237,7 @@ pub fn save(path: &Path, state: &KeyState) -> Result<(), StateError> {
         && !dir.is_dir()
     {
         std::fs::DirBuilder::new()
+            .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|source| StateError::Mkdir {

@@ -439,10 +439,6 @@ mod tests {
 // ---------------------------------------------------------------------------
 // The source a credential drives.
 
-/// With an agent login the daemon never uses the key it holds, so it looks
-/// it up this often to learn whether it was deleted out of band.
-pub const LOOKUP_EVERY: Duration = Duration::from_secs(300);
-
 /// A bootstrap key file is a key and a newline; anything larger is refused.
 pub const MAX_BOOTSTRAP_BYTES: u64 = 4096;
 
@@ -614,7 +610,7 @@ impl KeySource {
             .map_err(|e| super::Failure::transient(format!("bootstrap-key-file {shown}: {e}")))?
             .map_err(|e| super::Failure::transient(format!("bootstrap-key-file {shown}: {e}")))?;
         if self.rejected.contains(&key) {
-            return Err(super::Failure::transient(format!(
+            return Err(super::Failure::rejected(format!(
                 "the key in bootstrap-key-file {shown} (prefix {}) was refused by the server; write a fresh key made on the admin page into it",
                 prefix_of(key.expose())
             )));
@@ -624,6 +620,9 @@ impl KeySource {
             Ok(current) => {
                 info!(key_id = %current.id, prefix = %prefix_of(current.key.expose()), "adopted the key in bootstrap-key-file");
                 let state = self.state.as_mut().expect("loaded");
+                // A key written back into the file while it waited for
+                // deletion is current again, not deleted.
+                state.pending_deletions.retain(|p| p.id != current.id);
                 if let Some(old) = state.current.replace(current)
                     && self.cfg.delete_replaced
                 {
@@ -642,7 +641,7 @@ impl KeySource {
             }
             Err(BootstrapError::Api(KeyError::Unauthorized { request_id })) => {
                 self.rejected.push(key.clone());
-                Err(super::Failure::transient(format!(
+                Err(super::Failure::rejected(format!(
                     "the key in bootstrap-key-file {shown} (prefix {}) was refused (HTTP 401: deleted or expired); write a fresh key made on the admin page into it{}",
                     prefix_of(key.expose()),
                     crate::api::rid(&request_id)
@@ -740,7 +739,7 @@ impl KeySource {
             Err(RotateError::Api(KeyError::Unauthorized { request_id })) => {
                 if self.bootstrap_mode() {
                     self.dead = true;
-                    Err(super::Failure::transient(format!(
+                    Err(super::Failure::rejected(format!(
                         "the held key was refused (HTTP 401: deleted or expired); write a fresh key made on the admin page into bootstrap-key-file {}{}",
                         self.cfg
                             .bootstrap_key_file
@@ -788,6 +787,17 @@ impl KeySource {
         }
     }
 
+    /// New settings; a changed agent login logs in anew.
+    pub fn reconfigure(&mut self, cfg: crate::config::AccessKeyConfig, login_changed: bool) {
+        if cfg.bootstrap_key_file != self.cfg.bootstrap_key_file {
+            self.rejected.clear();
+        }
+        self.cfg = cfg;
+        if login_changed {
+            self.agent = None;
+        }
+    }
+
     pub fn on_renew_request(&mut self) {
         if !self.bootstrap_mode() {
             self.next_lookup = Some(crate::now());
@@ -796,10 +806,9 @@ impl KeySource {
     }
 
     /// When housekeeping is next due: a sweep, a deletion, a lookup.
-    pub fn housekeeping_at(&self) -> Option<OffsetDateTime> {
+    pub fn housekeeping_at(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let state = self.state.as_ref()?;
         state.current.as_ref()?;
-        let now = crate::now();
         let candidates = [
             self.sweep_due.then_some(now),
             next_deletion(state),
@@ -888,10 +897,10 @@ impl KeySource {
                 .map(|c| c.id.clone());
             if let Some(id) = id {
                 match client.get(auth, &id).await {
-                    Ok(_) => self.next_lookup = Some(crate::schedule::after(now, LOOKUP_EVERY)),
+                    Ok(_) => self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every)),
                     Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
                         warn!(key_id = %id, "the held key was deleted out of band; making a new one now");
-                        self.next_lookup = Some(crate::schedule::after(now, LOOKUP_EVERY));
+                        self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every));
                         return Ok(super::Housekept::RenewNow);
                     }
                     Err(e) => {

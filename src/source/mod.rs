@@ -146,6 +146,15 @@ impl Failure {
             message,
         }
     }
+
+    /// Refused in a way retrying soon cannot heal (a dead key): retried no
+    /// sooner than `retry-max`, logged as an error.
+    pub fn rejected(message: String) -> Failure {
+        Failure {
+            kind: FailureKind::Rejected,
+            message,
+        }
+    }
 }
 
 /// What a source may use of its credential.
@@ -211,10 +220,10 @@ impl Source {
     }
 
     /// When housekeeping is next due (keys only).
-    pub fn housekeeping_at(&self) -> Option<OffsetDateTime> {
+    pub fn housekeeping_at(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         match self {
             Source::Login(_) => None,
-            Source::Key(s) => s.housekeeping_at(),
+            Source::Key(s) => s.housekeeping_at(now),
         }
     }
 
@@ -223,6 +232,14 @@ impl Source {
         match self {
             Source::Login(_) => Housekept::Done,
             Source::Key(s) => s.housekeep(ctx, held, now).await,
+        }
+    }
+
+    /// A reloaded config of the same kind (the daemon restarts a credential
+    /// whose kind changed).
+    pub fn reconfigure(&mut self, old: &CredentialConfig, new: &CredentialConfig) {
+        if let (Source::Key(s), Kind::AccessKey(k)) = (self, &new.kind) {
+            s.reconfigure(k.clone(), old.login != new.login);
         }
     }
 

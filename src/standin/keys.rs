@@ -22,7 +22,7 @@
 //! checked on the number the client sent, as the real server does.
 //!
 //! Faults: [`StandIn::script_keys`] queues [`Fault`]s consumed one per key
-//! request. `Status` answers canned without acting; `Delay` waits, then
+//! request ([`StandIn::script_key_creations`]: one per `POST`). `Status` answers canned without acting; `Delay` waits, then
 //! acts; `Close` acts and then drops the connection (a `POST` whose answer
 //! was lost: the key exists, the client never saw it); `Expired` on a
 //! `POST` creates a key whose `tm_expire` is already past (a server that
@@ -83,6 +83,7 @@ pub(super) struct KeyStore {
     keys: Vec<StoredKey>,
     scale: f64,
     script: VecDeque<Fault>,
+    post_script: VecDeque<Fault>,
     requests: u64,
     last_create: Option<SystemTime>,
 }
@@ -272,7 +273,14 @@ pub(super) async fn route(
     let fault = {
         let mut keys = inner.keys();
         keys.requests += 1;
-        keys.script.pop_front()
+        match keys.post_script.pop_front() {
+            Some(f) if req.method() == Method::POST => Some(f),
+            Some(f) => {
+                keys.post_script.push_front(f);
+                keys.script.pop_front()
+            }
+            None => keys.script.pop_front(),
+        }
     };
     let mut drop_after = false;
     let mut create_expired = false;
@@ -505,6 +513,12 @@ impl StandIn {
         self.inner.keys().keys.iter().map(|k| k.info.clone()).collect()
     }
 
+    /// Every key secret ever made, oldest first, so tests can check that
+    /// none of them shows up in a log.
+    pub fn issued_keys(&self) -> Vec<String> {
+        self.inner.keys().keys.iter().map(|k| k.secret.clone()).collect()
+    }
+
     /// Deletes a key out of band (the admin page); false if unknown or gone.
     pub fn delete_key(&self, id: &str) -> bool {
         let mut keys = self.inner.keys();
@@ -526,6 +540,12 @@ impl StandIn {
     /// Appends faults for key requests (see the module docs of `keys`).
     pub fn script_keys(&self, faults: impl IntoIterator<Item = Fault>) {
         self.inner.keys().script.extend(faults);
+    }
+
+    /// Appends faults for key creations only (`POST`), e.g. a creation
+    /// whose answer is lost.
+    pub fn script_key_creations(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().post_script.extend(faults);
     }
 
     /// Requests that reached `/v1.0/accesskeys`.

@@ -111,7 +111,10 @@ async fn login_answers_like_the_real_server() {
     let agent = &claims["agent"];
     assert_eq!(agent["username"], USER);
     assert_eq!(agent["name"], "agent");
-    assert_eq!(agent["permission"], PERMISSION_CUSTOMER_ADMIN, "an admin agent by default");
+    assert_eq!(
+        agent["permission"], PERMISSION_CUSTOMER_ADMIN,
+        "an admin agent by default"
+    );
     assert_eq!(agent["id"].as_str().map(str::len), Some(36));
     assert_eq!(agent["customer_id"].as_str().map(str::len), Some(36));
     assert_eq!(agent.as_object().map(|o| o.len()), Some(5));
