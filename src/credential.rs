@@ -448,7 +448,14 @@ impl Credential {
             }
         }
         let now = crate::now();
-        if renewed {
+        if renewed && held.key_id.is_some() {
+            info!(
+                expires_at = %token::rfc3339(held.validity.expires_at),
+                next_rotation = %token::rfc3339(held.due_at),
+                files = %written.join(", "),
+                "access key rotated"
+            );
+        } else if renewed {
             info!(
                 expires_at = %token::rfc3339(held.validity.expires_at),
                 next_renewal = %token::rfc3339(held.due_at),
