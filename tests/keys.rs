@@ -657,3 +657,35 @@ fn http_get(port: u16, path: &str) -> String {
     let _ = c.read_to_string(&mut s);
     s
 }
+
+#[test]
+fn key_calls_obey_retry_after_and_back_off_on_server_errors_keeping_the_key() {
+    let s = key_standin();
+    let t = TestDir::new();
+    let (_, boot) = bootstrap(&s, &t, 365);
+    s.script_key_creations([
+        Fault::too_many_requests(Some("2")),
+        Fault::status(503),
+        Fault::Status {
+            status: 500,
+            body: format!("{{\"error\":{{\"reason\":\"BOOM\",\"message\":\"{boot}\"}}}}"),
+            headers: Vec::new(),
+        },
+    ]);
+    t.write_config(&s.base_url(), &key_cred("renew-at = 0.9", &output("mcp.env", "env")));
+    let d = t.daemon();
+    let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
+    assert!(k1.starts_with("vb_"));
+    let creations: Vec<SystemTime> = key_calls(&s)
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(creations.len(), 4, "429, 503, 500, then success");
+    let after_429 = creations[1].duration_since(creations[0]).unwrap();
+    assert!(after_429 >= Duration::from_secs(2), "Retry-After 2 obeyed: {after_429:?}");
+    let log = d.log();
+    assert!(log.contains("HTTP 429") && log.contains("HTTP 503"), "{log}");
+    assert!(!log.contains("BOOM"), "an error body is never logged");
+    assert_no_keys(&log, &s);
+}

@@ -112,6 +112,18 @@ pub async fn rotate(
         .create(auth, &state.key_name(), detail, lifetime.as_secs())
         .await?;
     let skew = skew_seconds(created.server_skew);
+    let mut created = created;
+    // A server that claims a longer life than was asked for is not
+    // believed: the key is treated as living what was asked.
+    let asked = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650));
+    if created.object.tm_expire - created.object.tm_create > asked + time::Duration::minutes(1) {
+        warn!(
+            key_id = %created.object.id,
+            tm_expire = %crate::token::rfc3339(created.object.tm_expire),
+            "the server answered a longer key life than was asked for; using the lifetime asked"
+        );
+        created.object.tm_expire = created.object.tm_create + asked;
+    }
     let expires_here = created.object.tm_expire - time::Duration::seconds(skew);
     if expires_here <= now() {
         return Err(RotateError::Expired(crate::token::rfc3339(
@@ -409,6 +421,32 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, RotateError::Expired(_)), "{e}");
         assert!(state.current.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_life_longer_than_asked_is_cut_to_what_was_asked() {
+        let server = StandIn::start(StandInOptions::default()).unwrap();
+        let api = api_for(&server);
+        let client = KeyClient::new(&api);
+        let dir = tempfile::tempdir().unwrap();
+        let path = keystate::path(dir.path(), "mcp");
+        let (_, boot) = server.create_key("admin page", 86_400);
+        let boot = Secret::new(boot);
+        let mut state = KeyState::new("mcp");
+        server.set_key_time_scale(1000.0);
+        rotate(
+            &client,
+            KeyAuth::Key(&boot),
+            &mut state,
+            &path,
+            DAY,
+            true,
+            crate::now,
+        )
+        .await
+        .unwrap();
+        let current = state.current.unwrap();
+        assert_eq!(current.tm_expire - current.tm_create, time::Duration::days(1));
     }
 
     #[test]
