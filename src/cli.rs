@@ -210,7 +210,7 @@ fn once(path: &Path, force: bool) -> ExitCode {
             let api: Arc<Api> = api.clone();
             let span = tracing::info_span!("credential", name = %cred.name);
             set.spawn(tracing::Instrument::instrument(
-                credential::once(cred, api, force),
+                credential::once(cred, api, config.state_dir.clone(), force),
                 span,
             ));
         }

@@ -27,6 +27,7 @@ use crate::hooks::{Hook, HookSpec};
 use crate::metrics::Metrics;
 use crate::output::render::{TokenFacts, render};
 use crate::output::write::{FileSpec, WriteOutcome, remove_stale_temps, write_atomic};
+use crate::record::{self, TokenRecord};
 use crate::schedule::{self, FailureKind};
 use crate::secret::Secret;
 use crate::token::{self, TokenError, Validity};
@@ -272,6 +273,11 @@ pub struct Credential {
     metrics: Arc<Metrics>,
     /// Per output: its hook task, if it has hooks.
     hooks: Vec<Option<Hook>>,
+    /// Where the record of the last login is kept ([`crate::record`]);
+    /// `None`: not kept (unit tests).
+    state_dir: Option<std::path::PathBuf>,
+    /// The `once` command: a failure is not retried, so no retry is announced.
+    one_shot: bool,
 }
 
 impl Credential {
@@ -302,7 +308,15 @@ impl Credential {
             renewals_ok: 0,
             renewals_failed: 0,
             board,
+            state_dir: None,
+            one_shot: false,
         }
+    }
+
+    /// Keeps the record of each login under `dir` and judges tokens found
+    /// on disk with it.
+    pub fn set_state_dir(&mut self, dir: std::path::PathBuf) {
+        self.state_dir = Some(dir);
     }
 
     pub fn force_login(&mut self) {
@@ -320,23 +334,49 @@ impl Credential {
                 info!(path = %out.path.display(), removed, "removed temp files left by an earlier run");
             }
         }
-        let found: Vec<_> = self.cfg.outputs.iter().filter_map(read_token_file).collect();
+        let record = self
+            .state_dir
+            .as_deref()
+            .and_then(|d| record::read(d, &self.cfg.name));
+        let base_url = self.api.config.base_url.to_string();
+        // The server's clock skew as last measured, if it is the same server.
+        let skew = record
+            .as_ref()
+            .filter(|r| r.base_url == base_url)
+            .map_or(time::Duration::ZERO, TokenRecord::server_skew);
+        let mut candidates = Vec::new();
+        for out in &self.cfg.outputs {
+            let Some((tok, claims, obtained_at, from_json)) = read_token_file(out) else {
+                continue;
+            };
+            let json_user = (out.format == Format::Json)
+                .then(|| json_username(&out.path))
+                .flatten();
+            let this_token = record
+                .as_ref()
+                .filter(|r| r.claimed_expiry.is_some() && r.claimed_expiry == claims.expires_at);
+            let claimed = token::username(tok.expose());
+            let identity = Identity {
+                claimed: claimed.as_deref(),
+                in_json: json_user.as_deref(),
+                record: this_token,
+            };
+            if let Some(reason) = identity.mismatch(&self.cfg.username, &base_url) {
+                info!(path = %out.path.display(), reason, "token on disk not reused: {reason}");
+                continue;
+            }
+            let validity = Validity::new(server_to_ours(claims, skew), obtained_at);
+            if !validity.is_expired(now) {
+                candidates.push((tok, validity, from_json));
+            }
+        }
         // The token that expires last; for when it was obtained, a JSON
         // output's own record beats a file's mtime (so that output is not
         // rewritten just because another file is older or newer).
-        let best = found
-            .iter()
-            .map(|(tok, claims, obtained_at, _)| (tok, Validity::new(*claims, *obtained_at)))
-            .filter(|(_, v)| !v.is_expired(now))
-            .max_by_key(|(_, v)| v.expires_at)
-            .map(|(tok, _)| {
-                let (_, claims, obtained_at, _) = found
-                    .iter()
-                    .filter(|f| &f.0 == tok)
-                    .max_by_key(|f| f.3)
-                    .expect("the token came from this list");
-                (tok.clone(), Validity::new(*claims, *obtained_at), *obtained_at)
-            });
+        let best = candidates
+            .into_iter()
+            .max_by_key(|(_, v, from_json)| (v.expires_at, *from_json))
+            .map(|(tok, v, _)| (tok, v, v.obtained_at));
         if let Some((tok, validity, obtained_at)) = best {
             let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
             info!(
@@ -359,9 +399,13 @@ impl Credential {
 
     /// The next step and when it is due (possibly in the past: act now).
     pub fn next_step(&self, now: OffsetDateTime) -> (Step, OffsetDateTime) {
+        // `due_at` is before the expiry, except for a token that came with
+        // under a second of life (see `schedule::due_at`): that one is not
+        // renewed at its expiry but a second after it was obtained, so a
+        // server handing out such tokens is not asked in a loop.
         let needs_login = match &self.held {
             None => true,
-            Some(h) => self.force_login || now >= h.due_at || h.validity.is_expired(now),
+            Some(h) => self.force_login || now >= h.due_at,
         };
         let has_stale = self.stale.iter().any(|s| *s);
         let usable = self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now));
@@ -437,7 +481,8 @@ impl Credential {
             };
             self.metrics.renewal(&self.cfg.name, result.is_ok());
             match result {
-                Ok(held) => {
+                Ok((held, rec)) => {
+                    self.save_record(rec).await;
                     self.metrics
                         .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
                     self.held = Some(held);
@@ -456,8 +501,20 @@ impl Credential {
         self.write_outputs(step == Step::Login).await;
     }
 
-    /// Reads the password, waits for the login budget, logs in, checks the token.
-    async fn login(&mut self) -> Result<Held, Failure> {
+    /// Keeps the record of this login, so a restart judges the token as
+    /// this process did. A failure costs only that (and is logged).
+    async fn save_record(&self, rec: TokenRecord) {
+        let Some(dir) = self.state_dir.clone() else { return };
+        let name = self.cfg.name.clone();
+        let result = tokio::task::spawn_blocking(move || record::write(&dir, &name, &rec)).await;
+        if let Err(e) = result.unwrap_or_else(|e| Err(e.to_string())) {
+            warn!(error = %e, "cannot keep the record of this login; a restart will judge the token by our clock alone");
+        }
+    }
+
+    /// Reads the password, waits for the login budget, logs in, checks the
+    /// token. Returns it with the record of this login.
+    async fn login(&mut self) -> Result<(Held, TokenRecord), Failure> {
         let password = self
             .cfg
             .password
@@ -472,19 +529,19 @@ impl Credential {
         let login = login.map_err(Failure::from)?;
         drop(password);
 
-        let mut claims = login.claims;
-        if let Some(skew) = login.server_skew.filter(|s| s.abs() > SKEW_IGNORED) {
-            if skew.abs() > SKEW_WARN && !self.skew_warned {
-                warn!(
-                    skew_seconds = skew.whole_seconds(),
-                    "the server's clock differs from ours; using the server's view for the token's lifetime"
-                );
-                self.skew_warned = true;
-            }
-            claims.expires_at = claims.expires_at.map(|t| t - skew);
-            claims.issued_at = claims.issued_at.map(|t| t - skew);
+        let skew = login
+            .server_skew
+            .filter(|s| s.abs() > SKEW_IGNORED)
+            .unwrap_or(time::Duration::ZERO);
+        if skew.abs() > SKEW_WARN && !self.skew_warned {
+            warn!(
+                skew_seconds = skew.whole_seconds(),
+                "the server's clock differs from ours; using the server's view for the token's lifetime"
+            );
+            self.skew_warned = true;
         }
-        let validity = Validity::new(claims, login.received_at);
+        let validity = Validity::new(server_to_ours(login.claims, skew), login.received_at);
+        log_ignored_claims(&validity);
         if validity.is_expired(crate::now()) {
             return Err(Failure::transient(format!(
                 "server sent an unusable token: {}",
@@ -492,12 +549,20 @@ impl Credential {
             )));
         }
         let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
-        Ok(Held {
+        let rec = TokenRecord {
+            username: self.cfg.username.clone(),
+            base_url: self.api.config.base_url.to_string(),
+            server_skew_ms: skew.whole_milliseconds() as i64,
+            claimed_expiry: login.claims.expires_at,
+            obtained_at: login.received_at,
+        };
+        let held = Held {
             token: login.token,
             validity,
             obtained_at: login.received_at,
             due_at,
-        })
+        };
+        Ok((held, rec))
     }
 
     /// Writes the held token to every stale output. A failed output stays
@@ -560,7 +625,15 @@ impl Credential {
             }
         }
         let now = crate::now();
-        if renewed {
+        if renewed && written.is_empty() {
+            // Every write failed (reported below) or no file needed the
+            // token: no empty `files=`.
+            info!(
+                expires_at = %token::rfc3339(held.validity.expires_at),
+                next_renewal = %token::rfc3339(held.due_at),
+                "token renewed; no file written"
+            );
+        } else if renewed {
             info!(
                 expires_at = %token::rfc3339(held.validity.expires_at),
                 next_renewal = %token::rfc3339(held.due_at),
@@ -596,8 +669,24 @@ impl Credential {
     fn fail(&mut self, step: Step, kind: FailureKind, message: String) {
         self.failures = self.failures.saturating_add(1);
         self.failed_step = Some(step);
-        let delay = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
+        let wanted = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
         let now = crate::now();
+        let expires_at = self.held.as_ref().map(|h| h.validity.expires_at);
+        let (delay, capped) = schedule::cap_retry(wanted, now, expires_at, &self.cfg.renewal);
+        if capped && !self.one_shot {
+            let wanted = humantime::format_duration(Duration::from_secs(wanted.as_secs()));
+            let instead = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+            match expires_at.filter(|e| *e > now) {
+                Some(e) => warn!(
+                    wanted = %wanted, retry_in = %instead, expires_at = %token::rfc3339(e),
+                    "not waiting as long as the server asked: the held token would expire first"
+                ),
+                None => warn!(
+                    wanted = %wanted, retry_in = %instead,
+                    "not waiting as long as the server asked: no usable token is held; capped like retry-max"
+                ),
+            }
+        }
         self.retry_at = Some(schedule::after(now, delay));
         let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         // The same failure again (another request id, another Retry-After)
@@ -611,7 +700,14 @@ impl Credential {
                 .unwrap_or("")
                 .to_string()
         };
-        if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
+        if self.one_shot {
+            // `once` makes no retry: announcing one would mislead.
+            if kind == FailureKind::Rejected {
+                error!(error = %message, "credentials rejected by the server; check username and password");
+            } else {
+                warn!(error = %message, "renewal failed; the token on disk (if any) is left as it is");
+            }
+        } else if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
             if kind == FailureKind::Rejected {
                 error!(error = %message, failures = self.failures, retry_in = %retry_in, "credentials rejected by the server; check username and password");
             } else {
@@ -698,6 +794,85 @@ impl From<LoginError> for Failure {
     }
 }
 
+/// What can be told about whose token a file holds.
+struct Identity<'a> {
+    /// The token's own `agent.username` claim.
+    claimed: Option<&'a str>,
+    /// The `username` a JSON output recorded next to the token.
+    in_json: Option<&'a str>,
+    /// The record of the login that produced this very token.
+    record: Option<&'a TokenRecord>,
+}
+
+impl Identity<'_> {
+    /// Why a token must not be reused for `username` at `base_url`, if it
+    /// must not. The token's claim is authoritative; a JSON output's
+    /// `username` stands in for a token that names no account. A token
+    /// that nobody names (another token kind, no record) is reused.
+    fn mismatch(&self, username: &str, base_url: &str) -> Option<&'static str> {
+        match (self.claimed, self.in_json) {
+            (Some(u), _) if u != username => return Some("it was issued to another username"),
+            (None, Some(u)) if u != username => return Some("its file records another username"),
+            _ => {}
+        }
+        let record = self.record?;
+        if record.username != username {
+            Some("it was obtained for another username")
+        } else if record.base_url != base_url {
+            Some("it was obtained from another base-url")
+        } else {
+            None
+        }
+    }
+}
+
+/// Moves the claims' times from the server's clock into ours.
+fn server_to_ours(mut claims: token::Claims, skew: time::Duration) -> token::Claims {
+    claims.expires_at = claims.expires_at.map(|t| t - skew);
+    claims.issued_at = claims.issued_at.map(|t| t - skew);
+    claims
+}
+
+/// Says which claims of a fresh token were not believed (see [`Validity::new`]).
+fn log_ignored_claims(v: &Validity) {
+    if v.expiry_ignored {
+        warn!(
+            assumed_expiry = %token::rfc3339(v.expires_at),
+            "the token's expiry is implausibly far ahead; assuming the default 7-day lifetime"
+        );
+    }
+    if v.iat_ignored {
+        warn!(
+            "the token's `iat` is after its expiry, in the future or far in the past; its lifetime is counted from when it was obtained"
+        );
+    }
+}
+
+/// The `username` a JSON output recorded, read the same bounded,
+/// non-blocking way as the record (a missing or odd file is no name).
+fn json_username(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(token::MAX_TOKEN_LEN as u64 * 2)
+        .read_to_string(&mut text)
+        .ok()?;
+    // Only `username` is kept; the token beside it is skipped, not copied.
+    #[derive(Deserialize)]
+    struct Named {
+        username: Option<String>,
+    }
+    serde_json::from_str::<Named>(&text).ok()?.username
+}
+
 /// A uniform sample in [-1, 1] for renewal jitter.
 fn jitter_sample() -> f64 {
     fastrand::f64() * 2.0 - 1.0
@@ -748,6 +923,9 @@ pub async fn run(
             if cancel.is_cancelled() {
                 break;
             }
+            if step == Step::Login && !take_queued(&mut cred, &mut commands) {
+                break;
+            }
             continue;
         }
         tokio::select! {
@@ -767,11 +945,36 @@ pub async fn run(
     debug!("credential task stopped");
 }
 
+/// Takes the commands that queued up while a login was pending or running.
+/// Renewal requests among them are served by that login (a storm of
+/// SIGUSR1 costs one login); reloads are applied in order. False when the
+/// daemon dropped the channel.
+fn take_queued(cred: &mut Credential, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+    let mut coalesced = 0u64;
+    loop {
+        match commands.try_recv() {
+            Ok(Command::RenewNow) => coalesced += 1,
+            Ok(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    if coalesced > 0 {
+        info!(
+            requests = coalesced,
+            "renewal requests made during the login were served by it"
+        );
+    }
+    true
+}
+
 /// The `once` pass for one credential: reuse what is on disk if it is not
 /// due (unless `force`), else log in once; write every output. True if the
 /// credential ends fresh.
-pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
+pub async fn once(cfg: CredentialConfig, api: Arc<Api>, state_dir: std::path::PathBuf, force: bool) -> bool {
     let mut cred = Credential::new(cfg, api, None, Arc::new(Metrics::new()));
+    cred.one_shot = true;
+    cred.set_state_dir(state_dir);
     let now = crate::now();
     cred.adopt_from_disk(now);
     if force {
@@ -938,6 +1141,63 @@ path = "/nonexistent/main.token"
         cred.reconfigure(new, api, T0);
         assert_eq!(cred.next_step(T0).0, Step::Login);
         assert!(cred.next_step(T0).1 <= T0);
+    }
+
+    #[test]
+    fn a_token_is_reused_only_for_its_own_login() {
+        let me = "agent@example.com";
+        let url = "http://127.0.0.1:9/";
+        let rec = |username: &str, base_url: &str| TokenRecord {
+            username: username.into(),
+            base_url: base_url.into(),
+            server_skew_ms: 0,
+            claimed_expiry: None,
+            obtained_at: T0,
+        };
+        let check = |claimed, in_json, record: Option<&TokenRecord>| {
+            Identity {
+                claimed,
+                in_json,
+                record,
+            }
+            .mismatch(me, url)
+        };
+        // Nothing names anyone (another token kind, no record): reused.
+        assert_eq!(check(None, None, None), None);
+        assert_eq!(check(Some(me), Some(me), Some(&rec(me, url))), None);
+        // The token's claim is authoritative over the JSON output's record.
+        assert!(check(Some("other"), Some(me), None).is_some());
+        assert_eq!(check(Some(me), Some("other"), None), None);
+        assert!(check(None, Some("other"), None).is_some());
+        // The record of the login that produced it: another user or server.
+        assert!(check(Some(me), None, Some(&rec("other", url))).is_some());
+        assert!(check(Some(me), None, Some(&rec(me, "https://elsewhere.example/"))).is_some());
+    }
+
+    #[test]
+    fn a_token_with_under_a_second_left_is_not_renewed_in_a_loop() {
+        let (_, mut cred) = credential();
+        let validity = Validity::new(
+            Claims {
+                expires_at: Some(T0 + time::Duration::milliseconds(300)),
+                issued_at: None,
+            },
+            T0,
+        );
+        let due_at = schedule::due_at(&validity, &cred.cfg.renewal, 0.0);
+        cred.held = Some(Held {
+            token: Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJ9.c2ln".into()),
+            validity,
+            obtained_at: T0,
+            due_at,
+        });
+        cred.stale = vec![false];
+        // Expired at 300 ms, but the next login is a second after the last.
+        let later = T0 + time::Duration::milliseconds(500);
+        assert_eq!(
+            cred.next_step(later),
+            (Step::Login, T0 + schedule::MIN_RENEW_DELAY)
+        );
     }
 
     #[test]

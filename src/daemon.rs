@@ -174,11 +174,13 @@ impl Daemon {
         let cancel = self.cancel.child_token();
         let name = cfg.name.clone();
         let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
+        let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
         self.board.register(&name);
         self.tracker.spawn(
             async move {
                 let mut cred = Credential::new(cfg, api, Some(board), metrics);
+                cred.set_state_dir(state_dir);
                 cred.adopt_from_disk(crate::now());
                 credential::run(cred, rx, task_cancel).await;
             }
