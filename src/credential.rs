@@ -473,32 +473,39 @@ impl Credential {
     /// Does one step. Logging in can be abandoned through `cancel` (the
     /// token would simply not be used); writes, once started, finish.
     pub async fn act(&mut self, step: Step, cancel: &CancellationToken) {
-        if step == Step::Login {
-            let result = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                r = self.login() => r,
-            };
-            self.metrics.renewal(&self.cfg.name, result.is_ok());
-            match result {
-                Ok((held, rec)) => {
-                    self.save_record(rec).await;
-                    self.metrics
-                        .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
-                    self.held = Some(held);
-                    self.force_login = false;
-                    self.stale = vec![true; self.cfg.outputs.len()];
-                    self.renewals_ok += 1;
-                    self.clear_failure();
-                }
-                Err(failure) => {
-                    self.renewals_failed += 1;
-                    self.fail(Step::Login, failure.kind, failure.message);
-                    return;
-                }
-            }
+        if step == Step::Login && !self.log_in(cancel).await {
+            return;
         }
         self.write_outputs(step == Step::Login).await;
+    }
+
+    /// The login half of [`Credential::act`]: logs in and takes the token,
+    /// or records the failure. True when there is a new token to write.
+    async fn log_in(&mut self, cancel: &CancellationToken) -> bool {
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return false,
+            r = self.login() => r,
+        };
+        self.metrics.renewal(&self.cfg.name, result.is_ok());
+        match result {
+            Ok((held, rec)) => {
+                self.save_record(rec).await;
+                self.metrics
+                    .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
+                self.held = Some(held);
+                self.force_login = false;
+                self.stale = vec![true; self.cfg.outputs.len()];
+                self.renewals_ok += 1;
+                self.clear_failure();
+                true
+            }
+            Err(failure) => {
+                self.renewals_failed += 1;
+                self.fail(Step::Login, failure.kind, failure.message);
+                false
+            }
+        }
     }
 
     /// Keeps the record of this login, so a restart judges the token as
@@ -919,11 +926,31 @@ pub async fn run(
         let now = crate::now();
         let (step, at) = cred.next_step(now);
         if at <= now {
-            cred.act(step, &cancel).await;
-            if cancel.is_cancelled() {
-                break;
+            if step == Step::Login {
+                let renewed = cred.log_in(&cancel).await;
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let Some((requests, reloads)) = take_queued(&mut commands) else {
+                    break;
+                };
+                if renewed {
+                    cred.write_outputs(true).await;
+                }
+                for (cfg, api) in reloads {
+                    cred.reconfigure(*cfg, api, crate::now());
+                }
+                if requests > 0 {
+                    info!(
+                        requests,
+                        "renewal requested during a login; one more login follows for them all"
+                    );
+                    cred.force_login();
+                }
+            } else {
+                cred.act(step, &cancel).await;
             }
-            if step == Step::Login && !take_queued(&mut cred, &mut commands) {
+            if cancel.is_cancelled() {
                 break;
             }
             continue;
@@ -945,27 +972,32 @@ pub async fn run(
     debug!("credential task stopped");
 }
 
-/// Takes the commands that queued up while a login was pending or running.
-/// Renewal requests among them are served by that login (a storm of
-/// SIGUSR1 costs one login); reloads are applied in order. False when the
-/// daemon dropped the channel.
-fn take_queued(cred: &mut Credential, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
-    let mut coalesced = 0u64;
+/// A reload taken from the queue, to apply after the new token is written.
+type Reload = (Box<CredentialConfig>, Arc<Api>);
+
+/// Takes the commands that queued up while a login waited for its turn or
+/// ran, up to its answer: how many renewal requests, and the reloads in
+/// order (to apply once the new token is written: it belongs to the config
+/// it was obtained under). `None` when the daemon dropped the channel.
+///
+/// All those renewal requests together get ONE more login, after this one:
+/// a storm of SIGUSR1 costs at most two. The login in flight cannot serve
+/// them, as it was sent before they were made: the token carries a snapshot
+/// of the account taken at login, and the password was read before it, so
+/// whoever changed either and then asked for a renewal must get a login
+/// that started after the request.
+fn take_queued(commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<(u64, Vec<Reload>)> {
+    let mut requests = 0u64;
+    let mut reloads = Vec::new();
     loop {
         match commands.try_recv() {
-            Ok(Command::RenewNow) => coalesced += 1,
-            Ok(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
+            Ok(Command::RenewNow) => requests += 1,
+            Ok(Command::Reconfigure(cfg, api)) => reloads.push((cfg, api)),
             Err(mpsc::error::TryRecvError::Empty) => break,
-            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
         }
     }
-    if coalesced > 0 {
-        info!(
-            requests = coalesced,
-            "renewal requests made during the login were served by it"
-        );
-    }
-    true
+    Some((requests, reloads))
 }
 
 /// The `once` pass for one credential: reuse what is on disk if it is not
