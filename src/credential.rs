@@ -683,10 +683,15 @@ impl Credential {
         if capped && !self.one_shot {
             let wanted = humantime::format_duration(Duration::from_secs(wanted.as_secs()));
             let instead = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+            let server_asked = matches!(kind, FailureKind::RateLimited(Some(_)));
             match expires_at.filter(|e| *e > now) {
-                Some(e) => warn!(
+                Some(e) if server_asked => warn!(
                     wanted = %wanted, retry_in = %instead, expires_at = %token::rfc3339(e),
                     "not waiting as long as the server asked: the held token would expire first"
+                ),
+                Some(e) => info!(
+                    wanted = %wanted, retry_in = %instead, expires_at = %token::rfc3339(e),
+                    "retrying sooner than the backoff: the held token would expire first"
                 ),
                 None => warn!(
                     wanted = %wanted, retry_in = %instead,
