@@ -178,6 +178,8 @@ pub struct Credential {
     metrics: Arc<Metrics>,
     /// Per output: its hook task, if it has hooks.
     hooks: Vec<Option<Hook>>,
+    /// The `once` command: a failure is not retried, so no retry is announced.
+    one_shot: bool,
 }
 
 impl Credential {
@@ -210,6 +212,7 @@ impl Credential {
             renewals_ok: 0,
             renewals_failed: 0,
             board,
+            one_shot: false,
         }
     }
 
@@ -264,9 +267,13 @@ impl Credential {
 
     /// The next step and when it is due (possibly in the past: act now).
     pub fn next_step(&self, now: OffsetDateTime) -> (Step, OffsetDateTime) {
+        // `due_at` is before the expiry, except for a token that came with
+        // under a second of life (see `schedule::due_at`): that one is not
+        // renewed at its expiry but a second after it was obtained, so a
+        // server handing out such tokens is not asked in a loop.
         let needs_login = match &self.held {
             None => true,
-            Some(h) => self.force_login || now >= h.due_at || h.validity.is_expired(now),
+            Some(h) => self.force_login || now >= h.due_at,
         };
         let has_stale = self.stale.iter().any(|s| *s);
         let usable = self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now));
@@ -340,10 +347,20 @@ impl Credential {
     /// returned); writes, once started, finish.
     pub async fn act(&mut self, step: Step, cancel: &CancellationToken) {
         match step {
-            Step::Renew => {}
-            Step::WriteOutputs => return self.write_outputs(false).await,
-            Step::Housekeep => return self.housekeep().await,
+            Step::Renew => {
+                if self.renew(cancel).await {
+                    self.write_outputs(true).await;
+                }
+            }
+            Step::WriteOutputs => self.write_outputs(false).await,
+            Step::Housekeep => self.housekeep().await,
         }
+    }
+
+    /// The renewal half of [`Credential::act`]: obtains the next secret
+    /// and takes it, or records the failure. True when there is a new
+    /// secret to write.
+    async fn renew(&mut self, cancel: &CancellationToken) -> bool {
         let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
         let ctx = self.ctx();
         let result = tokio::select! {
@@ -352,7 +369,7 @@ impl Credential {
             r = source.renew(&ctx, self.held.as_ref()) => Some(r),
         };
         self.source = source;
-        let Some(result) = result else { return };
+        let Some(result) = result else { return false };
         self.metrics.renewal(&self.cfg.name, result.is_ok());
         match result {
             Ok(held) => {
@@ -363,14 +380,14 @@ impl Credential {
                 self.stale = vec![true; self.cfg.outputs.len()];
                 self.renewals_ok += 1;
                 self.clear_failure();
+                true
             }
             Err(failure) => {
                 self.renewals_failed += 1;
                 self.fail(Step::Renew, failure.kind, failure.message);
-                return;
+                false
             }
         }
-        self.write_outputs(true).await;
     }
 
     /// Key housekeeping (deletions, sweeps, lookups). A held key found
@@ -448,7 +465,16 @@ impl Credential {
             }
         }
         let now = crate::now();
-        if renewed && held.key_id.is_some() {
+        if renewed && written.is_empty() {
+            // Every write failed (reported below) or no file needed the
+            // secret: no empty `files=`.
+            info!(
+                expires_at = %token::rfc3339(held.validity.expires_at),
+                next_renewal = %token::rfc3339(held.due_at),
+                "{}; no file written",
+                if held.key_id.is_some() { "access key rotated" } else { "token renewed" }
+            );
+        } else if renewed && held.key_id.is_some() {
             info!(
                 expires_at = %token::rfc3339(held.validity.expires_at),
                 next_rotation = %token::rfc3339(held.due_at),
@@ -495,8 +521,29 @@ impl Credential {
     fn fail(&mut self, step: Step, kind: FailureKind, message: String) {
         self.failures = self.failures.saturating_add(1);
         self.failed_step = Some(step);
-        let delay = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
+        let wanted = schedule::backoff(self.failures, kind, &self.cfg.renewal, fastrand::f64());
         let now = crate::now();
+        let expires_at = self.held.as_ref().map(|h| h.validity.expires_at);
+        let (delay, capped) = schedule::cap_retry(wanted, now, expires_at, &self.cfg.renewal);
+        if capped && !self.one_shot {
+            let wanted = humantime::format_duration(Duration::from_secs(wanted.as_secs()));
+            let instead = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
+            let server_asked = matches!(kind, FailureKind::RateLimited(Some(_)));
+            match expires_at.filter(|e| *e > now) {
+                Some(e) if server_asked => warn!(
+                    wanted = %wanted, retry_in = %instead, expires_at = %token::rfc3339(e),
+                    "not waiting as long as the server asked: the held token would expire first"
+                ),
+                Some(e) => info!(
+                    wanted = %wanted, retry_in = %instead, expires_at = %token::rfc3339(e),
+                    "retrying sooner than the backoff: the held token would expire first"
+                ),
+                None => warn!(
+                    wanted = %wanted, retry_in = %instead,
+                    "not waiting as long as the server asked: no usable token is held; capped like retry-max"
+                ),
+            }
+        }
         self.retry_at = Some(schedule::after(now, delay));
         let retry_in = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         // The same failure again (another request id, another Retry-After)
@@ -510,7 +557,14 @@ impl Credential {
                 .unwrap_or("")
                 .to_string()
         };
-        if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
+        if self.one_shot {
+            // `once` makes no retry: announcing one would mislead.
+            if kind == FailureKind::Rejected {
+                error!(error = %message, "refused by the server");
+            } else {
+                warn!(error = %message, "renewal failed; what is on disk (if anything) is left as it is");
+            }
+        } else if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
             if kind == FailureKind::Rejected {
                 error!(error = %message, failures = self.failures, retry_in = %retry_in, "refused by the server; not retried before retry-max (SIGUSR1 retries at once)");
             } else {
@@ -595,7 +649,30 @@ pub async fn run(
         let now = crate::now();
         let (step, at) = cred.next_step(now);
         if at <= now {
-            cred.act(step, &cancel).await;
+            if step == Step::Renew {
+                let renewed = cred.renew(&cancel).await;
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let Some((requests, reloads)) = take_queued(&mut commands) else {
+                    break;
+                };
+                if renewed {
+                    cred.write_outputs(true).await;
+                }
+                for (cfg, api) in reloads {
+                    cred.reconfigure(*cfg, api, crate::now());
+                }
+                if requests > 0 {
+                    info!(
+                        requests,
+                        "renewal requested during a renewal; one more follows for them all"
+                    );
+                    cred.force_login();
+                }
+            } else {
+                cred.act(step, &cancel).await;
+            }
             if cancel.is_cancelled() {
                 break;
             }
@@ -619,11 +696,40 @@ pub async fn run(
     debug!("credential task stopped");
 }
 
+/// A reload taken from the queue, to apply after the new secret is written.
+type Reload = (Box<CredentialConfig>, Arc<Api>);
+
+/// Takes the commands that queued up while a renewal waited for its turn
+/// or ran, up to its answer: how many renewal requests, and the reloads in
+/// order (to apply once the new secret is written: it belongs to the config
+/// it was obtained under). `None` when the daemon dropped the channel.
+///
+/// All those renewal requests together get ONE more renewal, after this
+/// one: a storm of SIGUSR1 costs at most two. The renewal in flight cannot
+/// serve them, as it was sent before they were made: the token carries a
+/// snapshot of the account taken at login, and the password was read before
+/// it, so whoever changed either and then asked for a renewal must get one
+/// that started after the request.
+fn take_queued(commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<(u64, Vec<Reload>)> {
+    let mut requests = 0u64;
+    let mut reloads = Vec::new();
+    loop {
+        match commands.try_recv() {
+            Ok(Command::RenewNow) => requests += 1,
+            Ok(Command::Reconfigure(cfg, api)) => reloads.push((cfg, api)),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        }
+    }
+    Some((requests, reloads))
+}
+
 /// The `once` pass for one credential: reuse what is on disk if it is not
 /// due (unless `force`), else log in once; write every output. True if the
 /// credential ends fresh.
 pub async fn once(cfg: CredentialConfig, api: Arc<Api>, state_dir: std::path::PathBuf, force: bool) -> bool {
     let mut cred = Credential::new(cfg, api, state_dir, None, Arc::new(Metrics::new()));
+    cred.one_shot = true;
     let now = crate::now();
     cred.adopt_from_disk(now).await;
     if force {
@@ -805,6 +911,33 @@ path = "/nonexistent/main.token"
         cred.reconfigure(new, api, T0);
         assert_eq!(cred.next_step(T0).0, Step::Renew);
         assert!(cred.next_step(T0).1 <= T0);
+    }
+
+    #[test]
+    fn a_token_with_under_a_second_left_is_not_renewed_in_a_loop() {
+        let (_, mut cred) = credential();
+        let validity = Validity::new(
+            Claims {
+                expires_at: Some(T0 + time::Duration::milliseconds(300)),
+                issued_at: None,
+            },
+            T0,
+        );
+        let due_at = schedule::due_at(&validity, &cred.cfg.renewal, 0.0);
+        cred.held = Some(Held {
+            token: Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJ9.c2ln".into()),
+            validity,
+            obtained_at: T0,
+            due_at,
+            key_id: None,
+        });
+        cred.stale = vec![false];
+        // Expired at 300 ms, but the next login is a second after the last.
+        let later = T0 + time::Duration::milliseconds(500);
+        assert_eq!(
+            cred.next_step(later),
+            (Step::Renew, T0 + schedule::MIN_RENEW_DELAY)
+        );
     }
 
     #[test]

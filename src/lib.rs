@@ -25,6 +25,7 @@
 //! - [`notify`]: systemd notifications (a no-op without `NOTIFY_SOCKET`).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`status`]: the status file and the `status` command.
+//! - [`record`]: per-credential record of the last login (username, server, clock skew).
 //! - [`standin`]: a local stand-in of the VoIPBIN API for `demo`, tests and benchmarks.
 //! - [`demo`]: the `demo` command.
 //! - [`logging`]: tracing set-up (text or JSON to stderr).
@@ -43,6 +44,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod output;
+pub mod record;
 pub mod schedule;
 pub mod secret;
 pub mod signals;

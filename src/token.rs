@@ -18,6 +18,16 @@ use time::{
 /// The lifetime assumed when a token states no expiry: VoIPBIN's login tokens live 7 days.
 pub const DEFAULT_LIFETIME: time::Duration = time::Duration::days(7);
 
+/// An expiry further than this after the token was obtained is not
+/// believed (a clock or server bug, or a token that claims to live forever):
+/// the token is taken to live [`DEFAULT_LIFETIME`], as if it stated none.
+/// The same bound limits how far in the past a believable `iat` lies.
+pub const IMPLAUSIBLE_LIFETIME: time::Duration = time::Duration::days(70);
+
+/// How far after the moment we obtained a token its `iat` may lie (clock
+/// noise left over after the server's skew was taken out).
+pub const IAT_SKEW_ALLOWANCE: time::Duration = time::Duration::seconds(60);
+
 /// A token larger than this is refused (a real one is well under 16 KiB).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -53,6 +63,8 @@ pub enum TokenError {
 
 #[derive(Deserialize)]
 struct RawClaims {
+    #[serde(default)]
+    agent: Option<serde_json::Value>,
     #[serde(default)]
     expire: Option<serde_json::Value>,
     #[serde(default)]
@@ -134,22 +146,59 @@ pub fn parse_expire(s: &str) -> Option<OffsetDateTime> {
 
 /// A token's place in time: when it was obtained, when it expires, and
 /// hence its lifetime, from which renewal is scheduled.
+///
+/// Claims that make no sense are not believed (see [`Validity::new`]); the
+/// `*_ignored` fields say which, so the caller can log it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Validity {
-    /// Start of the lifetime: `iat` where present, else when it was obtained.
+    /// Start of the lifetime: a sane `iat`, else when it was obtained.
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// When we got it: the login's answer, or for a token found on disk
+    /// the time its file records.
+    pub obtained_at: OffsetDateTime,
+    /// The token had an `iat` that was not believed.
+    pub iat_ignored: bool,
+    /// The token had an expiry that was not believed.
+    pub expiry_ignored: bool,
 }
 
 impl Validity {
     /// Combines the claims with when we obtained the token. `obtained_at`
     /// is the login's time, or for a token found on disk its file's mtime.
+    ///
+    /// Sanity rules (a token with odd claims must not make the daemon log
+    /// in in a loop, nor renew after the token expired):
+    /// - an expiry more than [`IMPLAUSIBLE_LIFETIME`] after `obtained_at`
+    ///   is treated like a missing one: [`DEFAULT_LIFETIME`] from `obtained_at`;
+    /// - `iat` counts only if it lies before the expiry, not more than
+    ///   [`IAT_SKEW_ALLOWANCE`] after `obtained_at` and not more than
+    ///   [`IMPLAUSIBLE_LIFETIME`] before it; otherwise the lifetime starts
+    ///   at `obtained_at`.
     pub fn new(claims: Claims, obtained_at: OffsetDateTime) -> Validity {
-        let issued_at = claims.issued_at.unwrap_or(obtained_at);
-        let expires_at = claims.expires_at.unwrap_or(obtained_at + DEFAULT_LIFETIME);
+        let default_expiry = obtained_at + DEFAULT_LIFETIME;
+        let (expires_at, expiry_ignored) = match claims.expires_at {
+            Some(e) if e - obtained_at > IMPLAUSIBLE_LIFETIME => (default_expiry, true),
+            Some(e) => (e, false),
+            None => (default_expiry, false),
+        };
+        let (issued_at, iat_ignored) = match claims.issued_at {
+            Some(iat)
+                if iat < expires_at
+                    && iat <= obtained_at + IAT_SKEW_ALLOWANCE
+                    && obtained_at - iat <= IMPLAUSIBLE_LIFETIME =>
+            {
+                (iat, false)
+            }
+            Some(_) => (obtained_at, true),
+            None => (obtained_at, false),
+        };
         Validity {
             issued_at,
             expires_at,
+            obtained_at,
+            iat_ignored,
+            expiry_ignored,
         }
     }
 
@@ -160,6 +209,15 @@ impl Validity {
     pub fn is_expired(&self, now: OffsetDateTime) -> bool {
         now >= self.expires_at
     }
+}
+
+/// The account a token was issued to: VoIPBIN login tokens carry it as
+/// `agent.username`. `None` for a token that names no account (other token
+/// kinds) or is not a JWT. Like [`decode`], never quotes the token.
+pub fn username(token: &str) -> Option<String> {
+    decode(token).ok()?;
+    let data = jsonwebtoken::dangerous::insecure_decode::<RawClaims>(token).ok()?;
+    data.claims.agent?.get("username")?.as_str().map(str::to_owned)
 }
 
 /// Finds a JWT inside a file of any output format (raw, env, shell, json,

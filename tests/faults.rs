@@ -421,7 +421,13 @@ fn rejected_login_waits_retry_max_and_heals_at_once_on_sigusr1() {
 fn rate_limited_logins_obey_retry_after_in_seconds_and_as_an_http_date() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    // With no token held, Retry-After is capped at retry-max (README,
+    // Renewal): 10 s leaves room for the 6 s asked.
+    let retries = "retry-min = \"100ms\"\nretry-max = \"10s\"\n";
+    t.write_config(
+        &s.base_url(),
+        &cred("main", USER, "password", retries, &output("main.token", "raw")),
+    );
     let until = SystemTime::now() + Duration::from_secs(6);
     // An HTTP date has whole seconds: the date sent is `until` truncated.
     let date = format_http_date(until);

@@ -451,16 +451,20 @@ fn once_rotates_when_due_and_status_check_and_inspect_show_the_key_without_the_s
     // status of a running daemon: key id, no secret.
     let d = t.daemon();
     d.wait_log("every credential has a fresh token on disk", 1, WAIT);
+    let k1_id = state_json(&t)["current"]["id"].as_str().unwrap().to_owned();
     wait_for(
         WAIT,
-        "the status file",
-        || t.read("state/status.json").is_some(),
+        "the key in the status file",
+        || t.read("state/status.json").is_some_and(|s| s.contains(&k1_id)),
         || d.log(),
     );
     let status = t.run(&["status", "-c", "config.toml"]);
     let text = both(&status);
-    let k1_id = state_json(&t)["current"]["id"].as_str().unwrap().to_owned();
-    assert!(text.contains(&k1_id), "{text}");
+    assert!(
+        text.contains(&k1_id),
+        "{text}\n{}",
+        t.read("state/status.json").unwrap()
+    );
     assert_no_keys(&text, &s);
     let json = t.run(&["status", "-c", "config.toml", "--json"]);
     assert_no_keys(&both(&json), &s);
@@ -672,7 +676,13 @@ fn key_calls_obey_retry_after_and_back_off_on_server_errors_keeping_the_key() {
             headers: Vec::new(),
         },
     ]);
-    t.write_config(&s.base_url(), &key_cred("renew-at = 0.9", &output("mcp.env", "env")));
+    // retry-max above the Retry-After: with no key of its own yet, a wait is
+    // capped at retry-max.
+    t.write_config(
+        &s.base_url(),
+        &key_cred("renew-at = 0.9", &output("mcp.env", "env"))
+            .replace("retry-max = \"1s\"", "retry-max = \"5s\""),
+    );
     let d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
     assert!(k1.starts_with("vb_"));
@@ -683,7 +693,10 @@ fn key_calls_obey_retry_after_and_back_off_on_server_errors_keeping_the_key() {
         .collect();
     assert_eq!(creations.len(), 4, "429, 503, 500, then success");
     let after_429 = creations[1].duration_since(creations[0]).unwrap();
-    assert!(after_429 >= Duration::from_secs(2), "Retry-After 2 obeyed: {after_429:?}");
+    assert!(
+        after_429 >= Duration::from_secs(2),
+        "Retry-After 2 obeyed: {after_429:?}"
+    );
     let log = d.log();
     assert!(log.contains("HTTP 429") && log.contains("HTTP 503"), "{log}");
     assert!(!log.contains("BOOM"), "an error body is never logged");

@@ -573,9 +573,13 @@ impl KeySource {
     /// due at once: it was made by hand, may live long and lies in a file,
     /// so it is replaced by a key of this installation right away.
     fn held_of(current: &CurrentKey, policy: &crate::config::RenewalPolicy) -> super::Held {
+        // A key's life is what the server said it is: tm_create..tm_expire.
         let validity = crate::token::Validity {
             issued_at: current.created_at(),
             expires_at: current.expires_at(),
+            obtained_at: current.obtained_at,
+            iat_ignored: false,
+            expiry_ignored: false,
         };
         let due_at = match current.origin {
             Origin::Bootstrap => current.obtained_at,
@@ -632,7 +636,7 @@ impl KeySource {
                 .login
                 .as_ref()
                 .ok_or_else(|| super::Failure::transient("no agent login configured".into()))?;
-            self.agent = Some(self.login.login_as(ctx.api, login, ctx).await?);
+            self.agent = Some(self.login.login_as(ctx.api, login, ctx).await?.0);
         }
         Ok(self.agent.as_ref().expect("set above").token.clone())
     }

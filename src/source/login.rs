@@ -6,6 +6,7 @@ use tracing::{debug, info, warn};
 
 use super::{Api, Ctx, Failure, Held, jitter_sample};
 use crate::config::{Format, Login, OutputConfig};
+use crate::record::{self, TokenRecord};
 use crate::schedule;
 use crate::secret::Secret;
 use crate::token::{self, TokenError, Validity};
@@ -21,25 +22,60 @@ pub struct LoginSource {
 }
 
 impl LoginSource {
-    /// Looks for a usable token in the outputs. Takes the one that expires
-    /// last; an expired one is ignored.
+    /// Looks for a usable token in the outputs, of this credential's own
+    /// login (see [`Identity`]), judged with the server clock skew recorded
+    /// when it was obtained. Takes the one that expires last; an expired
+    /// one is ignored.
     pub async fn adopt(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) -> Option<Held> {
         let outputs = ctx.cfg.outputs.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            outputs.iter().filter_map(read_token_file).collect::<Vec<_>>()
+        let (state_dir, name) = (ctx.state_dir.to_path_buf(), ctx.cfg.name.clone());
+        let (found, record) = tokio::task::spawn_blocking(move || {
+            let found: Vec<_> = outputs
+                .iter()
+                .filter_map(|out| {
+                    let (tok, claims, obtained_at, from_json) = read_token_file(out)?;
+                    let json_user = (out.format == Format::Json)
+                        .then(|| json_username(&out.path))
+                        .flatten();
+                    Some((out.path.clone(), tok, claims, obtained_at, from_json, json_user))
+                })
+                .collect();
+            (found, record::read(&state_dir, &name))
         })
         .await
-        .unwrap_or_default();
+        .ok()?;
+        let base_url = ctx.api.config.base_url.to_string();
+        // The server's clock skew as last measured, if it is the same server.
+        let skew = record
+            .as_ref()
+            .filter(|r| r.base_url == base_url)
+            .map_or(time::Duration::ZERO, TokenRecord::server_skew);
+        let mut candidates = Vec::new();
+        for (path, tok, claims, obtained_at, from_json, json_user) in found {
+            let this_token = record
+                .as_ref()
+                .filter(|r| r.claimed_expiry.is_some() && r.claimed_expiry == claims.expires_at);
+            let claimed = token::username(tok.expose());
+            let identity = Identity {
+                claimed: claimed.as_deref(),
+                in_json: json_user.as_deref(),
+                record: this_token,
+            };
+            if let Some(reason) = identity.mismatch(ctx.cfg.username(), &base_url) {
+                info!(path = %path.display(), reason, "token on disk not reused: {reason}");
+                continue;
+            }
+            let validity = Validity::new(server_to_ours(claims, skew), obtained_at);
+            if !validity.is_expired(now) {
+                candidates.push((tok, validity, from_json));
+            }
+        }
         // The token that expires last; for when it was obtained, a JSON
         // output's own record beats a file's mtime (so that output is not
         // rewritten just because another file is older or newer).
-        let best = found
-            .iter()
-            .filter(|(_, claims, obtained_at, _)| !Validity::new(*claims, *obtained_at).is_expired(now))
-            .max_by_key(|(_, claims, obtained_at, _)| Validity::new(*claims, *obtained_at).expires_at)
-            .map(|f| f.0.clone())?;
-        let (tok, claims, obtained_at, _) = found.iter().filter(|f| f.0 == best).max_by_key(|f| f.3)?.clone();
-        let validity = Validity::new(claims, obtained_at);
+        let (tok, validity, _) = candidates
+            .into_iter()
+            .max_by_key(|(_, v, from_json)| (v.expires_at, *from_json))?;
         let due_at = schedule::due_at(&validity, &ctx.cfg.renewal, jitter_sample());
         info!(
             expires_at = %token::rfc3339(validity.expires_at),
@@ -49,7 +85,7 @@ impl LoginSource {
         Some(Held {
             token: tok,
             validity,
-            obtained_at,
+            obtained_at: validity.obtained_at,
             due_at,
             key_id: None,
         })
@@ -62,7 +98,14 @@ impl LoginSource {
             .login
             .as_ref()
             .ok_or_else(|| Failure::transient("no login configured".into()))?;
-        let held = self.login_as(ctx.api, login, ctx).await?;
+        let (held, rec) = self.login_as(ctx.api, login, ctx).await?;
+        // The record of this login, so a restart judges the token as this
+        // process did. A failure costs only that (and is logged).
+        let (dir, name) = (ctx.state_dir.to_path_buf(), ctx.cfg.name.clone());
+        let saved = tokio::task::spawn_blocking(move || record::write(&dir, &name, &rec)).await;
+        if let Err(e) = saved.unwrap_or_else(|e| Err(e.to_string())) {
+            warn!(error = %e, "cannot keep the record of this login; a restart will judge the token by our clock alone");
+        }
         let due_at = schedule::due_at(&held.validity, &ctx.cfg.renewal, jitter_sample());
         Ok(Held { due_at, ..held })
     }
@@ -70,7 +113,12 @@ impl LoginSource {
     /// One login as `login`, the token checked (a JWT, not expired by the
     /// server's clock). `due_at` is left at the expiry: the caller
     /// schedules. Also used by access keys managed with an agent login.
-    pub async fn login_as(&mut self, api: &Api, login: &Login, ctx: &Ctx<'_>) -> Result<Held, Failure> {
+    pub async fn login_as(
+        &mut self,
+        api: &Api,
+        login: &Login,
+        ctx: &Ctx<'_>,
+    ) -> Result<(Held, TokenRecord), Failure> {
         let source = login.password.clone();
         let password = tokio::task::spawn_blocking(move || source.read())
             .await
@@ -88,32 +136,40 @@ impl LoginSource {
         })?;
         drop(password);
 
-        let mut claims = answer.claims;
-        if let Some(skew) = answer.server_skew.filter(|s| s.abs() > SKEW_IGNORED) {
-            if skew.abs() > SKEW_WARN && !self.skew_warned {
-                warn!(
-                    skew_seconds = skew.whole_seconds(),
-                    "the server's clock differs from ours; using the server's view for the token's lifetime"
-                );
-                self.skew_warned = true;
-            }
-            claims.expires_at = claims.expires_at.map(|t| t - skew);
-            claims.issued_at = claims.issued_at.map(|t| t - skew);
+        let skew = answer
+            .server_skew
+            .filter(|s| s.abs() > SKEW_IGNORED)
+            .unwrap_or(time::Duration::ZERO);
+        if skew.abs() > SKEW_WARN && !self.skew_warned {
+            warn!(
+                skew_seconds = skew.whole_seconds(),
+                "the server's clock differs from ours; using the server's view for the token's lifetime"
+            );
+            self.skew_warned = true;
         }
-        let validity = Validity::new(claims, answer.received_at);
+        let validity = Validity::new(server_to_ours(answer.claims, skew), answer.received_at);
+        log_ignored_claims(&validity);
         if validity.is_expired(crate::now()) {
             return Err(Failure::transient(format!(
                 "server sent an unusable token: {}",
                 TokenError::Expired
             )));
         }
-        Ok(Held {
+        let rec = TokenRecord {
+            username: login.username.clone(),
+            base_url: api.config.base_url.to_string(),
+            server_skew_ms: skew.whole_milliseconds() as i64,
+            claimed_expiry: answer.claims.expires_at,
+            obtained_at: answer.received_at,
+        };
+        let held = Held {
             token: answer.token,
             validity,
             obtained_at: answer.received_at,
             due_at: validity.expires_at,
             key_id: None,
-        })
+        };
+        Ok((held, rec))
     }
 }
 
@@ -135,4 +191,120 @@ fn read_token_file(out: &OutputConfig) -> Option<(Secret, token::Claims, OffsetD
         from_json = true;
     }
     Some((Secret::new(tok.to_string()), claims, obtained_at, from_json))
+}
+
+/// What can be told about whose token a file holds.
+struct Identity<'a> {
+    /// The token's own `agent.username` claim.
+    claimed: Option<&'a str>,
+    /// The `username` a JSON output recorded next to the token.
+    in_json: Option<&'a str>,
+    /// The record of the login that produced this very token.
+    record: Option<&'a TokenRecord>,
+}
+
+impl Identity<'_> {
+    /// Why a token must not be reused for `username` at `base_url`, if it
+    /// must not. The token's claim is authoritative; a JSON output's
+    /// `username` stands in for a token that names no account. A token
+    /// that nobody names (another token kind, no record) is reused.
+    fn mismatch(&self, username: &str, base_url: &str) -> Option<&'static str> {
+        match (self.claimed, self.in_json) {
+            (Some(u), _) if u != username => return Some("it was issued to another username"),
+            (None, Some(u)) if u != username => return Some("its file records another username"),
+            _ => {}
+        }
+        let record = self.record?;
+        if record.username != username {
+            Some("it was obtained for another username")
+        } else if record.base_url != base_url {
+            Some("it was obtained from another base-url")
+        } else {
+            None
+        }
+    }
+}
+
+/// Moves the claims' times from the server's clock into ours.
+fn server_to_ours(mut claims: token::Claims, skew: time::Duration) -> token::Claims {
+    claims.expires_at = claims.expires_at.map(|t| t - skew);
+    claims.issued_at = claims.issued_at.map(|t| t - skew);
+    claims
+}
+
+/// Says which claims of a fresh token were not believed (see [`Validity::new`]).
+fn log_ignored_claims(v: &Validity) {
+    if v.expiry_ignored {
+        warn!(
+            assumed_expiry = %token::rfc3339(v.expires_at),
+            "the token's expiry is implausibly far ahead; assuming the default 7-day lifetime"
+        );
+    }
+    if v.iat_ignored {
+        warn!(
+            "the token's `iat` is after its expiry, in the future or far in the past; its lifetime is counted from when it was obtained"
+        );
+    }
+}
+
+/// The `username` a JSON output recorded, read the same bounded,
+/// non-blocking way as the record (a missing or odd file is no name).
+fn json_username(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(token::MAX_TOKEN_LEN as u64 * 2)
+        .read_to_string(&mut text)
+        .ok()?;
+    // Only `username` is kept; the token beside it is skipped, not copied.
+    #[derive(serde::Deserialize)]
+    struct Named {
+        username: Option<String>,
+    }
+    serde_json::from_str::<Named>(&text).ok()?.username
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_reused_only_for_its_own_login() {
+        let t0 = time::macros::datetime!(2026-11-27 00:00 UTC);
+        let me = "agent@example.com";
+        let url = "http://127.0.0.1:9/";
+        let rec = |username: &str, base_url: &str| TokenRecord {
+            username: username.into(),
+            base_url: base_url.into(),
+            server_skew_ms: 0,
+            claimed_expiry: None,
+            obtained_at: t0,
+        };
+        let check = |claimed, in_json, record: Option<&TokenRecord>| {
+            Identity {
+                claimed,
+                in_json,
+                record,
+            }
+            .mismatch(me, url)
+        };
+        // Nothing names anyone (another token kind, no record): reused.
+        assert_eq!(check(None, None, None), None);
+        assert_eq!(check(Some(me), Some(me), Some(&rec(me, url))), None);
+        // The token's claim is authoritative over the JSON output's record.
+        assert!(check(Some("other"), Some(me), None).is_some());
+        assert_eq!(check(Some(me), Some("other"), None), None);
+        assert!(check(None, Some("other"), None).is_some());
+        // The record of the login that produced it: another user or server.
+        assert!(check(Some(me), None, Some(&rec("other", url))).is_some());
+        assert!(check(Some(me), None, Some(&rec(me, "https://elsewhere.example/"))).is_some());
+    }
 }

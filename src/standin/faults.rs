@@ -58,6 +58,11 @@ pub enum Fault {
     ServerDateSkew(i64),
     /// Drop the connection without answering.
     Close,
+    /// Answer normally (the credentials are checked), but merge this JSON
+    /// object into the token's claims before signing; a `null` value
+    /// removes that claim. For odd claims: `iat` ten years ago, `iat` after
+    /// the expiry, an expiry in year 9999, another `agent`.
+    Claims(serde_json::Value),
 }
 
 impl Fault {
@@ -107,5 +112,6 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::Expired => "expired",
         Fault::ServerDateSkew(_) => "server-date-skew",
         Fault::Close => "close",
+        Fault::Claims(_) => "claims",
     }
 }

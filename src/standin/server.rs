@@ -226,7 +226,7 @@ impl Inner {
         claims
     }
 
-    pub(super) fn sign(&self, claims: &Claims) -> Option<String> {
+    pub(super) fn sign(&self, claims: &impl Serialize) -> Option<String> {
         let key = EncodingKey::from_secret(&self.key);
         match jsonwebtoken::encode(&Header::default(), claims, &key) {
             Ok(token) => Some(token),
@@ -509,6 +509,7 @@ pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut 
             response
         }
         Fault::Close => return Err(DropConnection),
+        Fault::Claims(extra) => answer_login_with(inner, name, password.as_deref(), now, Some(&extra)),
     };
     Ok(response)
 }
@@ -524,6 +525,17 @@ pub(super) fn answer_login(
     username: Option<&str>,
     password: Option<&str>,
     clock: SystemTime,
+) -> Response<Payload> {
+    answer_login_with(inner, username, password, clock, None)
+}
+
+/// The normal login path, with `extra` merged into the claims ([`Fault::Claims`]).
+pub(super) fn answer_login_with(
+    inner: &Inner,
+    username: Option<&str>,
+    password: Option<&str>,
+    clock: SystemTime,
+    extra: Option<&serde_json::Value>,
 ) -> Response<Payload> {
     let (Some(username), Some(password)) = (username, password) else {
         return empty(StatusCode::BAD_REQUEST);
@@ -543,12 +555,31 @@ pub(super) fn answer_login(
         return empty(StatusCode::BAD_REQUEST);
     }
     let claims = inner.claims(username, style, clock, add_or_now(clock, lifetime));
-    let Some(token) = inner.sign(&claims) else {
+    let token = match extra {
+        None => inner.sign(&claims),
+        Some(extra) => inner.sign(&merged(&claims, extra)),
+    };
+    let Some(token) = token else {
         return empty(StatusCode::INTERNAL_SERVER_ERROR);
     };
     inner.hand_out(&token);
     inner.logins_ok.fetch_add(1, Ordering::SeqCst);
     token_answer(username, &token)
+}
+
+/// `claims` with the keys of the object `extra` set (or removed, for `null`).
+pub(super) fn merged(claims: &Claims, extra: &serde_json::Value) -> serde_json::Value {
+    let mut value = serde_json::to_value(claims).unwrap_or_default();
+    if let (Some(map), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+        for (key, v) in extra {
+            if v.is_null() {
+                map.remove(key);
+            } else {
+                map.insert(key.clone(), v.clone());
+            }
+        }
+    }
+    value
 }
 
 /// A 200 carrying a token that is not valid: handed out, not counted.

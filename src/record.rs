@@ -1,0 +1,125 @@
+//! What the daemon remembers about the token a credential last obtained:
+//! for which username, from which server, and how far the server's clock
+//! was from ours at that moment. Kept at `{state dir}/tokens/{name}.json`
+//! (mode 0600, written atomically; holds no secret).
+//!
+//! Why: at start the daemon reuses a token found in its outputs. The token
+//! alone cannot say which server issued it, and its expiry is in the
+//! server's clock; this record lets the daemon judge it as it did when it
+//! got it (same skew), and refuse a token of another login.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::output::write::{FileSpec, write_atomic};
+
+/// A record is a few hundred bytes; anything larger is not ours.
+const MAX_RECORD_LEN: u64 = 64 * 1024;
+
+/// The record of one credential's last login. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub username: String,
+    pub base_url: String,
+    /// The server's clock minus ours, in milliseconds (0 when within noise).
+    pub server_skew_ms: i64,
+    /// The token's expiry as its claims state it (the server's clock): it
+    /// identifies which token the record is about.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub claimed_expiry: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub obtained_at: OffsetDateTime,
+}
+
+impl TokenRecord {
+    pub fn server_skew(&self) -> time::Duration {
+        time::Duration::milliseconds(self.server_skew_ms)
+    }
+}
+
+/// `{state dir}/tokens/{credential}.json`.
+pub fn path(state_dir: &Path, credential: &str) -> PathBuf {
+    state_dir.join("tokens").join(format!("{credential}.json"))
+}
+
+/// Reads the record; `None` when there is none or it is not a small
+/// regular file of the right shape (a bad record only costs a login).
+/// Opened non-blocking, so a FIFO planted there cannot hang the daemon.
+pub fn read(state_dir: &Path, credential: &str) -> Option<TokenRecord> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .open(path(state_dir, credential))
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_RECORD_LEN).read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Writes the record atomically, creating `{state dir}/tokens` (mode 0700).
+pub fn write(state_dir: &Path, credential: &str, record: &TokenRecord) -> Result<(), String> {
+    let p = path(state_dir, credential);
+    if let Some(dir) = p.parent()
+        && !dir.is_dir()
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+    }
+    let mut text = serde_json::to_string_pretty(record).map_err(|e| e.to_string())?;
+    text.push('\n');
+    write_atomic(
+        &FileSpec {
+            path: &p,
+            mode: 0o600,
+            uid: None,
+            gid: None,
+        },
+        text.as_bytes(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = TokenRecord {
+            username: "agent@example.com".into(),
+            base_url: "http://127.0.0.1:9/".into(),
+            server_skew_ms: -3_600_000,
+            claimed_expiry: Some(datetime!(2026-12-04 09:15:02.123456 UTC)),
+            obtained_at: datetime!(2026-11-27 09:15:02 UTC),
+        };
+        assert_eq!(read(dir.path(), "main"), None);
+        write(dir.path(), "main", &rec).unwrap();
+        assert_eq!(read(dir.path(), "main"), Some(rec.clone()));
+        assert_eq!(rec.server_skew(), time::Duration::hours(-1));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(dir.path(), "main"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Garbage and a FIFO are no record (and do not block).
+        std::fs::write(path(dir.path(), "main"), "not json").unwrap();
+        assert_eq!(read(dir.path(), "main"), None);
+        nix::unistd::mkfifo(&path(dir.path(), "fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read(dir.path(), "fifo"), None);
+    }
+}
