@@ -313,14 +313,12 @@ impl Credential {
     /// Looks for a usable token in the outputs (a restart must not log in
     /// when it need not). Takes the one that expires last; an expired one
     /// is ignored. Also removes temp files a killed process left behind.
-    pub fn adopt_from_disk(&mut self, now: OffsetDateTime) {
-        for out in &self.cfg.outputs {
-            let removed = remove_stale_temps(&out.path);
-            if removed > 0 {
-                info!(path = %out.path.display(), removed, "removed temp files left by an earlier run");
-            }
-        }
-        let found: Vec<_> = self.cfg.outputs.iter().filter_map(read_token_file).collect();
+    /// The files are read on the blocking pool, never on the runtime thread.
+    pub async fn adopt_from_disk(&mut self, now: OffsetDateTime) {
+        let outputs = self.cfg.outputs.clone();
+        let found = tokio::task::spawn_blocking(move || scan_outputs(&outputs))
+            .await
+            .unwrap_or_default();
         // The token that expires last; for when it was obtained, a JSON
         // output's own record beats a file's mtime (so that output is not
         // rewritten just because another file is older or newer).
@@ -458,10 +456,12 @@ impl Credential {
 
     /// Reads the password, waits for the login budget, logs in, checks the token.
     async fn login(&mut self) -> Result<Held, Failure> {
-        let password = self
-            .cfg
-            .password
-            .read()
+        // On the blocking pool: a password file on a hung mount must not
+        // stall the other credentials, the health server or the signals.
+        let source = self.cfg.password.clone();
+        let password = tokio::task::spawn_blocking(move || source.read())
+            .await
+            .map_err(|e| Failure::transient(format!("password: {e}")))?
             .map_err(|e| Failure::transient(format!("password: {e}")))?;
         let _slot = self.api.limiter.acquire().await;
         debug!(url = %self.api.client.login_url(), "logging in");
@@ -703,10 +703,35 @@ fn jitter_sample() -> f64 {
     fastrand::f64() * 2.0 - 1.0
 }
 
+/// A token found in an output: the token, its claims, when it was obtained,
+/// and whether that came from the JSON format's own record.
+type FoundToken = (Secret, token::Claims, OffsetDateTime, bool);
+
+/// Blocking: removes temp files a killed process left beside each output,
+/// then reads the token in each.
+fn scan_outputs(outputs: &[OutputConfig]) -> Vec<FoundToken> {
+    for out in outputs {
+        let removed = remove_stale_temps(&out.path);
+        if removed > 0 {
+            info!(path = %out.path.display(), removed, "removed temp files left by an earlier run");
+        }
+    }
+    outputs.iter().filter_map(read_token_file).collect()
+}
+
 /// Reads the token in an output file, with when it was obtained: the JSON
 /// format's `obtained_at` (`true` in the result), else the file's mtime.
-fn read_token_file(out: &OutputConfig) -> Option<(Secret, token::Claims, OffsetDateTime, bool)> {
-    let bytes = zeroize::Zeroizing::new(std::fs::read(&out.path).ok()?);
+/// Bounded ([`crate::fsread::MAX_OUTPUT`]) and never blocking: an output
+/// that is too large, or not a regular file, holds no token we reuse.
+fn read_token_file(out: &OutputConfig) -> Option<FoundToken> {
+    let bytes = match crate::fsread::read_bounded(&out.path, crate::fsread::MAX_OUTPUT, "output") {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => {
+            warn!(error = %e, "not reusing a token from this output");
+            return None;
+        }
+    };
     let text = std::str::from_utf8(&bytes).ok()?;
     let (tok, claims) = token::find_in(text)?;
     let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
@@ -773,7 +798,7 @@ pub async fn run(
 pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
     let mut cred = Credential::new(cfg, api, None, Arc::new(Metrics::new()));
     let now = crate::now();
-    cred.adopt_from_disk(now);
+    cred.adopt_from_disk(now).await;
     if force {
         cred.force_login();
     }

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`cli`]: command-line definitions and dispatch to the commands.
 //! - [`config`]: TOML -> validated [`config::Config`]; every error names the file and key.
+//! - [`fsread`]: reading files safely (never blocking, bounded, regular files only) and resolving paths.
 //! - [`secret`]: password sources and the [`secret::Secret`] type that never prints itself.
 //! - [`api`]: the VoIPBIN client: one login, its outcome classified.
 //! - [`token`]: JWT claims -> expiry (no signature check: the key is the server's).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod credential;
 pub mod daemon;
 pub mod demo;
+pub mod fsread;
 pub mod health;
 pub mod hooks;
 pub mod logging;
