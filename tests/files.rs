@@ -201,6 +201,23 @@ fn fifo_as_output_pid_file_status_file_or_ca_file_never_hangs() {
     assert!(both(&out).contains("pid file"), "{}", both(&out));
     std::fs::remove_file(t.path("main.token")).unwrap();
 
+    // `status` reads the status file: refused, not waited on.
+    let (out, _) = quick(&t, &["status", "-c", "config.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(both(&out).contains("FIFO"), "{}", both(&out));
+    // `inspect` and the config file itself.
+    let (out, _) = quick(&t, &["inspect", "app.pid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(both(&out).contains("FIFO"), "{}", both(&out));
+    mkfifo(&t.path("config.fifo"));
+    let (out, _) = quick(&t, &["check", "-c", "config.fifo"]);
+    assert_eq!(out.status.code(), Some(78), "{}", both(&out));
+    assert!(
+        both(&out).contains("config.fifo") && both(&out).contains("FIFO"),
+        "{}",
+        both(&out)
+    );
+
     let mut d = t.daemon();
     wait_file(&t.path("main.token"), WAIT, || d.log());
     d.wait_log("cannot read pid file", 1, WAIT);
@@ -344,6 +361,12 @@ fn an_output_that_becomes_a_fifo_while_running_is_never_replaced() {
         "the FIFO is still there\n{}",
         d.log()
     );
+    // A reload is held to the same rules as a start.
+    t.write_config(&s.base_url(), &credential("main", &output("./password", "raw")));
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reload failed", 1, WAIT);
+    assert!(d.log().contains("credential[main].password-file"), "{}", d.log());
+    assert_eq!(t.read("password").unwrap(), format!("{PASSWORD}\n"));
     stop(&mut d, Signal::SIGTERM);
 }
 
