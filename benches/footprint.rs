@@ -289,40 +289,116 @@ fn reload(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
     ])
 }
 
-/// CPU per renewal: 1 s tokens renewed at half-life, 3 outputs.
+/// CPU and time per renewal: 1 s tokens renewed at half-life, 3 outputs;
+/// then the same for an access key whose "day" lasts 1 s at the stand-in.
 fn renewal(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
-    eprintln!("footprint: renewals for {:?}", mode.renew);
+    Ok(vec![
+        renewals_of(mode, bin, false)?,
+        renewals_of(mode, bin, true)?,
+    ])
+}
+
+/// One credential renewed (or rotated) over and over for `mode.renew`:
+/// CPU per renewal from the process clock, and the time from the request
+/// reaching the server to the new secret in the env output (the output is
+/// polled every millisecond from here).
+fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
+    let what = if key { "key rotations" } else { "renewals" };
+    eprintln!("footprint: {what} for {:?}", mode.renew);
     let fast = standin(Duration::from_secs(1), 1)?;
     let outputs = [("main.token", "raw"), ("main.env", "env"), ("main.json", "json")];
-    let dir = BenchDir::new(&fast.base_url(), &[credential(0, &outputs, 0.5, 0.0)])?;
+    let cred = if key {
+        fast.set_key_time_scale(1.0 / 86_400.0);
+        let (_, bootstrap) = fast.create_key("bootstrap", 365 * 86_400);
+        let mut c = String::from(
+            "[[credential]]\nname = \"main\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
+             lifetime = \"1d\"\ngrace = \"1s\"\nrenew-at = 0.5\njitter = 0.0\n",
+        );
+        for (path, format) in outputs {
+            c.push_str(&format!(
+                "\n[[credential.output]]\npath = \"out/{path}\"\nformat = \"{format}\"\n"
+            ));
+        }
+        (c, Some(bootstrap))
+    } else {
+        (credential(0, &outputs, 0.5, 0.0), None)
+    };
+    let dir = BenchDir::new(&fast.base_url(), &[cred.0])?;
+    if let Some(bootstrap) = cred.1 {
+        fs::write(dir.path("boot.key"), format!("{bootstrap}\n"))?;
+        fs::set_permissions(
+            dir.path("boot.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+    }
     let daemon = Daemon::spawn(bin, &dir)?;
+    let env = dir.path("out/main.env");
     wait_for(&dir.path("out/main.json"), Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_millis(1200));
-    let (cpu0, ticks0, logins0) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, fast.logins_ok());
-    std::thread::sleep(mode.renew);
-    let (cpu1, ticks1, logins1) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, fast.logins_ok());
+    let request_path = if key { "/v1.0/accesskeys" } else { "/auth/login" };
+    let count = || {
+        fast.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == request_path && r.status == 200)
+            .count()
+    };
+    let (cpu0, ticks0, n0) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, count());
+    let changes = watch_changes(&env, mode.renew);
+    let (cpu1, ticks1, n1) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, count());
     let memory = daemon.memory()?;
     daemon.stop()?;
-    let renewals = logins1 - logins0;
+    let renewals = n1 - n0;
     if renewals == 0 {
-        return Err("no renewal happened with 1 s tokens".into());
+        return Err(format!("no {what} happened with 1 s lifetimes").into());
     }
+    // Each change of the output, against the last request before it.
+    let requests: Vec<SystemTime> = fast
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == request_path)
+        .map(|r| r.at)
+        .collect();
+    let latencies: Vec<Duration> = changes
+        .iter()
+        .filter_map(|c| {
+            let at = requests.iter().filter(|r| *r <= c).max()?;
+            c.duration_since(*at).ok()
+        })
+        .collect();
+    let latency = Stats::of(latencies);
     let per_renewal_ms = (cpu1 - cpu0) as f64 / 1e6 / renewals as f64;
     let tick_ms = |t: u64| t as f64 * 1000.0 / clock_ticks() as f64 / renewals as f64;
     let (user_ms, system_ms) = (tick_ms(ticks1.0 - ticks0.0), tick_ms(ticks1.1 - ticks0.1));
-    Ok(vec![
-        Row::new(
-            "CPU per renewal (login + decode + 3 outputs written and fsynced)",
-            "report",
-        )
+    let figure = if key {
+        "CPU and time per key rotation (create + save state + 3 outputs; deletions included)"
+    } else {
+        "CPU and time per renewal (login + decode + 3 outputs written and fsynced)"
+    };
+    Ok(Row::new(figure, "report")
         .measured(format!(
-            "{per_renewal_ms:.2} ms (clock ticks: user {user_ms:.1} ms + system {system_ms:.1} ms; {renewals} renewals \
-                 in {} s; resident {:.1} MiB)",
+            "{per_renewal_ms:.2} ms CPU (clock ticks: user {user_ms:.1} ms + system {system_ms:.1} ms); \
+             request to output {}; {renewals} {what} in {} s; resident {:.1} MiB",
+            latency.ms(),
             mode.renew.as_secs(),
             memory.rss
         ))
-        .report(),
-    ])
+        .report())
+}
+
+/// When `path`'s content changed during `window` (polled every 1 ms).
+fn watch_changes(path: &Path, window: Duration) -> Vec<SystemTime> {
+    let end = Instant::now() + window;
+    let mut last = fs::read(path).unwrap_or_default();
+    let mut changes = Vec::new();
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = fs::read(path).unwrap_or_default();
+        if now != last && !now.is_empty() {
+            changes.push(SystemTime::now());
+            last = now;
+        }
+    }
+    changes
 }
 
 /// 1000 credentials, one output each, no login rate limit.

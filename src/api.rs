@@ -26,6 +26,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
+    base_url: reqwest::Url,
     login_url: reqwest::Url,
     timeout: Duration,
 }
@@ -80,7 +81,7 @@ pub enum LoginError {
     },
 }
 
-fn rid(request_id: &Option<String>) -> String {
+pub(crate) fn rid(request_id: &Option<String>) -> String {
     match request_id {
         Some(id) => format!(" [request id {id}]"),
         None => String::new(),
@@ -127,14 +128,13 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
-        let mut login_url = cfg.base_url.clone();
-        login_url
-            .path_segments_mut()
-            .map_err(|_| "api.base-url cannot be a base".to_string())?
-            .pop_if_empty()
-            .extend(["auth", "login"]);
+        if cfg.base_url.cannot_be_a_base() {
+            return Err("api.base-url cannot be a base".to_string());
+        }
+        let login_url = join(&cfg.base_url, &["auth", "login"]);
         Ok(ApiClient {
             http,
+            base_url: cfg.base_url.clone(),
             login_url,
             timeout: cfg.timeout,
         })
@@ -142,6 +142,21 @@ impl ApiClient {
 
     pub fn login_url(&self) -> &reqwest::Url {
         &self.login_url
+    }
+
+    /// `base-url` with these path segments appended (for the key API).
+    pub fn endpoint(&self, segments: &[&str]) -> reqwest::Url {
+        join(&self.base_url, segments)
+    }
+
+    /// The HTTP client (no cookie store, no redirects, rustls).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The whole-request bound, `api.timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Logs in once. The token in a successful answer has been decoded
@@ -238,6 +253,16 @@ impl ApiClient {
     }
 }
 
+/// `base` with `segments` appended to its path (a trailing slash on the
+/// base is not doubled; a base that cannot be one is left as it is).
+fn join(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
 /// Reads the body, refusing it as soon as it passes [`MAX_BODY`]. The
 /// buffer is zeroed when dropped: it holds the token.
 async fn read_capped(
@@ -262,7 +287,7 @@ async fn read_capped(
 }
 
 /// `Retry-After` as seconds or an HTTP date, capped at a day.
-fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let d = if let Ok(secs) = value.parse::<u64>() {
         Duration::from_secs(secs)
@@ -274,7 +299,7 @@ fn retry_after(headers: &HeaderMap, now: OffsetDateTime) -> Option<Duration> {
 }
 
 /// An error and its sources, joined with ": ".
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

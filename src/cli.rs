@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Kind};
 use crate::credential::{self, Api};
 use crate::logging::{self, LogFormat};
 use crate::token::{self, Validity};
@@ -206,11 +206,12 @@ fn once(path: &Path, force: bool) -> ExitCode {
             Err(e) => return fatal(e),
         };
         let mut set = tokio::task::JoinSet::new();
+        let state_dir = config.state_dir.clone();
         for cred in config.credentials {
             let api: Arc<Api> = api.clone();
             let span = tracing::info_span!("credential", name = %cred.name);
             set.spawn(tracing::Instrument::instrument(
-                credential::once(cred, api, force),
+                credential::once(cred, api, state_dir.clone(), force),
                 span,
             ));
         }
@@ -247,12 +248,39 @@ fn check(path: &Path) -> ExitCode {
     }
     for cred in &config.credentials {
         let r = &cred.renewal;
-        println!("credential {} ({}):", cred.name, cred.username);
-        let readable = match cred.password.read() {
-            Ok(_) => "readable now".to_string(),
-            Err(e) => format!("NOT READABLE NOW: {e}"),
-        };
-        println!("  password from {} ({readable})", cred.password);
+        match (&cred.kind, &cred.login) {
+            (Kind::LoginToken, _) => {
+                println!("credential {} (login token of {}):", cred.name, cred.username())
+            }
+            (Kind::AccessKey(k), login) => {
+                let auth = match (&k.bootstrap_key_file, login) {
+                    (Some(f), _) => format!("self-rotating, first key from {}", f.display()),
+                    (None, Some(l)) => format!("managed with the agent login of {}", l.username),
+                    (None, None) => "no way to authenticate".to_string(),
+                };
+                println!("credential {} (access key, {auth}):", cred.name);
+                println!(
+                    "  each new key lives {}; {}; state in {}",
+                    humantime::format_duration(k.lifetime),
+                    if k.delete_replaced {
+                        format!(
+                            "a replaced key is deleted {} after its successor is on disk",
+                            humantime::format_duration(k.grace)
+                        )
+                    } else {
+                        "replaced keys are left to expire".to_string()
+                    },
+                    crate::keystate::path(&config.state_dir, &cred.name).display()
+                );
+            }
+        }
+        if let Some(login) = &cred.login {
+            let readable = match login.password.read() {
+                Ok(_) => "readable now".to_string(),
+                Err(e) => format!("NOT READABLE NOW: {e}"),
+            };
+            println!("  password from {} ({readable})", login.password);
+        }
         println!(
             "  renew at {:.0}% +/- {:.0}% of the token's lifetime; retry after {} doubling up to {}",
             r.renew_at * 100.0,
@@ -294,6 +322,82 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `inspect` of an access-key output: a key carries no expiry of its own,
+/// so it is read from the file (env, shell: `*_EXPIRES_AT`; json:
+/// `expires_at`). Prints the key's public prefix, never the key.
+fn inspect_key(file: &Path, text: &str, json: bool) -> ExitCode {
+    let Some(start) = text.find("vb_") else {
+        eprintln!(
+            "voipbin-tokend: no token or access key found in {}",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let key: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if !crate::keyapi::is_key_shaped(&key) {
+        eprintln!(
+            "voipbin-tokend: no token or access key found in {}",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let prefix = crate::keyapi::prefix_of(&key).to_string();
+    let as_json = serde_json::from_str::<serde_json::Value>(text).ok();
+    let from_json = |field: &str| {
+        as_json
+            .as_ref()
+            .and_then(|v| v.get(field)?.as_str().map(str::to_owned))
+    };
+    let from_lines = || {
+        text.lines().find_map(|line| {
+            let line = line.trim().trim_start_matches("export ");
+            let (name, value) = line.split_once('=')?;
+            name.ends_with("_EXPIRES_AT")
+                .then(|| value.trim_matches('\'').to_string())
+        })
+    };
+    let expires_at = from_json("expires_at")
+        .or_else(from_lines)
+        .and_then(|t| OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok());
+    let Some(expires_at) = expires_at else {
+        eprintln!(
+            "voipbin-tokend: {} holds an access key ({prefix}...) but no expiry: a raw key carries none; see `voipbin-tokend status`",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let remaining = (expires_at - crate::now()).whole_seconds();
+    if json {
+        let value = serde_json::json!({
+            "file": file.display().to_string(),
+            "kind": "access-key",
+            "key_prefix": prefix,
+            "id": from_json("id"),
+            "expires_at": token::rfc3339(expires_at),
+            "remaining_seconds": remaining,
+            "expired": remaining <= 0,
+        });
+        println!("{value}");
+    } else {
+        println!("file:       {}", file.display());
+        println!("access key: {prefix}...");
+        if let Some(id) = from_json("id") {
+            println!("key id:     {id}");
+        }
+        println!("expires at: {}", token::rfc3339(expires_at));
+        let d = std::time::Duration::from_secs(remaining.unsigned_abs());
+        if remaining > 0 {
+            println!("remaining:  {}", humantime::format_duration(d));
+        } else {
+            println!("remaining:  none, EXPIRED {} ago", humantime::format_duration(d));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn inspect(file: &Path, json: bool) -> ExitCode {
     use crate::fsread::{MAX_OUTPUT, read_bounded, read_capped};
     // Bounded like every read of an output: a token file is well under 64 KiB.
@@ -319,9 +423,9 @@ fn inspect(file: &Path, json: bool) -> ExitCode {
             }
         }
     };
-    let Some((_, claims)) = std::str::from_utf8(&bytes).ok().and_then(token::find_in) else {
-        eprintln!("voipbin-tokend: no token found in {}", file.display());
-        return ExitCode::FAILURE;
+    let text = std::str::from_utf8(&bytes).ok();
+    let Some((_, claims)) = text.and_then(token::find_in) else {
+        return inspect_key(file, text.unwrap_or_default(), json);
     };
     let now = crate::now();
     // A token without expiry lives 7 days from when it was obtained; for a

@@ -79,18 +79,75 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CredentialConfig {
     pub name: String,
-    pub username: String,
-    pub password: PasswordSource,
+    pub kind: Kind,
+    /// The agent login: the whole point of a login-token credential; for an
+    /// access key, how key calls authenticate when it has no
+    /// `bootstrap-key-file`.
+    pub login: Option<Login>,
     pub renewal: RenewalPolicy,
     pub outputs: Vec<OutputConfig>,
 }
 
+/// An agent's username and where its password comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Login {
+    pub username: String,
+    pub password: PasswordSource,
+}
+
+/// What a credential holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A login token from `POST /auth/login` (the default).
+    LoginToken,
+    /// A VoIPBIN access key, rotated by creating its successor.
+    AccessKey(AccessKeyConfig),
+}
+
+/// How an access key is rotated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKeyConfig {
+    /// A key made on the admin page, used until the daemon holds its own;
+    /// `None` with an agent login.
+    pub bootstrap_key_file: Option<PathBuf>,
+    /// `expire` of each new key (at least a day).
+    pub lifetime: Duration,
+    /// How long a replaced key stays alive after its successor is on disk.
+    pub grace: Duration,
+    /// False: replaced keys are left to expire on their own.
+    pub delete_replaced: bool,
+    /// With an agent login: how often the held key is looked up (it is
+    /// never used, so a deletion out of band is noticed only this way).
+    pub lookup_every: Duration,
+}
+
+/// The least key lifetime the server accepts.
+pub const MIN_KEY_LIFETIME: Duration = Duration::from_secs(86_400);
+
 impl CredentialConfig {
-    /// True when a token obtained under `self` is still right for `other`:
-    /// same account, same password source. (The API settings are compared
-    /// by the caller, as they are shared by all credentials.)
+    /// True when a secret obtained under `self` is still right for `other`:
+    /// same kind, same account, same password source, same bootstrap key
+    /// file. (The API settings are compared by the caller, as they are
+    /// shared by all credentials.)
     pub fn same_login(&self, other: &CredentialConfig) -> bool {
-        self.username == other.username && self.password == other.password
+        let key_source = |c: &CredentialConfig| match &c.kind {
+            Kind::LoginToken => None,
+            Kind::AccessKey(k) => Some(k.bootstrap_key_file.clone()),
+        };
+        self.login == other.login && key_source(self) == key_source(other)
+    }
+
+    /// The agent's username, or "" for a self-rotating access key.
+    pub fn username(&self) -> &str {
+        self.login.as_ref().map_or("", |l| l.username.as_str())
+    }
+
+    /// The access-key settings, for an access-key credential.
+    pub fn key(&self) -> Option<&AccessKeyConfig> {
+        match &self.kind {
+            Kind::AccessKey(k) => Some(k),
+            Kind::LoginToken => None,
+        }
     }
 }
 
@@ -198,7 +255,13 @@ struct RawState {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawCredential {
     name: String,
-    username: String,
+    kind: Option<String>,
+    username: Option<String>,
+    bootstrap_key_file: Option<PathBuf>,
+    lifetime: Option<String>,
+    grace: Option<String>,
+    delete_replaced: Option<bool>,
+    lookup_every: Option<String>,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
     password_credential: Option<String>,
@@ -350,10 +413,35 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 ));
             }
         }
-        if let Some(w) = cred.password.warning() {
+        if let Some(w) = cred.login.as_ref().and_then(|l| l.password.warning()) {
             warnings.push(format!("credential {}: {w}", cred.name));
         }
         credentials.push(cred);
+    }
+
+    if let Some(cred) = credentials.iter().find(|c| c.key().is_some()) {
+        check_state_dir_writable(&state_dir).map_err(|m| {
+            v.err(
+                "state.dir",
+                format!(
+                    "credential {} holds an access key, whose state lives here: {m}",
+                    cred.name
+                ),
+            )
+        })?;
+    }
+    for cred in &credentials {
+        if let Some(k) = cred.key()
+            && let Some(file) = &k.bootstrap_key_file
+            && let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o004 != 0
+        {
+            warnings.push(format!(
+                "credential {}: bootstrap-key-file {} is readable by every user",
+                cred.name,
+                file.display()
+            ));
+        }
     }
 
     Ok(Config {
@@ -364,6 +452,28 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         credentials,
         warnings,
     })
+}
+
+/// The state dir, or its nearest existing parent (it is created when
+/// needed), must be a directory this process can write.
+fn check_state_dir_writable(dir: &Path) -> Result<(), String> {
+    let mut probe = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => return Err(format!("{} is not a directory", probe.display())),
+            Err(_) => match probe.parent() {
+                Some(parent) if parent.as_os_str().is_empty() => probe = Path::new("."),
+                Some(parent) => probe = parent,
+                None => return Err(format!("no part of {} exists", dir.display())),
+            },
+        }
+    }
+    nix::unistd::access(
+        probe,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| format!("{} is not writable by this process: {e}", probe.display()))
 }
 
 struct Validator<'a> {
@@ -461,42 +571,97 @@ impl Validator<'_> {
             ));
         }
         let key = |k: &str| format!("credential[{}].{k}", raw.name);
-        if raw.username.trim().is_empty() {
-            return Err(self.err(&key("username"), "must not be empty".into()));
-        }
-
-        let mut sources = Vec::new();
-        if let Some(p) = raw.password_file {
-            sources.push(PasswordSource::File(self.path(&key("password-file"), &p)?));
-        }
-        if let Some(v) = raw.password_env {
-            if v.is_empty() {
-                return Err(self.err(&key("password-env"), "must name a variable".into()));
-            }
-            sources.push(PasswordSource::Env(v));
-        }
-        if let Some(n) = raw.password_credential {
-            if n.is_empty() || n.contains('/') {
+        let is_key = match raw.kind.as_deref().unwrap_or("login-token") {
+            "login-token" => false,
+            "access-key" => true,
+            other => {
                 return Err(self.err(
-                    &key("password-credential"),
-                    "must be a plain credential name".into(),
+                    &key("kind"),
+                    format!("{other:?} is not one of login-token, access-key"),
                 ));
             }
-            sources.push(PasswordSource::Credential(n));
+        };
+        if !is_key {
+            for (set, k) in [
+                (raw.bootstrap_key_file.is_some(), "bootstrap-key-file"),
+                (raw.lifetime.is_some(), "lifetime"),
+                (raw.grace.is_some(), "grace"),
+                (raw.delete_replaced.is_some(), "delete-replaced"),
+                (raw.lookup_every.is_some(), "lookup-every"),
+            ] {
+                if set {
+                    return Err(self.err(&key(k), "only for kind = \"access-key\"".into()));
+                }
+            }
         }
-        if let Some(s) = raw.password {
-            sources.push(PasswordSource::Inline(s));
-        }
-        if sources.len() != 1 {
+        let has_password = raw.password_file.is_some()
+            || raw.password_env.is_some()
+            || raw.password_credential.is_some()
+            || raw.password.is_some();
+        let bootstrap = raw
+            .bootstrap_key_file
+            .as_ref()
+            .map(|p| self.path(&key("bootstrap-key-file"), p))
+            .transpose()?;
+        let login = if is_key && bootstrap.is_some() {
+            if raw.username.is_some() || has_password {
+                return Err(self.err(
+                    &key("bootstrap-key-file"),
+                    "give either bootstrap-key-file or an agent login (username and a password source), not both"
+                        .into(),
+                ));
+            }
+            None
+        } else if is_key && raw.username.is_none() && !has_password {
             return Err(self.err(
-                &key("password-file"),
-                format!(
-                    "give exactly one of password-file, password-env, password-credential, password (found {})",
-                    sources.len()
-                ),
+                &key("bootstrap-key-file"),
+                "an access key needs bootstrap-key-file (a key made on the admin page) or an agent login (username and a password source)"
+                    .into(),
             ));
-        }
-        let password = sources.remove(0);
+        } else {
+            Some(self.login(
+                &key,
+                raw.username,
+                raw.password_file,
+                raw.password_env,
+                raw.password_credential,
+                raw.password,
+            )?)
+        };
+        let kind = if is_key {
+            let lifetime = self.duration(&key("lifetime"), raw.lifetime, Duration::from_secs(30 * 86_400))?;
+            if lifetime < MIN_KEY_LIFETIME {
+                return Err(self.err(
+                    &key("lifetime"),
+                    "must be at least 1 day (the server refuses shorter keys)".into(),
+                ));
+            }
+            let grace = self.duration(&key("grace"), raw.grace, Duration::from_secs(3600))?;
+            if grace > lifetime {
+                return Err(self.err(&key("grace"), "must not be longer than lifetime".into()));
+            }
+            if let Some(p) = &bootstrap
+                && p.file_name().is_none()
+            {
+                return Err(self.err(&key("bootstrap-key-file"), "must name a file".into()));
+            }
+            let lookup_every =
+                self.duration(&key("lookup-every"), raw.lookup_every, Duration::from_secs(300))?;
+            Kind::AccessKey(AccessKeyConfig {
+                bootstrap_key_file: bootstrap,
+                lifetime,
+                grace,
+                delete_replaced: raw.delete_replaced.unwrap_or(true),
+                lookup_every,
+            })
+        } else {
+            Kind::LoginToken
+        };
+        let default_variable = if is_key {
+            "VOIPBIN_API_KEY"
+        } else {
+            "VOIPBIN_TOKEN"
+        };
 
         let defaults = RenewalPolicy::default();
         let renew_at = raw.renew_at.unwrap_or(defaults.renew_at);
@@ -531,13 +696,23 @@ impl Validator<'_> {
             .output
             .into_iter()
             .enumerate()
-            .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o))
+            .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o, default_variable))
             .collect::<Result<Vec<_>, _>>()?;
+        if !is_key
+            && let Some((j, _)) = outputs.iter().enumerate().find(|(_, o)| {
+                matches!(&o.format, Format::Template { template } if crate::output::render::uses(template, "id"))
+            })
+        {
+            return Err(self.err(
+                &key(&format!("output[{j}].template")),
+                "{id} is an access key's id; this credential holds a login token".into(),
+            ));
+        }
 
         Ok(CredentialConfig {
             name: raw.name,
-            username: raw.username,
-            password,
+            kind,
+            login,
             renewal: RenewalPolicy {
                 renew_at,
                 jitter,
@@ -548,7 +723,62 @@ impl Validator<'_> {
         })
     }
 
-    fn output(&self, prefix: &str, raw: RawOutput) -> Result<OutputConfig, ConfigError> {
+    /// The agent login: a username and exactly one password source.
+    #[allow(clippy::too_many_arguments)]
+    fn login(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        username: Option<String>,
+        password_file: Option<PathBuf>,
+        password_env: Option<String>,
+        password_credential: Option<String>,
+        password_inline: Option<Secret>,
+    ) -> Result<Login, ConfigError> {
+        let username = username.unwrap_or_default();
+        if username.trim().is_empty() {
+            return Err(self.err(&key("username"), "must not be empty".into()));
+        }
+        let mut sources = Vec::new();
+        if let Some(p) = password_file {
+            sources.push(PasswordSource::File(self.path(&key("password-file"), &p)?));
+        }
+        if let Some(v) = password_env {
+            if v.is_empty() {
+                return Err(self.err(&key("password-env"), "must name a variable".into()));
+            }
+            sources.push(PasswordSource::Env(v));
+        }
+        if let Some(n) = password_credential {
+            if n.is_empty() || n.contains('/') {
+                return Err(self.err(
+                    &key("password-credential"),
+                    "must be a plain credential name".into(),
+                ));
+            }
+            sources.push(PasswordSource::Credential(n));
+        }
+        if let Some(s) = password_inline {
+            sources.push(PasswordSource::Inline(s));
+        }
+        if sources.len() != 1 {
+            return Err(self.err(
+                &key("password-file"),
+                format!(
+                    "give exactly one of password-file, password-env, password-credential, password (found {})",
+                    sources.len()
+                ),
+            ));
+        }
+        let password = sources.remove(0);
+        Ok(Login { username, password })
+    }
+
+    fn output(
+        &self,
+        prefix: &str,
+        raw: RawOutput,
+        default_variable: &str,
+    ) -> Result<OutputConfig, ConfigError> {
         let key = |k: &str| format!("{prefix}.{k}");
         use std::os::unix::ffi::OsStrExt;
         if raw.path.as_os_str().is_empty()
@@ -582,7 +812,7 @@ impl Validator<'_> {
                 format!("only for format template, not {format_name:?}"),
             ));
         }
-        let variable = variable.unwrap_or_else(|| "VOIPBIN_TOKEN".to_string());
+        let variable = variable.unwrap_or_else(|| default_variable.to_string());
         let format = match format_name {
             "raw" => Format::Raw,
             "env" => Format::Env { variable },
@@ -745,19 +975,23 @@ fn check_paths(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// Every file the daemon reads, with the config key that names it: an
-/// output must never be one of these. (A new input, such as a future
-/// `bootstrap-key-file`, is added here.)
+/// output must never be one of these. (A new input is added here.)
 fn daemon_inputs(config: &Config) -> Vec<(String, PathBuf)> {
     let mut inputs = vec![("config file".to_string(), config.path.clone())];
     if let Some(ca) = &config.api.ca_file {
         inputs.push(("api.ca-file".into(), ca.clone()));
     }
     for cred in &config.credentials {
-        match &cred.password {
-            PasswordSource::File(p) => {
+        if let Kind::AccessKey(k) = &cred.kind
+            && let Some(p) = &k.bootstrap_key_file
+        {
+            inputs.push((format!("credential[{}].bootstrap-key-file", cred.name), p.clone()));
+        }
+        match cred.login.as_ref().map(|l| &l.password) {
+            Some(PasswordSource::File(p)) => {
                 inputs.push((format!("credential[{}].password-file", cred.name), p.clone()))
             }
-            PasswordSource::Credential(n) => {
+            Some(PasswordSource::Credential(n)) => {
                 if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
                     inputs.push((
                         format!("credential[{}].password-credential", cred.name),
@@ -765,7 +999,7 @@ fn daemon_inputs(config: &Config) -> Vec<(String, PathBuf)> {
                     ));
                 }
             }
-            PasswordSource::Env(_) | PasswordSource::Inline(_) => {}
+            Some(PasswordSource::Env(_) | PasswordSource::Inline(_)) | None => {}
         }
         for (j, out) in cred.outputs.iter().enumerate() {
             if let Some(pid) = &out.pid_file {

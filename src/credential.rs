@@ -1,144 +1,40 @@
-//! One credential: the token it holds, its outputs, its retry state.
+//! One credential: the secret it holds, its outputs, its retry state.
 //!
 //! [`Credential`] is the state machine; [`run`] is the task that drives it
 //! in the daemon and [`once`] the one-shot pass of the `once` command. The
 //! decisions (when to act, how long to back off) come from
-//! [`crate::schedule`]; this module does the I/O around them.
+//! [`crate::schedule`]; how the next secret is obtained comes from the
+//! credential's [`Source`] (a login, or a new access key); this module does
+//! the rest, the same for both kinds: outputs, hooks, retries, status.
 //!
 //! Invariants:
-//! - a token replaces the held one only after it decoded as a JWT and is
-//!   not expired (by the server's clock);
-//! - the held token stays in place through any failure;
-//! - every output is "stale" until it holds the held token; stale outputs
-//!   are (re)written without a login.
+//! - a secret replaces the held one only after its source validated it (a
+//!   JWT that is not expired by the server's clock; a key saved to the key
+//!   state before anything else sees it);
+//! - the held secret stays in place through any failure;
+//! - every output is "stale" until it holds the held secret; stale outputs
+//!   are (re)written without a renewal.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{ApiClient, LoginError};
-use crate::config::{ApiConfig, CredentialConfig, Format, OutputConfig};
+use crate::config::CredentialConfig;
 use crate::hooks::{Hook, HookSpec};
 use crate::metrics::Metrics;
 use crate::output::render::{TokenFacts, render};
 use crate::output::write::{FileSpec, WriteOutcome, remove_stale_temps, write_atomic};
 use crate::schedule::{self, FailureKind};
-use crate::secret::Secret;
-use crate::token::{self, TokenError, Validity};
+use crate::source::key::KeyStatus;
+use crate::source::{Ctx, Housekept, Source, jitter_sample};
+use crate::token;
 
-/// Logins allowed in flight at once, whatever the per-second budget.
-const MAX_CONCURRENT_LOGINS: usize = 16;
-
-/// Server clock offsets below this are Date-header noise and ignored.
-const SKEW_IGNORED: time::Duration = time::Duration::seconds(5);
-/// Server clock offsets above this are worth a warning.
-const SKEW_WARN: time::Duration = time::Duration::seconds(60);
-
-/// The API client and the login budget it shares among all credentials.
-#[derive(Debug)]
-pub struct Api {
-    pub config: ApiConfig,
-    pub client: ApiClient,
-    limiter: LoginLimiter,
-}
-
-impl Api {
-    pub fn new(config: &ApiConfig) -> Result<Arc<Api>, String> {
-        Ok(Arc::new(Api {
-            client: ApiClient::new(config)?,
-            limiter: LoginLimiter::new(config.max_logins_per_second),
-            config: config.clone(),
-        }))
-    }
-}
-
-/// At most `per_second` logins in any one-second window (0: no limit),
-/// and at most [`MAX_CONCURRENT_LOGINS`] in flight.
-///
-/// A login holds its slot from before its request is sent until one second
-/// after its answer came. Whenever the server saw the request, that was
-/// inside this span, so the server never sees more than `per_second`
-/// requests in any one-second window, however slow the network.
-#[derive(Debug)]
-struct LoginLimiter {
-    per_second: Option<Arc<Semaphore>>,
-    in_flight: Semaphore,
-}
-
-/// A login's place in the budget; returned when dropped.
-struct LoginSlot<'a> {
-    _in_flight: SemaphorePermit<'a>,
-    window: Option<OwnedSemaphorePermit>,
-}
-
-impl Drop for LoginSlot<'_> {
-    fn drop(&mut self) {
-        if let Some(permit) = self.window.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                drop(permit);
-            });
-        }
-    }
-}
-
-impl LoginLimiter {
-    fn new(per_second: u32) -> Self {
-        LoginLimiter {
-            per_second: (per_second > 0).then(|| Arc::new(Semaphore::new(per_second as usize))),
-            in_flight: Semaphore::new(MAX_CONCURRENT_LOGINS),
-        }
-    }
-
-    /// Waits for a slot (first come, first served: tokio's semaphore is fair).
-    async fn acquire(&self) -> LoginSlot<'_> {
-        let window = match &self.per_second {
-            Some(s) => Some(
-                s.clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed"),
-            ),
-            None => None,
-        };
-        let in_flight = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        LoginSlot {
-            _in_flight: in_flight,
-            window,
-        }
-    }
-}
-
-/// The token a credential holds, and when it is due for renewal.
-#[derive(Clone)]
-pub struct Held {
-    pub token: Secret,
-    /// In our clock (adjusted for the server's skew when it was obtained).
-    pub validity: Validity,
-    pub obtained_at: OffsetDateTime,
-    pub due_at: OffsetDateTime,
-}
-
-impl std::fmt::Debug for Held {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Held")
-            .field("token", &self.token)
-            .field("expires_at", &token::rfc3339(self.validity.expires_at))
-            .field("due_at", &token::rfc3339(self.due_at))
-            .finish()
-    }
-}
+pub use crate::source::{Api, Held};
 
 /// What a credential looks like from outside: for logs, `status`,
 /// readiness. Never holds the token.
@@ -157,6 +53,9 @@ pub struct CredentialStatus {
     pub fresh: bool,
     pub renewals_ok: u64,
     pub renewals_failed: u64,
+    /// An access key's id, prefix and pending deletions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyStatus>,
 }
 
 impl CredentialStatus {
@@ -172,6 +71,7 @@ impl CredentialStatus {
             fresh: false,
             renewals_ok: 0,
             renewals_failed: 0,
+            key: None,
         }
     }
 
@@ -243,14 +143,21 @@ impl StatusBoard {
 /// What a credential should do next, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    Login,
+    /// Obtain the next secret (log in, or create the next key).
+    Renew,
     WriteOutputs,
+    /// Access keys: delete replaced keys past their grace, sweep orphans,
+    /// look the held key up.
+    Housekeep,
 }
 
 /// One credential's state.
 pub struct Credential {
     cfg: CredentialConfig,
     api: Arc<Api>,
+    source: Source,
+    /// `{state dir}`: access keys keep their state under it.
+    state_dir: std::path::PathBuf,
     held: Option<Held>,
     /// Per output (same order as `cfg.outputs`): does its file still need the held token?
     stale: Vec<bool>,
@@ -265,7 +172,6 @@ pub struct Credential {
     failed_step: Option<Step>,
     retry_at: Option<OffsetDateTime>,
     last_error: Option<String>,
-    skew_warned: bool,
     renewals_ok: u64,
     renewals_failed: u64,
     board: Option<Arc<StatusBoard>>,
@@ -280,12 +186,15 @@ impl Credential {
     pub fn new(
         cfg: CredentialConfig,
         api: Arc<Api>,
+        state_dir: std::path::PathBuf,
         board: Option<Arc<StatusBoard>>,
         metrics: Arc<Metrics>,
     ) -> Credential {
         metrics.register(&cfg.name);
         let hooks = start_hooks(&cfg, Vec::new(), &metrics);
         Credential {
+            source: Source::for_config(&cfg),
+            state_dir,
             stale: vec![true; cfg.outputs.len()],
             hooks,
             metrics,
@@ -298,7 +207,6 @@ impl Credential {
             failed_step: None,
             retry_at: None,
             last_error: None,
-            skew_warned: false,
             renewals_ok: 0,
             renewals_failed: 0,
             board,
@@ -310,47 +218,46 @@ impl Credential {
         self.retry_at = None;
     }
 
-    /// Looks for a usable token in the outputs (a restart must not log in
-    /// when it need not). Takes the one that expires last; an expired one
-    /// is ignored. Also removes temp files a killed process left behind.
-    /// The files are read on the blocking pool, never on the runtime thread.
+    /// What a source may use of this credential.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            cfg: &self.cfg,
+            api: &self.api,
+            metrics: &self.metrics,
+            state_dir: &self.state_dir,
+        }
+    }
+
+    /// Takes the secret already held, if it is still good (a restart must
+    /// not log in or make a key when it need not): a login token found in
+    /// the outputs, an access key from the key state. Also removes temp
+    /// files a killed process left behind.
     pub async fn adopt_from_disk(&mut self, now: OffsetDateTime) {
-        let outputs = self.cfg.outputs.clone();
-        let found = tokio::task::spawn_blocking(move || scan_outputs(&outputs))
-            .await
-            .unwrap_or_default();
-        // The token that expires last; for when it was obtained, a JSON
-        // output's own record beats a file's mtime (so that output is not
-        // rewritten just because another file is older or newer).
-        let best = found
-            .iter()
-            .map(|(tok, claims, obtained_at, _)| (tok, Validity::new(*claims, *obtained_at)))
-            .filter(|(_, v)| !v.is_expired(now))
-            .max_by_key(|(_, v)| v.expires_at)
-            .map(|(tok, _)| {
-                let (_, claims, obtained_at, _) = found
-                    .iter()
-                    .filter(|f| &f.0 == tok)
-                    .max_by_key(|f| f.3)
-                    .expect("the token came from this list");
-                (tok.clone(), Validity::new(*claims, *obtained_at), *obtained_at)
-            });
-        if let Some((tok, validity, obtained_at)) = best {
-            let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
-            info!(
-                expires_at = %token::rfc3339(validity.expires_at),
-                next_renewal = %token::rfc3339(due_at),
-                "reusing the token found on disk"
-            );
-            self.metrics
-                .token(&self.cfg.name, validity.expires_at, obtained_at);
-            self.held = Some(Held {
-                token: tok,
-                validity,
-                obtained_at,
-                due_at,
-            });
-            self.stale = vec![true; self.cfg.outputs.len()];
+        let paths: Vec<_> = self.cfg.outputs.iter().map(|o| o.path.clone()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for path in paths {
+                let removed = remove_stale_temps(&path);
+                if removed > 0 {
+                    info!(path = %path.display(), removed, "removed temp files left by an earlier run");
+                }
+            }
+        })
+        .await;
+        let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
+        let adopted = source.adopt(&self.ctx(), now).await;
+        self.source = source;
+        match adopted {
+            Ok(Some(held)) => {
+                self.metrics
+                    .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
+                self.held = Some(held);
+                self.stale = vec![true; self.cfg.outputs.len()];
+            }
+            Ok(None) => {}
+            Err(failure) => {
+                self.fail(Step::Renew, failure.kind, failure.message);
+                return;
+            }
         }
         self.publish(now);
     }
@@ -370,7 +277,7 @@ impl Credential {
             return (Step::WriteOutputs, now);
         }
         let step = if needs_login {
-            Step::Login
+            Step::Renew
         } else {
             Step::WriteOutputs
         };
@@ -378,9 +285,12 @@ impl Credential {
             return (step, at);
         }
         match (&self.held, needs_login, has_stale) {
-            (_, true, _) | (None, _, _) => (Step::Login, now),
+            (_, true, _) | (None, _, _) => (Step::Renew, now),
             (Some(_), false, true) => (Step::WriteOutputs, now),
-            (Some(h), false, false) => (Step::Login, h.due_at),
+            (Some(h), false, false) => match self.source.housekeeping_at(now) {
+                Some(at) if at < h.due_at => (Step::Housekeep, at),
+                _ => (Step::Renew, h.due_at),
+            },
         }
     }
 
@@ -406,6 +316,7 @@ impl Credential {
             .filter_map(|(h, p)| h.map(|h| (p, h)))
             .collect();
         self.hooks = start_hooks(&cfg, old_hooks, &self.metrics);
+        self.source.reconfigure(&self.cfg, &cfg);
         self.cfg = cfg;
         self.api = api;
         // Unchanged files are detected by content and not rewritten.
@@ -424,80 +335,56 @@ impl Credential {
         self.publish(now);
     }
 
-    /// Does one step. Logging in can be abandoned through `cancel` (the
-    /// token would simply not be used); writes, once started, finish.
+    /// Does one step. Renewing can be abandoned through `cancel` (the
+    /// secret would simply not be used; a key is saved before it is
+    /// returned); writes, once started, finish.
     pub async fn act(&mut self, step: Step, cancel: &CancellationToken) {
-        if step == Step::Login {
-            let result = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                r = self.login() => r,
-            };
-            self.metrics.renewal(&self.cfg.name, result.is_ok());
-            match result {
-                Ok(held) => {
-                    self.metrics
-                        .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
-                    self.held = Some(held);
-                    self.force_login = false;
-                    self.stale = vec![true; self.cfg.outputs.len()];
-                    self.renewals_ok += 1;
-                    self.clear_failure();
-                }
-                Err(failure) => {
-                    self.renewals_failed += 1;
-                    self.fail(Step::Login, failure.kind, failure.message);
-                    return;
-                }
+        match step {
+            Step::Renew => {}
+            Step::WriteOutputs => return self.write_outputs(false).await,
+            Step::Housekeep => return self.housekeep().await,
+        }
+        let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
+        let ctx = self.ctx();
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = source.renew(&ctx, self.held.as_ref()) => Some(r),
+        };
+        self.source = source;
+        let Some(result) = result else { return };
+        self.metrics.renewal(&self.cfg.name, result.is_ok());
+        match result {
+            Ok(held) => {
+                self.metrics
+                    .token(&self.cfg.name, held.validity.expires_at, held.obtained_at);
+                self.held = Some(held);
+                self.force_login = false;
+                self.stale = vec![true; self.cfg.outputs.len()];
+                self.renewals_ok += 1;
+                self.clear_failure();
+            }
+            Err(failure) => {
+                self.renewals_failed += 1;
+                self.fail(Step::Renew, failure.kind, failure.message);
+                return;
             }
         }
-        self.write_outputs(step == Step::Login).await;
+        self.write_outputs(true).await;
     }
 
-    /// Reads the password, waits for the login budget, logs in, checks the token.
-    async fn login(&mut self) -> Result<Held, Failure> {
-        // On the blocking pool: a password file on a hung mount must not
-        // stall the other credentials, the health server or the signals.
-        let source = self.cfg.password.clone();
-        let password = tokio::task::spawn_blocking(move || source.read())
-            .await
-            .map_err(|e| Failure::transient(format!("password: {e}")))?
-            .map_err(|e| Failure::transient(format!("password: {e}")))?;
-        let _slot = self.api.limiter.acquire().await;
-        debug!(url = %self.api.client.login_url(), "logging in");
-        let started = std::time::Instant::now();
-        let login = self.api.client.login(&self.cfg.username, &password).await;
-        self.metrics
-            .login_duration(&self.cfg.name, started.elapsed().as_secs_f64());
-        let login = login.map_err(Failure::from)?;
-        drop(password);
-
-        let mut claims = login.claims;
-        if let Some(skew) = login.server_skew.filter(|s| s.abs() > SKEW_IGNORED) {
-            if skew.abs() > SKEW_WARN && !self.skew_warned {
-                warn!(
-                    skew_seconds = skew.whole_seconds(),
-                    "the server's clock differs from ours; using the server's view for the token's lifetime"
-                );
-                self.skew_warned = true;
-            }
-            claims.expires_at = claims.expires_at.map(|t| t - skew);
-            claims.issued_at = claims.issued_at.map(|t| t - skew);
+    /// Key housekeeping (deletions, sweeps, lookups). A held key found
+    /// deleted out of band is renewed at once.
+    async fn housekeep(&mut self) {
+        let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
+        let outcome = source
+            .housekeep(&self.ctx(), self.held.as_ref(), crate::now())
+            .await;
+        self.source = source;
+        if outcome == Housekept::RenewNow {
+            self.force_login();
         }
-        let validity = Validity::new(claims, login.received_at);
-        if validity.is_expired(crate::now()) {
-            return Err(Failure::transient(format!(
-                "server sent an unusable token: {}",
-                TokenError::Expired
-            )));
-        }
-        let due_at = schedule::due_at(&validity, &self.cfg.renewal, jitter_sample());
-        Ok(Held {
-            token: login.token,
-            validity,
-            obtained_at: login.received_at,
-            due_at,
-        })
+        self.publish(crate::now());
     }
 
     /// Writes the held token to every stale output. A failed output stays
@@ -515,10 +402,11 @@ impl Credential {
                 &out.format,
                 &TokenFacts {
                     credential: &self.cfg.name,
-                    username: &self.cfg.username,
+                    username: self.cfg.username(),
                     token: &held.token,
                     expires_at: held.validity.expires_at,
                     obtained_at: held.obtained_at,
+                    key_id: held.key_id.as_deref(),
                 },
             );
             let path = out.path.clone();
@@ -560,7 +448,14 @@ impl Credential {
             }
         }
         let now = crate::now();
-        if renewed {
+        if renewed && held.key_id.is_some() {
+            info!(
+                expires_at = %token::rfc3339(held.validity.expires_at),
+                next_rotation = %token::rfc3339(held.due_at),
+                files = %written.join(", "),
+                "access key rotated"
+            );
+        } else if renewed {
             info!(
                 expires_at = %token::rfc3339(held.validity.expires_at),
                 next_renewal = %token::rfc3339(held.due_at),
@@ -574,6 +469,10 @@ impl Credential {
             if self.failed_step == Some(Step::WriteOutputs) {
                 self.clear_failure();
             }
+            // Every output holds the held secret: a replaced key's grace starts.
+            let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
+            source.published(&self.ctx(), now).await;
+            self.source = source;
             self.publish(now);
         } else {
             self.fail(Step::WriteOutputs, FailureKind::Transient, errors.join("; "));
@@ -613,7 +512,7 @@ impl Credential {
         };
         if self.last_error.as_deref().map(kind_of) != Some(kind_of(&message)) {
             if kind == FailureKind::Rejected {
-                error!(error = %message, failures = self.failures, retry_in = %retry_in, "credentials rejected by the server; check username and password");
+                error!(error = %message, failures = self.failures, retry_in = %retry_in, "refused by the server; not retried before retry-max (SIGUSR1 retries at once)");
             } else {
                 warn!(error = %message, failures = self.failures, retry_in = %retry_in, "renewal failed; keeping the current token");
             }
@@ -630,7 +529,7 @@ impl Credential {
             name: self.cfg.name.clone(),
             expires_at: self.held.as_ref().map(|h| h.validity.expires_at),
             obtained_at: self.held.as_ref().map(|h| h.obtained_at),
-            next_renewal: if step == Step::Login {
+            next_renewal: if step == Step::Renew {
                 Some(at)
             } else {
                 self.held.as_ref().map(|h| h.due_at)
@@ -640,6 +539,7 @@ impl Credential {
             fresh: self.is_fresh(now),
             renewals_ok: self.renewals_ok,
             renewals_failed: self.renewals_failed,
+            key: self.source.key_status(),
         }
     }
 
@@ -672,80 +572,6 @@ fn start_hooks(
             ))
         })
         .collect()
-}
-
-/// A failed login attempt, ready for logging and backoff.
-struct Failure {
-    kind: FailureKind,
-    message: String,
-}
-
-impl Failure {
-    fn transient(message: String) -> Failure {
-        Failure {
-            kind: FailureKind::Transient,
-            message,
-        }
-    }
-}
-
-impl From<LoginError> for Failure {
-    fn from(e: LoginError) -> Failure {
-        Failure {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// A uniform sample in [-1, 1] for renewal jitter.
-fn jitter_sample() -> f64 {
-    fastrand::f64() * 2.0 - 1.0
-}
-
-/// A token found in an output: the token, its claims, when it was obtained,
-/// and whether that came from the JSON format's own record.
-type FoundToken = (Secret, token::Claims, OffsetDateTime, bool);
-
-/// Blocking: removes temp files a killed process left beside each output,
-/// then reads the token in each.
-fn scan_outputs(outputs: &[OutputConfig]) -> Vec<FoundToken> {
-    for out in outputs {
-        let removed = remove_stale_temps(&out.path);
-        if removed > 0 {
-            info!(path = %out.path.display(), removed, "removed temp files left by an earlier run");
-        }
-    }
-    outputs.iter().filter_map(read_token_file).collect()
-}
-
-/// Reads the token in an output file, with when it was obtained: the JSON
-/// format's `obtained_at` (`true` in the result), else the file's mtime.
-/// Bounded ([`crate::fsread::MAX_OUTPUT`]) and never blocking: an output
-/// that is too large, or not a regular file, holds no token we reuse.
-fn read_token_file(out: &OutputConfig) -> Option<FoundToken> {
-    let bytes = match crate::fsread::read_bounded(&out.path, crate::fsread::MAX_OUTPUT, "output") {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return None,
-        Err(e) => {
-            warn!(error = %e, "not reusing a token from this output");
-            return None;
-        }
-    };
-    let text = std::str::from_utf8(&bytes).ok()?;
-    let (tok, claims) = token::find_in(text)?;
-    let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
-    let mut obtained_at = OffsetDateTime::from(mtime);
-    let mut from_json = false;
-    if out.format == Format::Json
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
-        && let Some(t) = v.get("obtained_at").and_then(|t| t.as_str())
-        && let Ok(t) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-    {
-        obtained_at = t;
-        from_json = true;
-    }
-    Some((Secret::new(tok.to_string()), claims, obtained_at, from_json))
 }
 
 /// Commands from the daemon to a credential's task.
@@ -782,6 +608,7 @@ pub async fn run(
                 Some(Command::RenewNow) => {
                     info!("renewal requested");
                     cred.force_login();
+                    cred.source.on_renew_request();
                 }
                 Some(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
                 None => break,
@@ -795,8 +622,8 @@ pub async fn run(
 /// The `once` pass for one credential: reuse what is on disk if it is not
 /// due (unless `force`), else log in once; write every output. True if the
 /// credential ends fresh.
-pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
-    let mut cred = Credential::new(cfg, api, None, Arc::new(Metrics::new()));
+pub async fn once(cfg: CredentialConfig, api: Arc<Api>, state_dir: std::path::PathBuf, force: bool) -> bool {
+    let mut cred = Credential::new(cfg, api, state_dir, None, Arc::new(Metrics::new()));
     let now = crate::now();
     cred.adopt_from_disk(now).await;
     if force {
@@ -811,8 +638,15 @@ pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
         }
         cred.act(step, &CancellationToken::new()).await;
     }
-    // A login that was needed (or forced) and failed is a failure even if
-    // the old token is still on disk.
+    // Access keys: the deletions past their grace (and an orphan sweep).
+    if cred.failures == 0
+        && let Some(at) = cred.source.housekeeping_at(crate::now())
+        && at <= crate::now()
+    {
+        cred.housekeep().await;
+    }
+    // A renewal that was needed (or forced) and failed is a failure even if
+    // the old secret is still on disk.
     let fresh = cred.is_fresh(crate::now()) && cred.failures == 0;
     for hook in std::mem::take(&mut cred.hooks).into_iter().flatten() {
         hook.finish().await;
@@ -830,7 +664,8 @@ pub async fn once(cfg: CredentialConfig, api: Arc<Api>, force: bool) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::token::Claims;
+    use crate::secret::Secret;
+    use crate::token::{Claims, Validity};
     use time::macros::datetime;
 
     const CONFIG: &str = r#"
@@ -847,7 +682,13 @@ path = "/nonexistent/main.token"
     fn credential() -> (Config, Credential) {
         let config = Config::parse(CONFIG, std::path::Path::new("/etc/t/config.toml")).unwrap();
         let api = Api::new(&config.api).unwrap();
-        let cred = Credential::new(config.credentials[0].clone(), api, None, Arc::new(Metrics::new()));
+        let cred = Credential::new(
+            config.credentials[0].clone(),
+            api,
+            config.state_dir.clone(),
+            None,
+            Arc::new(Metrics::new()),
+        );
         (config, cred)
     }
 
@@ -868,6 +709,7 @@ path = "/nonexistent/main.token"
             validity,
             obtained_at: T0,
             due_at,
+            key_id: None,
         });
         cred.stale = vec![false; cred.cfg.outputs.len()];
         due_at
@@ -877,14 +719,14 @@ path = "/nonexistent/main.token"
     fn nothing_to_do_until_due() {
         let (_, mut cred) = credential();
         let due = hold_week_token(&mut cred);
-        assert_eq!(cred.next_step(T0 + time::Duration::hours(1)), (Step::Login, due));
+        assert_eq!(cred.next_step(T0 + time::Duration::hours(1)), (Step::Renew, due));
         assert!(cred.is_fresh(T0 + time::Duration::hours(1)));
     }
 
     #[test]
     fn no_token_means_log_in_now() {
         let (_, cred) = credential();
-        assert_eq!(cred.next_step(T0), (Step::Login, T0));
+        assert_eq!(cred.next_step(T0), (Step::Renew, T0));
     }
 
     #[test]
@@ -896,7 +738,7 @@ path = "/nonexistent/main.token"
         for jump in [time::Duration::days(6), time::Duration::days(30)] {
             let now = T0 + jump;
             let (step, at) = cred.next_step(now);
-            assert_eq!(step, Step::Login);
+            assert_eq!(step, Step::Renew);
             assert!(at <= now);
         }
         // And the task never sleeps longer than MAX_SLEEP before looking.
@@ -911,7 +753,7 @@ path = "/nonexistent/main.token"
         let (_, mut cred) = credential();
         let due = hold_week_token(&mut cred);
         let now = T0 - time::Duration::days(3);
-        assert_eq!(cred.next_step(now), (Step::Login, due));
+        assert_eq!(cred.next_step(now), (Step::Renew, due));
         assert!(due > now);
     }
 
@@ -928,12 +770,12 @@ path = "/nonexistent/main.token"
     fn backoff_holds_the_next_attempt_but_sigusr1_clears_it() {
         let (_, mut cred) = credential();
         cred.fail(
-            Step::Login,
+            Step::Renew,
             FailureKind::Rejected,
             "credentials rejected (HTTP 400)".into(),
         );
         let (step, at) = cred.next_step(crate::now());
-        assert_eq!(step, Step::Login);
+        assert_eq!(step, Step::Renew);
         assert!(at >= crate::now() + time::Duration::seconds(299), "{at}");
         cred.force_login();
         let now = crate::now();
@@ -958,10 +800,10 @@ path = "/nonexistent/main.token"
         let (config, mut cred) = credential();
         hold_week_token(&mut cred);
         let mut new = config.credentials[0].clone();
-        new.username = "other@example.com".into();
+        new.login.as_mut().unwrap().username = "other@example.com".into();
         let api = cred.api.clone();
         cred.reconfigure(new, api, T0);
-        assert_eq!(cred.next_step(T0).0, Step::Login);
+        assert_eq!(cred.next_step(T0).0, Step::Renew);
         assert!(cred.next_step(T0).1 <= T0);
     }
 

@@ -180,11 +180,12 @@ impl Daemon {
         let cancel = self.cancel.child_token();
         let name = cfg.name.clone();
         let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
+        let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
         self.board.register(&name);
         self.tracker.spawn(
             async move {
-                let mut cred = Credential::new(cfg, api, Some(board), metrics);
+                let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
                 cred.adopt_from_disk(crate::now()).await;
                 credential::run(cred, rx, task_cancel).await;
             }
@@ -274,6 +275,17 @@ impl Daemon {
         }
         for cfg in &new.credentials {
             match (old.get(&cfg.name), self.tasks.get(&cfg.name)) {
+                (Some(before), Some(_))
+                    if std::mem::discriminant(&before.kind) != std::mem::discriminant(&cfg.kind) =>
+                {
+                    // Another kind of secret: start this credential afresh.
+                    if let Some(task) = self.tasks.remove(&cfg.name) {
+                        task.cancel.cancel();
+                    }
+                    info!(credential = %cfg.name, "credential kind changed; starting it anew");
+                    self.spawn(cfg.clone());
+                    changed += 1;
+                }
                 (Some(before), Some(task)) => {
                     if before != cfg || api_changed {
                         let _ = task

@@ -1,6 +1,8 @@
 //! `voipbin-tokend demo`: the real daemon against a local stand-in of the
-//! VoIPBIN API, writing into a temporary folder, so a newcomer sees
-//! renewals within a minute.
+//! VoIPBIN API, writing into a temporary folder, so a newcomer sees a login
+//! token renewed and an access key rotated, side by side, within a minute.
+//! (The stand-in's key time scale makes a day of key lifetime last as long
+//! as a demo token.)
 //!
 //! Nothing is special-cased: the demo writes an ordinary config file and
 //! password file into the folder and runs [`crate::daemon::run`] on it, so
@@ -58,7 +60,10 @@ pub fn main(args: DemoArgs) -> ExitCode {
         })
         .await
         .map_err(|e| format!("cannot start the stand-in API: {e}"))?;
-        let config_path = write_files(&dir, &standin.base_url())
+        // A day of key lifetime lasts as long as a token here.
+        standin.set_key_time_scale(args.lifetime.as_secs_f64() / 86_400.0);
+        let (_, bootstrap) = standin.create_key("made on the admin page (demo)", 365 * 86_400);
+        let config_path = write_files(&dir, &standin.base_url(), &bootstrap)
             .map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         println!("voipbin-tokend demo");
@@ -72,8 +77,16 @@ pub fn main(args: DemoArgs) -> ExitCode {
             "  config:               {} (edit it: the daemon reloads)",
             config_path.display()
         );
-        println!("  outputs:              main.token (raw), main.env (env), main.json (json)");
+        println!("  login token 'main':   main.token (raw), main.env (env), main.json (json)");
+        println!(
+            "  access key 'mcp':     mcp.env (env); first key from mcp.bootstrap.key, replaced at once;"
+        );
+        println!(
+            "                        keys live a 'day' ({}) here; a replaced key is deleted 5s after",
+            humantime::format_duration(args.lifetime)
+        );
         println!("  try: voipbin-tokend inspect {}", dir.join("main.env").display());
+        println!("       voipbin-tokend status -c {}", config_path.display());
         println!(
             "  a line is logged at each renewal (about every {}); Ctrl-C stops.",
             humantime::format_duration(Duration::from_secs(
@@ -85,6 +98,12 @@ pub fn main(args: DemoArgs) -> ExitCode {
             .await
             .map_err(|e| e.to_string())?;
         println!("logins served by the stand-in: {}", standin.logins_ok());
+        let keys = standin.keys();
+        println!(
+            "access keys made: {}, of which deleted: {}",
+            keys.len(),
+            keys.iter().filter(|k| k.tm_delete.is_some()).count()
+        );
         Ok::<(), String>(())
     });
     match result {
@@ -97,16 +116,20 @@ pub fn main(args: DemoArgs) -> ExitCode {
 }
 
 /// Writes the demo's password file and config; returns the config's path.
-fn write_files(dir: &std::path::Path, base_url: &str) -> std::io::Result<PathBuf> {
+fn write_files(dir: &std::path::Path, base_url: &str, bootstrap_key: &str) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
-    let password = dir.join("demo.password");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&password)?;
-    std::io::Write::write_all(&mut f, format!("{DEMO_PASSWORD}\n").as_bytes())?;
+    for (name, secret) in [
+        ("demo.password", DEMO_PASSWORD),
+        ("mcp.bootstrap.key", bootstrap_key),
+    ] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(name))?;
+        std::io::Write::write_all(&mut f, format!("{secret}\n").as_bytes())?;
+    }
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
@@ -139,6 +162,21 @@ format = "env"
 [[credential.output]]
 path = "main.json"
 format = "json"
+
+# An access key: rotated by making its successor with the key itself.
+[[credential]]
+name = "mcp"
+kind = "access-key"
+bootstrap-key-file = "mcp.bootstrap.key"
+lifetime = "1d"          # the shortest the server allows; a demo "day" is short
+grace = "5s"
+renew-at = 0.8
+retry-min = "1s"
+retry-max = "5s"
+
+[[credential.output]]
+path = "mcp.env"
+format = "env"          # VOIPBIN_API_KEY=vb_... and VOIPBIN_API_KEY_EXPIRES_AT=...
 "#
         ),
     )?;

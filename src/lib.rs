@@ -11,6 +11,8 @@
 //! - [`fsread`]: reading files safely (never blocking, bounded, regular files only) and resolving paths.
 //! - [`secret`]: password sources and the [`secret::Secret`] type that never prints itself.
 //! - [`api`]: the VoIPBIN client: one login, its outcome classified.
+//! - [`keyapi`]: the access-key client: create, list, look up, delete keys.
+//! - [`keystate`]: an access-key credential's state file (current key, pending deletions).
 //! - [`token`]: JWT claims -> expiry (no signature check: the key is the server's).
 //! - [`schedule`]: pure policy: when renewal is due, how long to back off.
 //! - [`output`]: what a file holds ([`output::render`]) and how it is written ([`output::write`]).
@@ -19,6 +21,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`daemon`]: one task per credential, reload reconciliation, shutdown.
 //! - [`watch`]: the config-file watcher (directory watch, debounced).
+//! - [`source`]: per kind, how the next secret is obtained ([`source::key`]: access keys).
 //! - [`signals`]: SIGHUP / SIGUSR1 / SIGTERM / SIGINT into one event stream.
 //! - [`notify`]: systemd notifications (a no-op without `NOTIFY_SOCKET`).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
@@ -36,6 +39,8 @@ pub mod demo;
 pub mod fsread;
 pub mod health;
 pub mod hooks;
+pub mod keyapi;
+pub mod keystate;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
@@ -43,6 +48,7 @@ pub mod output;
 pub mod schedule;
 pub mod secret;
 pub mod signals;
+pub mod source;
 pub mod standin;
 pub mod status;
 pub mod token;

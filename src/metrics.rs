@@ -47,6 +47,7 @@ pub struct Metrics {
     login_duration: Family<CredentialLabel, Histogram>,
     write_failures: Family<CredentialLabel, Counter>,
     hooks: Family<HookLabel, Counter>,
+    keys_deleted: Family<ResultLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
         });
         let write_failures = Family::<CredentialLabel, Counter>::default();
         let hooks = Family::<HookLabel, Counter>::default();
+        let keys_deleted = Family::<ResultLabel, Counter>::default();
         registry.register(
             "token_expiry_timestamp_seconds",
             "Expiry of the token each credential holds (Unix time)",
@@ -114,6 +116,11 @@ impl Metrics {
             "on-change commands and signals by kind (command, signal) and result (success, failure)",
             hooks.clone(),
         );
+        registry.register(
+            "access_keys_deleted",
+            "Replaced or orphaned access keys deleted, by result: success, already_gone, failure",
+            keys_deleted.clone(),
+        );
         // Series that alerts look for exist from the start, at 0.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabel { result });
@@ -127,6 +134,7 @@ impl Metrics {
             login_duration,
             write_failures,
             hooks,
+            keys_deleted,
         }
     }
 
@@ -169,6 +177,16 @@ impl Metrics {
 
     pub fn write_failure(&self, credential: &str) {
         self.write_failures.get_or_create(&label(credential)).inc();
+    }
+
+    /// A DELETE of an access key: `success`, `already_gone` (404/409) or `failure`.
+    pub fn key_deleted(&self, credential: &str, result: &'static str) {
+        self.keys_deleted
+            .get_or_create(&ResultLabel {
+                credential: credential.to_string(),
+                result,
+            })
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -76,6 +76,27 @@ fn ago_or_in(t: OffsetDateTime, now: OffsetDateTime) -> String {
     }
 }
 
+/// The lines under an access-key credential: its key and what waits for deletion.
+fn print_key(k: &crate::source::key::KeyStatus, now: OffsetDateTime) {
+    match (&k.key_id, &k.key_prefix) {
+        (Some(id), Some(prefix)) => println!("  key {id} ({prefix}...)"),
+        _ => println!("  no key yet"),
+    }
+    for p in &k.pending_deletions {
+        let when = match p.delete_after {
+            Some(t) => format!("deleted {}", ago_or_in(t, now)),
+            None => "deleted once its successor is in every output (plus the grace)".into(),
+        };
+        println!("  replaced key {} ({}...): {when}", p.id, p.prefix);
+    }
+    if k.left_to_expire > 0 {
+        println!(
+            "  {} replaced key(s) left to expire on their own",
+            k.left_to_expire
+        );
+    }
+}
+
 /// The `status` command: 0 if the daemon runs and every credential is fresh.
 pub fn command(state_dir: &Path, json: bool) -> ExitCode {
     let p = path(state_dir);
@@ -155,6 +176,9 @@ pub fn command(state_dir: &Path, json: bool) -> ExitCode {
                 relative(c.next_renewal),
                 error
             );
+            if let Some(k) = &c.key {
+                print_key(k, now);
+            }
         }
     }
     if running && all_fresh {

@@ -1,12 +1,10 @@
 //! The one-shot commands: `once`, `check`, `inspect`, and `demo`.
 
 mod common;
-mod coresupport;
 
 use std::time::Duration;
 
 use common::*;
-use coresupport::*;
 use nix::sys::signal::Signal;
 
 fn cfg_arg(t: &TestDir) -> String {
@@ -330,18 +328,28 @@ fn inspect_exits_1_for_a_file_without_a_token_or_a_missing_file() {
 // demo
 
 #[test]
-fn demo_writes_three_outputs_renews_and_exits_0_on_sigint() {
+fn demo_renews_a_token_and_rotates_an_access_key_side_by_side_and_exits_0_on_sigint() {
     let t = TestDir::new();
     let dir = t.path("demo");
     let mut cmd = t.command(&["demo", "--lifetime", "2s", "--dir", dir.to_str().unwrap()]);
     cmd.env("RUST_LOG", "info");
     let mut d = Daemon::spawn(cmd);
-    // The first login logs "token renewed" too; three lines are two renewals.
-    d.wait_log("token renewed", 3, Duration::from_secs(20));
+    let count = |what: &str| d.log().matches(what).count();
+    // The first login (and the first key) log the same line too; three
+    // lines each are two renewals each.
+    wait_for(
+        Duration::from_secs(30),
+        "two renewals of the token and two rotations of the key",
+        || count("token renewed") >= 3 && count("access key rotated") >= 3,
+        || d.log(),
+    );
     for f in ["main.token", "main.env", "main.json"] {
         let text = wait_file(&dir.join(f), WAIT, || d.log());
         assert!(token_in(&text).is_some(), "{f}");
     }
+    let key_env = std::fs::read_to_string(dir.join("mcp.env")).unwrap();
+    assert!(key_env.starts_with("VOIPBIN_API_KEY=vb_"), "{key_env}");
+    d.wait_log("replaced key deleted", 1, Duration::from_secs(20));
     let took = stop(&mut d, Signal::SIGINT);
     eprintln!("demo: exit 0 {took:?} after SIGINT");
 }

@@ -6,13 +6,11 @@
 //! writes in outputs.rs; once/check/inspect/demo in commands.rs.
 
 mod common;
-mod coresupport;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use coresupport::*;
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------

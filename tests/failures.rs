@@ -3,7 +3,6 @@
 //! credentials. (The rest of the core behaviour is in core.rs.)
 
 mod common;
-mod coresupport;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use coresupport::*;
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------

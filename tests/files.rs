@@ -7,7 +7,6 @@
 //! on every wait. Loopback only.
 
 mod common;
-mod coresupport;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +16,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use coresupport::*;
 use nix::sys::signal::Signal;
 
 /// A generous bound for anything that should take a second or two.
@@ -454,6 +452,19 @@ fn an_output_that_is_an_input_under_any_spelling_is_refused() {
     )
     .unwrap();
     assert_invalid(&t, key, "api.ca-file");
+    // An access key's bootstrap-key-file.
+    std::fs::write(t.path("boot.key"), format!("vb_{}\n", "a".repeat(32))).unwrap();
+    let key_cred = format!(
+        "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\n{}",
+        output("here/boot.key", "raw")
+    );
+    t.write_config(&s.base_url(), &key_cred);
+    assert_invalid(
+        &t,
+        "credential[mcp].output[0].path",
+        "credential[mcp].bootstrap-key-file",
+    );
+
     assert_eq!(s.login_requests(), 0);
     assert!(
         std::fs::read_to_string(t.path("password"))

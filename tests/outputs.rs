@@ -2,7 +2,6 @@
 //! missing output directory.
 
 mod common;
-mod coresupport;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use coresupport::*;
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -20,10 +20,20 @@ pub struct TokenFacts<'a> {
     pub token: &'a Secret,
     pub expires_at: OffsetDateTime,
     pub obtained_at: OffsetDateTime,
+    /// An access key's id; `None` for a login token.
+    pub key_id: Option<&'a str>,
 }
 
 /// The placeholders a template may use.
-pub const PLACEHOLDERS: [&str; 5] = ["token", "expires_at", "expires_at_unix", "username", "credential"];
+/// (`{id}` is an access key's id, and only for access keys.)
+pub const PLACEHOLDERS: [&str; 6] = [
+    "token",
+    "expires_at",
+    "expires_at_unix",
+    "username",
+    "credential",
+    "id",
+];
 
 /// The bytes of an output file. Zeroed when dropped: they hold the token.
 pub fn render(format: &Format, facts: &TokenFacts<'_>) -> Zeroizing<Vec<u8>> {
@@ -34,6 +44,28 @@ pub fn render(format: &Format, facts: &TokenFacts<'_>) -> Zeroizing<Vec<u8>> {
         Format::Env { variable } => format!("{variable}={token}\n{variable}_EXPIRES_AT={expires}\n"),
         Format::Shell { variable } => {
             format!("export {variable}='{token}'\nexport {variable}_EXPIRES_AT='{expires}'\n")
+        }
+        Format::Json if facts.key_id.is_some() => {
+            #[derive(Serialize)]
+            struct KeyJson<'a> {
+                credential: &'a str,
+                kind: &'a str,
+                id: &'a str,
+                token: &'a str,
+                expires_at: &'a str,
+                obtained_at: &'a str,
+            }
+            let mut text = serde_json::to_string(&KeyJson {
+                credential: facts.credential,
+                kind: "access-key",
+                id: facts.key_id.unwrap_or_default(),
+                token,
+                expires_at: &expires,
+                obtained_at: &rfc3339(facts.obtained_at),
+            })
+            .unwrap_or_default();
+            text.push('\n');
+            text
         }
         Format::Json => {
             #[derive(Serialize)]
@@ -81,6 +113,17 @@ pub fn check_template(template: &str) -> Result<(), String> {
     }
 }
 
+/// True if the template uses `{name}`.
+pub fn uses(template: &str, name: &str) -> bool {
+    let mut found = false;
+    let _ = walk(template, |piece| {
+        if let Piece::Placeholder(p) = piece {
+            found |= p == name;
+        }
+    });
+    found
+}
+
 fn expand(template: &str, facts: &TokenFacts<'_>) -> String {
     let mut out = String::with_capacity(template.len() + facts.token.expose().len());
     // The template was checked at config load, so the walk cannot fail.
@@ -91,6 +134,7 @@ fn expand(template: &str, facts: &TokenFacts<'_>) -> String {
         Piece::Placeholder("expires_at_unix") => out.push_str(&facts.expires_at.unix_timestamp().to_string()),
         Piece::Placeholder("username") => out.push_str(facts.username),
         Piece::Placeholder("credential") => out.push_str(facts.credential),
+        Piece::Placeholder("id") => out.push_str(facts.key_id.unwrap_or_default()),
         Piece::Placeholder(_) => {}
     });
     out
@@ -138,6 +182,7 @@ mod tests {
             token,
             expires_at: datetime!(2026-12-04 09:15:02.123456 UTC),
             obtained_at: datetime!(2026-11-27 09:15:02 UTC),
+            key_id: None,
         }
     }
 
@@ -195,5 +240,32 @@ mod tests {
         assert!(check_template("{token").is_err());
         assert!(check_template("x } y").is_err());
         check_template("no placeholders at all").unwrap();
+    }
+
+    #[test]
+    fn access_keys_json_and_id() {
+        let key = Secret::new("vb_0123456789abcdefABCDEF0123456789".into());
+        let facts = TokenFacts {
+            key_id: Some("0b1c"),
+            username: "",
+            ..facts(&key)
+        };
+        let json = String::from_utf8(render(&Format::Json, &facts).to_vec()).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"credential":"main","kind":"access-key","id":"0b1c","token":"vb_0123456789abcdefABCDEF0123456789","#,
+                r#""expires_at":"2026-12-04T09:15:02Z","obtained_at":"2026-11-27T09:15:02Z"}"#,
+                "\n"
+            )
+        );
+        let t = Format::Template {
+            template: "{id} {token}".into(),
+        };
+        assert_eq!(
+            String::from_utf8(render(&t, &facts).to_vec()).unwrap(),
+            "0b1c vb_0123456789abcdefABCDEF0123456789"
+        );
+        assert!(uses("a {id} b", "id") && !uses("a {{id}} b", "id"));
     }
 }

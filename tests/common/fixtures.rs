@@ -1,7 +1,5 @@
-//! Helpers shared by the "core" integration tests (core.rs, outputs.rs,
-//! commands.rs). Built on tests/common; kept apart so that file stays the
-//! shared, append-only harness.
-#![allow(dead_code)]
+//! Fixtures on top of the harness: config snippets, stand-in set-ups,
+//! token and file helpers, log assertions.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 pub use voipbin_tokend::standin::LoginRecord;
 
-use crate::common::*;
+use super::*;
 
 /// A generous bound for anything that should take a second or two.
 pub const WAIT: Duration = Duration::from_secs(15);

@@ -1,0 +1,562 @@
+//! The access-key API, `/v1.0/accesskeys`, as the real server answers it
+//! (`voipbin-api.md`, "Access keys").
+//!
+//! - A request authenticates with a token if it carries one (cookie
+//!   `token`, `?token=`, `Authorization: Bearer`): a bad token is a 401 even
+//!   if a key is there too. Otherwise with a key: cookie `accesskey`, then
+//!   `?accesskey=`. An unknown, expired or deleted key is a 401.
+//! - A key acts with the CustomerAdmin permission; an agent needs it
+//!   (or project super-admin), else 403 `PERMISSION_DENIED`.
+//! - `POST {"name", "detail", "expire"}`: `expire` in seconds, at least
+//!   86400, else 400 `INVALID_ARGUMENT`; 200 with the key object plus
+//!   `token`, shown this once.
+//! - `GET` lists the keys not deleted (expired ones included), newest first,
+//!   `page_size` (1..=100, else 100) and `page_token` (the `tm_create` of
+//!   the last item of the previous page).
+//! - `GET /{id}`, `DELETE /{id}` (soft), `PUT /{id}` (rename): 404 unknown,
+//!   409 `STATE_INVALID` when deleted, 400 for an id that is no UUID.
+//!
+//! Short lifetimes: tests and the demo cannot wait a day, so the stand-in
+//! has a time scale ([`StandIn::set_key_time_scale`]): a key created with
+//! `expire = 86400` lives `86400 × scale` seconds. The 86400 minimum is
+//! checked on the number the client sent, as the real server does.
+//!
+//! Faults: [`StandIn::script_keys`] queues [`Fault`]s consumed one per key
+//! request ([`StandIn::script_key_creations`]: one per `POST`). `Status` answers canned without acting; `Delay` waits, then
+//! acts; `Close` acts and then drops the connection (a `POST` whose answer
+//! was lost: the key exists, the client never saw it); `Expired` on a
+//! `POST` creates a key whose `tm_expire` is already past (a server that
+//! lies); any other fault is ignored for key calls.
+
+use super::body::Payload;
+use super::server::*;
+use super::*;
+
+/// The key API's path.
+pub const ACCESSKEYS_PATH: &str = "/v1.0/accesskeys";
+/// The real server's least `expire` of a new key, in seconds.
+pub const MIN_KEY_EXPIRE_SECS: u64 = 86_400;
+/// Agent permission bits (bin-agent-manager): project super admin, customer admin.
+pub const PERMISSION_PROJECT_SUPER_ADMIN: u64 = 0x0001;
+pub const PERMISSION_CUSTOMER_ADMIN: u64 = 0x0020;
+pub const PERMISSION_CUSTOMER_AGENT: u64 = 0x0010;
+
+const KEY_PREFIX_LEN: usize = 11;
+
+/// How a request authenticated (or tried to), for the tests' view of the
+/// server. Holds no secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthVia {
+    #[default]
+    None,
+    TokenCookie,
+    TokenQuery,
+    Bearer,
+    KeyCookie,
+    KeyQuery,
+}
+
+/// A key as the server's database has it: what the admin page would show.
+/// Never holds the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    pub detail: String,
+    pub token_prefix: String,
+    pub tm_create: SystemTime,
+    pub tm_expire: SystemTime,
+    pub tm_delete: Option<SystemTime>,
+}
+
+/// One key, with its secret (the real server keeps a hash; the stand-in
+/// compares the secret directly).
+pub(super) struct StoredKey {
+    info: KeyInfo,
+    secret: String,
+    tm_update: SystemTime,
+}
+
+/// Every key of the stand-in's one customer.
+#[derive(Default)]
+pub(super) struct KeyStore {
+    keys: Vec<StoredKey>,
+    scale: f64,
+    script: VecDeque<Fault>,
+    post_script: VecDeque<Fault>,
+    requests: u64,
+    last_create: Option<SystemTime>,
+}
+
+impl KeyStore {
+    pub(super) fn new() -> KeyStore {
+        KeyStore {
+            scale: 1.0,
+            ..KeyStore::default()
+        }
+    }
+
+    /// Makes a key expiring `expire_secs × scale` from now. `tm_create`
+    /// strictly increases, so paging by it never skips or repeats a key.
+    fn create(&mut self, name: &str, detail: &str, expire_secs: u64) -> (KeyInfo, String) {
+        let mut now = SystemTime::now();
+        if let Some(last) = self.last_create
+            && now <= last
+        {
+            now = last + Duration::from_micros(1);
+        }
+        // Whole microseconds, as the server's timestamps have.
+        let micros = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        now = UNIX_EPOCH + Duration::from_micros(micros as u64);
+        self.last_create = Some(now);
+        let lifetime = Duration::from_secs_f64((expire_secs as f64 * self.scale).max(0.0));
+        let secret = new_secret();
+        let info = KeyInfo {
+            id: uuid_like(),
+            name: name.to_owned(),
+            detail: detail.to_owned(),
+            token_prefix: secret[..KEY_PREFIX_LEN].to_owned(),
+            tm_create: now,
+            tm_expire: add_or_now(now, lifetime),
+            tm_delete: None,
+        };
+        self.keys.push(StoredKey {
+            info: info.clone(),
+            secret: secret.clone(),
+            tm_update: now,
+        });
+        (info, secret)
+    }
+
+    fn find(&mut self, id: &str) -> Option<&mut StoredKey> {
+        self.keys.iter_mut().find(|k| k.info.id == id)
+    }
+
+    /// The live key whose secret this is.
+    fn by_secret(&self, secret: &str, now: SystemTime) -> Option<&StoredKey> {
+        self.keys
+            .iter()
+            .find(|k| k.secret == secret && k.info.tm_delete.is_none() && k.info.tm_expire > now)
+    }
+}
+
+/// `vb_` and 32 letters and digits.
+fn new_secret() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut s = String::from("vb_");
+    for _ in 0..32 {
+        s.push(ALPHABET[fastrand::usize(..ALPHABET.len())] as char);
+    }
+    s
+}
+
+/// The key object as the server writes it (`token` only on creation;
+/// `name` and `detail` left out when empty, as Go's `omitempty` does).
+fn key_json(
+    info: &KeyInfo,
+    tm_update: SystemTime,
+    customer_id: &str,
+    token: Option<&str>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": info.id,
+        "customer_id": customer_id,
+        "token_prefix": info.token_prefix,
+        "tm_expire": format_expire(info.tm_expire, false),
+        "tm_create": format_expire(info.tm_create, false),
+        "tm_update": format_expire(tm_update, false),
+        "tm_delete": info.tm_delete.map(|t| format_expire(t, false)),
+    });
+    if !info.name.is_empty() {
+        v["name"] = info.name.clone().into();
+    }
+    if !info.detail.is_empty() {
+        v["detail"] = info.detail.clone().into();
+    }
+    if let Some(token) = token {
+        v["token"] = token.into();
+    }
+    v
+}
+
+/// The error envelope: `{"error": {"status", "reason", "message", "request_id"}}`.
+fn error(status: StatusCode, code: &str, reason: &str, message: &str, request_id: &str) -> Response<Payload> {
+    let body = serde_json::json!({"error": {
+        "status": code, "reason": reason, "message": message, "request_id": request_id,
+    }});
+    json(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+fn unauthenticated(request_id: &str) -> Response<Payload> {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "INVALID_CREDENTIALS",
+        "invalid or expired credentials",
+        request_id,
+    )
+}
+
+/// Who is asking, once authenticated.
+enum Caller {
+    Key,
+    Agent { permission: u64 },
+}
+
+/// Authenticates as the real server does: a token wins over a key.
+fn authenticate(inner: &Inner, req: &Request<Incoming>, via: &mut AuthVia) -> Option<Caller> {
+    let cookies = || {
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+    };
+    let query = || req.uri().query().into_iter().flat_map(|q| q.split('&'));
+    let cookie = |name: &str| {
+        cookies()
+            .find_map(|c| c.strip_prefix(name))
+            .filter(|v| !v.is_empty())
+    };
+    let param = |name: &str| {
+        query()
+            .find_map(|c| c.strip_prefix(name))
+            .filter(|v| !v.is_empty())
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|v| !v.is_empty());
+
+    let token = if let Some(t) = cookie("token=") {
+        *via = AuthVia::TokenCookie;
+        Some(t)
+    } else if let Some(t) = param("token=") {
+        *via = AuthVia::TokenQuery;
+        Some(t)
+    } else if let Some(t) = bearer {
+        *via = AuthVia::Bearer;
+        Some(t)
+    } else {
+        None
+    };
+    if let Some(token) = token {
+        let agent = inner.verify(token)?;
+        let permission = agent.get("permission").and_then(|p| p.as_u64()).unwrap_or(0);
+        return Some(Caller::Agent { permission });
+    }
+    let key = if let Some(k) = cookie("accesskey=") {
+        *via = AuthVia::KeyCookie;
+        k
+    } else if let Some(k) = param("accesskey=") {
+        *via = AuthVia::KeyQuery;
+        k
+    } else {
+        return None;
+    };
+    inner
+        .keys()
+        .by_secret(key, SystemTime::now())
+        .map(|_| Caller::Key)
+}
+
+/// Answers a request under `/v1.0/accesskeys`.
+pub(super) async fn route(
+    inner: &Inner,
+    req: Request<Incoming>,
+    request_id: &str,
+    via: &mut AuthVia,
+) -> Answer {
+    let fault = {
+        let mut keys = inner.keys();
+        keys.requests += 1;
+        match keys.post_script.pop_front() {
+            Some(f) if req.method() == Method::POST => Some(f),
+            Some(f) => {
+                keys.post_script.push_front(f);
+                keys.script.pop_front()
+            }
+            None => keys.script.pop_front(),
+        }
+    };
+    let mut drop_after = false;
+    let mut create_expired = false;
+    match fault {
+        Some(Fault::Status {
+            status,
+            body,
+            headers,
+        }) => return Ok(canned(status, body, &headers)),
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Close) => drop_after = true,
+        Some(Fault::Expired) => create_expired = true,
+        _ => {}
+    }
+
+    let caller = authenticate(inner, &req, via);
+    let Some(caller) = caller else {
+        return Ok(unauthenticated(request_id));
+    };
+    if let Caller::Agent { permission } = caller
+        && permission & (PERMISSION_CUSTOMER_ADMIN | PERMISSION_PROJECT_SUPER_ADMIN) == 0
+    {
+        return Ok(error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "PERMISSION_DENIED",
+            "the agent lacks the permission",
+            request_id,
+        ));
+    }
+
+    let path = req.uri().path().to_owned();
+    let rest = path.strip_prefix(ACCESSKEYS_PATH).unwrap_or("");
+    let method = req.method().clone();
+    let answer = match (method, rest) {
+        (Method::GET, "" | "/") => list(inner, &req, request_id),
+        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired).await,
+        (m, id) if id.starts_with('/') && !id[1..].contains('/') => {
+            one(inner, m, &id[1..], req, request_id).await
+        }
+        _ => text(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
+    };
+    if drop_after {
+        return Err(DropConnection);
+    }
+    Ok(answer)
+}
+
+async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn create(inner: &Inner, req: Request<Incoming>, request_id: &str, expired: bool) -> Response<Payload> {
+    let Some(body) = read_json(req).await.filter(|v| v.is_object()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "INVALID_JSON_BODY",
+            "The request body is not valid JSON.",
+            request_id,
+        );
+    };
+    let field = |name: &str| body.get(name).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let expire = body.get("expire").and_then(|v| v.as_u64()).unwrap_or(0);
+    if expire < MIN_KEY_EXPIRE_SECS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "INVALID_EXPIRE",
+            "expire must be at least 86400 seconds",
+            request_id,
+        );
+    }
+    let mut keys = inner.keys();
+    let (mut info, secret) = keys.create(&field("name"), &field("detail"), expire);
+    if expired {
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        if let Some(k) = keys.find(&info.id) {
+            k.info.tm_expire = past;
+        }
+        info.tm_expire = past;
+    }
+    let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
+    json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+fn list(inner: &Inner, req: &Request<Incoming>, request_id: &str) -> Response<Payload> {
+    let params: Vec<(&str, &str)> = req
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|p| p.split_once('='))
+        .collect();
+    let get = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let size = get("page_size")
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|s| (1..=100).contains(s))
+        .unwrap_or(100);
+    let before = match get("page_token").filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => match parse_expire(&t.replace("%3A", ":")) {
+            Some(t) => Some(t),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    "INVALID_PAGE_TOKEN",
+                    "page_token is not a time",
+                    request_id,
+                );
+            }
+        },
+    };
+    let keys = inner.keys();
+    let mut live: Vec<&StoredKey> = keys
+        .keys
+        .iter()
+        .filter(|k| k.info.tm_delete.is_none())
+        .filter(|k| before.is_none_or(|b| k.info.tm_create < b))
+        .collect();
+    live.sort_by_key(|k| std::cmp::Reverse(k.info.tm_create));
+    live.truncate(size);
+    let next = live
+        .last()
+        .map(|k| format_expire(k.info.tm_create, false))
+        .unwrap_or_default();
+    let result: Vec<serde_json::Value> = live
+        .iter()
+        .map(|k| key_json(&k.info, k.tm_update, &inner.customer_id, None))
+        .collect();
+    let body = serde_json::json!({"result": result, "next_page_token": next});
+    json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+async fn one(
+    inner: &Inner,
+    method: Method,
+    id: &str,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Response<Payload> {
+    if !is_uuid(id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "INVALID_ID",
+            "The provided id is not a valid UUID.",
+            request_id,
+        );
+    }
+    let rename = if method == Method::PUT {
+        read_json(req).await
+    } else {
+        None
+    };
+    let mut keys = inner.keys();
+    let Some(key) = keys.find(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "NOT_FOUND",
+            "no such access key",
+            request_id,
+        );
+    };
+    if key.info.tm_delete.is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            "STATE_INVALID",
+            "STATE_INVALID",
+            "the access key is deleted",
+            request_id,
+        );
+    }
+    match method {
+        Method::GET => {}
+        Method::DELETE => {
+            let now = SystemTime::now();
+            key.info.tm_delete = Some(now);
+            key.tm_update = now;
+        }
+        Method::PUT => {
+            let Some(body) = rename else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    "INVALID_JSON_BODY",
+                    "The request body is not valid JSON.",
+                    request_id,
+                );
+            };
+            if let Some(n) = body.get("name").and_then(|v| v.as_str()) {
+                key.info.name = n.to_owned();
+            }
+            if let Some(d) = body.get("detail").and_then(|v| v.as_str()) {
+                key.info.detail = d.to_owned();
+            }
+            key.tm_update = SystemTime::now();
+        }
+        _ => return text(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
+    }
+    let v = key_json(&key.info, key.tm_update, &inner.customer_id, None);
+    json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl StandIn {
+    /// Makes a key as the admin page would (`expire` seconds, scaled by the
+    /// key time scale, no minimum), returning its id and the key itself.
+    pub fn create_key(&self, name: &str, expire_secs: u64) -> (String, String) {
+        let (info, secret) = self.inner.keys().create(name, "", expire_secs);
+        (info.id, secret)
+    }
+
+    /// Every key ever made, deleted ones included, oldest first.
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        self.inner.keys().keys.iter().map(|k| k.info.clone()).collect()
+    }
+
+    /// Every key secret ever made, oldest first, so tests can check that
+    /// none of them shows up in a log.
+    pub fn issued_keys(&self) -> Vec<String> {
+        self.inner.keys().keys.iter().map(|k| k.secret.clone()).collect()
+    }
+
+    /// Deletes a key out of band (the admin page); false if unknown or gone.
+    pub fn delete_key(&self, id: &str) -> bool {
+        let mut keys = self.inner.keys();
+        match keys.find(id) {
+            Some(k) if k.info.tm_delete.is_none() => {
+                k.info.tm_delete = Some(SystemTime::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keys made from now on live `expire × scale` seconds (1.0: real time;
+    /// 1e-4 makes a day about 8.6 s).
+    pub fn set_key_time_scale(&self, scale: f64) {
+        self.inner.keys().scale = scale;
+    }
+
+    /// Appends faults for key requests (see the module docs of `keys`).
+    pub fn script_keys(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().script.extend(faults);
+    }
+
+    /// Appends faults for key creations only (`POST`), e.g. a creation
+    /// whose answer is lost.
+    pub fn script_key_creations(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().post_script.extend(faults);
+    }
+
+    /// Requests that reached `/v1.0/accesskeys`.
+    pub fn key_requests(&self) -> u64 {
+        self.inner.keys().requests
+    }
+
+    /// Sets an agent's permission bits (default: customer admin).
+    pub fn set_permission(&self, username: &str, permission: u64) {
+        if let Some(user) = self.inner.state().users.get_mut(username) {
+            user.permission = permission;
+        }
+    }
+}
