@@ -302,9 +302,12 @@ fn check(path: &Path) -> ExitCode {
                 line.push_str(&format!(", group {}", g.name));
             }
             line.push(')');
-            if let Some(parent) = out.path.parent()
-                && !parent.is_dir()
-            {
+            // A bare file name lives in the current directory.
+            let parent = match out.path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if !parent.is_dir() {
                 line.push_str(&format!(
                     " WARNING: directory {} does not exist",
                     parent.display()
@@ -396,23 +399,30 @@ fn inspect_key(file: &Path, text: &str, json: bool) -> ExitCode {
 }
 
 fn inspect(file: &Path, json: bool) -> ExitCode {
+    use crate::fsread::{MAX_OUTPUT, read_bounded, read_capped};
+    // Bounded like every read of an output: a token file is well under 64 KiB.
     let (bytes, mtime) = if file == Path::new("-") {
-        let mut buf = Vec::new();
-        if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
-            eprintln!("voipbin-tokend: cannot read standard input: {e}");
-            return ExitCode::FAILURE;
+        match read_capped(
+            std::io::stdin(),
+            MAX_OUTPUT,
+            "token file",
+            Path::new("standard input"),
+        ) {
+            Ok(b) => (b, None),
+            Err(e) => {
+                eprintln!("voipbin-tokend: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-        (buf, None)
     } else {
-        match std::fs::read(file) {
+        match read_bounded(file, MAX_OUTPUT, "token file") {
             Ok(b) => (b, std::fs::metadata(file).and_then(|m| m.modified()).ok()),
             Err(e) => {
-                eprintln!("voipbin-tokend: cannot read {}: {e}", file.display());
+                eprintln!("voipbin-tokend: {e}");
                 return ExitCode::FAILURE;
             }
         }
     };
-    let bytes = zeroize::Zeroizing::new(bytes);
     let text = std::str::from_utf8(&bytes).ok();
     let Some((_, claims)) = text.and_then(token::find_in) else {
         return inspect_key(file, text.unwrap_or_default(), json);

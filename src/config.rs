@@ -297,9 +297,18 @@ impl Config {
 
     /// The config file's text.
     pub fn read(path: &Path) -> Result<String, ConfigError> {
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let io = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        // Never blocks on a FIFO, never reads a device or a huge file.
+        let bytes = crate::fsread::read_bounded(path, crate::fsread::MAX_CONFIG, "config file")
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not valid UTF-8",
+            ))
         })
     }
 
@@ -315,6 +324,7 @@ impl Config {
                 path.display()
             ));
         }
+        check_paths(&config)?;
         Ok(config)
     }
 
@@ -365,7 +375,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         None => None,
     };
     let state_dir = match raw.state.dir {
-        Some(d) => v.resolve(&d),
+        Some(d) => v.path("state.dir", &d)?,
         None => std::env::var_os("STATE_DIRECTORY")
             .and_then(|s| {
                 // systemd joins several StateDirectory= entries with ':'.
@@ -378,7 +388,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         return Err(v.err("credential", "no [[credential]] defined; nothing to do".into()));
     }
     let mut names = HashSet::new();
-    let mut paths = HashSet::new();
+    let mut paths = std::collections::HashMap::new();
     let mut credentials = Vec::new();
     for (i, rc) in raw.credential.into_iter().enumerate() {
         let cred = v.credential(i, rc)?;
@@ -392,11 +402,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             ));
         }
         for (j, out) in cred.outputs.iter().enumerate() {
-            if !paths.insert(out.path.clone()) {
+            let key = format!("credential[{}].output[{j}].path", cred.name);
+            if let Some(first) = paths.insert(out.path.clone(), key.clone()) {
                 return Err(v.err(
-                    &format!("credential[{}].output[{j}].path", cred.name),
+                    &key,
                     format!(
-                        "{} is written by another output too; every output needs its own file",
+                        "{} is the same file as {first}; every output needs its own file",
                         out.path.display()
                     ),
                 ));
@@ -479,6 +490,13 @@ impl Validator<'_> {
         }
     }
 
+    /// [`Self::resolve`], after checking no component is longer than the
+    /// filesystem allows (such a path could never be opened).
+    fn path(&self, key: &str, p: &Path) -> Result<PathBuf, ConfigError> {
+        crate::fsread::check_name_lengths(p).map_err(|m| self.err(key, m))?;
+        Ok(self.resolve(p))
+    }
+
     fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
@@ -525,7 +543,7 @@ impl Validator<'_> {
         let timeout = self.duration("api.timeout", raw.timeout, Duration::from_secs(30))?;
         let ca_file = match raw.ca_file {
             Some(p) => {
-                let p = self.resolve(&p);
+                let p = self.path("api.ca-file", &p)?;
                 read_ca_file(&p).map_err(|m| self.err("api.ca-file", m))?;
                 Some(p)
             }
@@ -580,7 +598,11 @@ impl Validator<'_> {
             || raw.password_env.is_some()
             || raw.password_credential.is_some()
             || raw.password.is_some();
-        let bootstrap = raw.bootstrap_key_file.as_ref().map(|p| self.resolve(p));
+        let bootstrap = raw
+            .bootstrap_key_file
+            .as_ref()
+            .map(|p| self.path(&key("bootstrap-key-file"), p))
+            .transpose()?;
         let login = if is_key && bootstrap.is_some() {
             if raw.username.is_some() || has_password {
                 return Err(self.err(
@@ -718,7 +740,7 @@ impl Validator<'_> {
         }
         let mut sources = Vec::new();
         if let Some(p) = password_file {
-            sources.push(PasswordSource::File(self.resolve(&p)));
+            sources.push(PasswordSource::File(self.path(&key("password-file"), &p)?));
         }
         if let Some(v) = password_env {
             if v.is_empty() {
@@ -758,10 +780,14 @@ impl Validator<'_> {
         default_variable: &str,
     ) -> Result<OutputConfig, ConfigError> {
         let key = |k: &str| format!("{prefix}.{k}");
-        if raw.path.as_os_str().is_empty() || raw.path.file_name().is_none() {
+        use std::os::unix::ffi::OsStrExt;
+        if raw.path.as_os_str().is_empty()
+            || raw.path.file_name().is_none()
+            || raw.path.as_os_str().as_bytes().ends_with(b"/")
+        {
             return Err(self.err(&key("path"), "must name a file".into()));
         }
-        let path = self.resolve(&raw.path);
+        let path = self.path(&key("path"), &raw.path)?;
 
         let format_name = raw.format.as_deref().unwrap_or("raw");
         let variable = match &raw.variable {
@@ -883,32 +909,115 @@ impl Validator<'_> {
             group,
             on_change: raw.on_change,
             signal,
-            pid_file: raw.pid_file.map(|p| self.resolve(&p)),
+            pid_file: raw
+                .pid_file
+                .map(|p| self.path(&key("pid-file"), &p))
+                .transpose()?,
         })
     }
 }
 
-/// The largest `ca-file` read; a bundle of every public root is ~250 KiB.
-const MAX_CA_FILE: u64 = 1024 * 1024;
+/// The filesystem rules for outputs, checked at every load (`check`, start,
+/// reload) because they depend on what is on disk now:
+/// - an output path is a regular file, a symlink (replaced by the write) or
+///   absent: never a device, FIFO, socket or directory;
+/// - no output is, or resolves to, one of the daemon's inputs (see
+///   [`daemon_inputs`]) or anything under the state directory;
+/// - no two outputs are one file under different spellings.
+///
+/// Paths are compared resolved (`./`, `..`, symlinked directories,
+/// absolute vs relative) and by (device, inode) where they exist (hard links).
+fn check_paths(config: &Config) -> Result<(), ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: config.path.clone(),
+        key,
+        message,
+    };
+    let inputs: Vec<(String, crate::fsread::Location)> = daemon_inputs(config)
+        .into_iter()
+        .map(|(what, p)| (what, crate::fsread::Location::of_input(&p)))
+        .collect();
+    let mut seen: Vec<(String, crate::fsread::Location)> = Vec::new();
+    for cred in &config.credentials {
+        for (j, out) in cred.outputs.iter().enumerate() {
+            let key = format!("credential[{}].output[{j}].path", cred.name);
+            let shown = out.path.display();
+            crate::fsread::check_replaceable(&out.path).map_err(|m| invalid(key.clone(), m))?;
+            let here = crate::fsread::Location::of_output(&out.path);
+            if let Some((what, _)) = inputs.iter().find(|(_, input)| here.collides_with(input)) {
+                return Err(invalid(
+                    key,
+                    format!("{shown} is the daemon's own {what}; writing a token there would destroy it"),
+                ));
+            }
+            if here.is_under(&config.state_dir) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{shown} is inside the state directory {}, which is the daemon's own",
+                        config.state_dir.display()
+                    ),
+                ));
+            }
+            if let Some((other, _)) = seen
+                .iter()
+                .find(|(_, loc)| here.collides_with(loc) || loc.collides_with(&here))
+            {
+                return Err(invalid(
+                    key,
+                    format!("{shown} is the same file as {other}; every output needs its own file"),
+                ));
+            }
+            seen.push((key, here));
+        }
+    }
+    Ok(())
+}
+
+/// Every file the daemon reads, with the config key that names it: an
+/// output must never be one of these. (A new input is added here.)
+fn daemon_inputs(config: &Config) -> Vec<(String, PathBuf)> {
+    let mut inputs = vec![("config file".to_string(), config.path.clone())];
+    if let Some(ca) = &config.api.ca_file {
+        inputs.push(("api.ca-file".into(), ca.clone()));
+    }
+    for cred in &config.credentials {
+        if let Kind::AccessKey(k) = &cred.kind
+            && let Some(p) = &k.bootstrap_key_file
+        {
+            inputs.push((format!("credential[{}].bootstrap-key-file", cred.name), p.clone()));
+        }
+        match cred.login.as_ref().map(|l| &l.password) {
+            Some(PasswordSource::File(p)) => {
+                inputs.push((format!("credential[{}].password-file", cred.name), p.clone()))
+            }
+            Some(PasswordSource::Credential(n)) => {
+                if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+                    inputs.push((
+                        format!("credential[{}].password-credential", cred.name),
+                        Path::new(&dir).join(n),
+                    ));
+                }
+            }
+            Some(PasswordSource::Env(_) | PasswordSource::Inline(_)) | None => {}
+        }
+        for (j, out) in cred.outputs.iter().enumerate() {
+            if let Some(pid) = &out.pid_file {
+                inputs.push((
+                    format!("credential[{}].output[{j}].pid-file", cred.name),
+                    pid.clone(),
+                ));
+            }
+        }
+    }
+    inputs
+}
 
 /// Reads a PEM bundle of trust anchors: a regular file, at most 1 MiB, with
 /// at least one certificate.
 pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_CA_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if pem.len() as u64 > MAX_CA_FILE {
-        return Err(format!("{} is larger than {MAX_CA_FILE} bytes", path.display()));
-    }
+    let pem =
+        crate::fsread::read_bounded(path, crate::fsread::MAX_CONFIG, "ca-file").map_err(|e| e.to_string())?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
     if certs.is_empty() {

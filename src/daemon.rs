@@ -91,6 +91,12 @@ pub async fn run_with_events(
     for w in &config.warnings {
         warn!("{w}");
     }
+    // Read before the health server starts, so it never answers without
+    // the credentials (they are registered right after this).
+    let config_text = {
+        let path = config.path.clone();
+        blocking(&config.path, move || Config::read(&path)).await.ok()
+    };
     let metrics = Arc::new(Metrics::new());
     let board = Arc::new(StatusBoard::default());
     let cancel = CancellationToken::new();
@@ -107,7 +113,7 @@ pub async fn run_with_events(
     }
     let api = Api::new(&config.api).map_err(DaemonError::Api)?;
     let mut daemon = Daemon {
-        config_text: std::fs::read_to_string(&config.path).ok(),
+        config_text,
         api,
         board,
         metrics,
@@ -145,7 +151,7 @@ pub async fn run_with_events(
             }
         };
         match event {
-            Event::Reload { forced } => daemon.reload(forced),
+            Event::Reload { forced } => daemon.reload(forced).await,
             Event::RenewAll => {
                 for task in daemon.tasks.values() {
                     let _ = task.commands.send(Command::RenewNow);
@@ -190,8 +196,10 @@ impl Daemon {
 
     /// Loads the config again and reconciles. `forced` (SIGHUP) reloads
     /// even when the file's text is unchanged.
-    fn reload(&mut self, forced: bool) {
-        let text = Config::read(&self.config.path);
+    /// The file work runs on the blocking pool, never on the runtime thread.
+    async fn reload(&mut self, forced: bool) {
+        let path = self.config.path.clone();
+        let text = blocking(&self.config.path, move || Config::read(&path)).await;
         if !forced && text.as_ref().ok() == self.config_text.as_ref() {
             debug!("config file touched but unchanged");
             return;
@@ -200,14 +208,20 @@ impl Daemon {
             "RELOADING=1\nMONOTONIC_USEC={}",
             notify::monotonic_usec()
         ));
-        let ok = self.try_reload(text);
+        let ok = self.try_reload(text).await;
         self.metrics.reload(ok);
         self.notifier.notify("READY=1");
     }
 
-    fn try_reload(&mut self, text: Result<String, ConfigError>) -> bool {
+    async fn try_reload(&mut self, text: Result<String, ConfigError>) -> bool {
         let path = self.config.path.clone();
-        let (new, text) = match text.and_then(|t| Config::from_file_text(&t, &path).map(|c| (c, t))) {
+        let validate_path = path.clone();
+        // Validation looks at the filesystem (output paths, ca-file): blocking pool.
+        let validated = blocking(&path, move || {
+            text.and_then(|t| Config::from_file_text(&t, &validate_path).map(|c| (c, t)))
+        })
+        .await;
+        let (new, text) = match validated {
             Ok(loaded) => loaded,
             Err(e) => {
                 error!(error = %e, "config reload failed; keeping the last good config");
@@ -216,7 +230,15 @@ impl Daemon {
         };
         let api_changed = new.api != self.config.api;
         if api_changed {
-            match Api::new(&new.api) {
+            let (api_config, handle) = (new.api.clone(), tokio::runtime::Handle::current());
+            // Api::new reads the ca-file; it builds the HTTP client inside the runtime.
+            let built = tokio::task::spawn_blocking(move || {
+                let _runtime = handle.enter();
+                Api::new(&api_config)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match built {
                 Ok(api) => self.api = api,
                 Err(e) => {
                     error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
@@ -284,6 +306,21 @@ impl Daemon {
         info!(added, changed, removed, "config reloaded");
         self.config = new;
     }
+}
+
+/// Runs blocking filesystem work on the blocking pool, so the runtime
+/// thread (signals, health, every credential) never waits on a disk. A
+/// panic in `f` becomes a config read error.
+async fn blocking<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> Result<T, ConfigError> + Send + 'static,
+) -> Result<T, ConfigError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
 }
 
 /// After each change of any credential's state: `READY=1` the first time

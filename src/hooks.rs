@@ -91,7 +91,11 @@ async fn run(
             metrics.hook(&credential, "command", ok);
         }
         if let Some((signal, pid_file)) = &spec.signal {
-            let ok = send_signal(*signal, pid_file);
+            // The pid file is read on the blocking pool, never on the runtime thread.
+            let (signal, pid_file) = (*signal, pid_file.clone());
+            let ok = tokio::task::spawn_blocking(move || send_signal(signal, &pid_file))
+                .await
+                .unwrap_or(false);
             metrics.hook(&credential, "signal", ok);
         }
     }
@@ -175,8 +179,10 @@ async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, name: &'static str
 /// Sends `signal` to the pid in `pid_file`, read now (the program may have
 /// restarted since the last time).
 fn send_signal(signal: Signal, pid_file: &std::path::Path) -> bool {
-    let pid = match std::fs::read_to_string(pid_file) {
-        Ok(text) => match text.trim().parse::<i32>() {
+    // Bounded, non-blocking, regular files only (a FIFO is refused at once).
+    let text = crate::fsread::read_bounded(pid_file, crate::fsread::MAX_PID_FILE, "pid file");
+    let pid = match text {
+        Ok(text) => match std::str::from_utf8(&text).unwrap_or("").trim().parse::<i32>() {
             Ok(pid) if pid > 1 => pid,
             _ => {
                 error!(pid_file = %pid_file.display(), "pid file does not hold a process id");
@@ -184,7 +190,7 @@ fn send_signal(signal: Signal, pid_file: &std::path::Path) -> bool {
             }
         },
         Err(e) => {
-            error!(pid_file = %pid_file.display(), error = %e, "cannot read pid file");
+            error!(error = %e, "cannot read pid file");
             return false;
         }
     };

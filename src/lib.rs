@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`cli`]: command-line definitions and dispatch to the commands.
 //! - [`config`]: TOML -> validated [`config::Config`]; every error names the file and key.
+//! - [`fsread`]: reading files safely (never blocking, bounded, regular files only) and resolving paths.
 //! - [`secret`]: password sources and the [`secret::Secret`] type that never prints itself.
 //! - [`api`]: the VoIPBIN client: one login, its outcome classified.
 //! - [`keyapi`]: the access-key client: create, list, look up, delete keys.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod credential;
 pub mod daemon;
 pub mod demo;
+pub mod fsread;
 pub mod health;
 pub mod hooks;
 pub mod keyapi;

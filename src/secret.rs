@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use crate::fsread::{MAX_PASSWORD, ReadError, read_bounded};
+
 /// A password or token. Never printed, zeroed on drop.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Zeroizing<String>);
@@ -87,12 +89,9 @@ impl fmt::Display for PasswordSource {
 /// Why a password could not be read. Names the source, never the content.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read password file {}: {source}", path.display())]
-    File {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Missing, unreadable, not a regular file, or over [`MAX_PASSWORD`] bytes.
+    #[error(transparent)]
+    File(#[from] ReadError),
     #[error("environment variable {0} is not set or not valid UTF-8")]
     Env(String),
     #[error("password-credential {0} needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)")]
@@ -146,10 +145,9 @@ impl PasswordSource {
 }
 
 fn read_password_file(path: &Path) -> Result<Secret, SecretError> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| SecretError::File {
-        path: path.to_path_buf(),
-        source,
-    })?);
+    // Never blocks (a FIFO is refused at once) and never reads more than a
+    // password can be (`/dev/zero` is refused, a huge file is not sent).
+    let bytes = read_bounded(path, MAX_PASSWORD, "password file")?;
     let mut text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotUtf8(path.to_path_buf()))?;
     // One trailing newline (as `echo` or an editor leaves it) is not part of the password.
     text = text.strip_suffix('\n').unwrap_or(text);

@@ -1,10 +1,27 @@
-//! Signals become [`Event`]s for the daemon loop. Nothing is done in a
-//! signal handler: tokio's signal streams (signal-hook underneath) only
-//! wake the forwarding task.
+//! Signals become [`Event`]s for the daemon loop.
+//!
+//! One `signal-hook` iterator of SIGHUP, SIGUSR1, SIGTERM and SIGINT runs
+//! on its own std thread, not on the runtime: so even when the runtime
+//! thread is stuck (a filesystem call that hangs), a stop request is seen.
+//! Nothing is done in a signal handler except through signal-hook's
+//! async-signal-safe helpers:
+//! - the first SIGTERM or SIGINT starts a [`HARD_STOP`] timer on another
+//!   std thread that ends the process (exit 0) if the clean shutdown has
+//!   not finished by then;
+//! - a second SIGINT (Ctrl-C pressed twice) exits at once with 130, from
+//!   the handler itself (`signal_hook::flag::register_conditional_shutdown`).
 
-use tokio::signal::unix::{SignalKind, signal};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
+
+/// The longest a stop may take, whatever is stuck: then the process exits.
+pub const HARD_STOP: Duration = Duration::from_secs(5);
 
 /// What the daemon loop reacts to, whatever its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,48 +35,56 @@ pub enum Event {
     Shutdown,
 }
 
-/// Installs the handlers and forwards signals as events. A second SIGINT
-/// (Ctrl-C pressed twice) exits at once with 130.
+/// Installs the handlers and forwards signals as events from a std thread.
 pub fn forward(events: mpsc::UnboundedSender<Event>) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        let mut interrupts = 0u32;
-        loop {
-            let event = tokio::select! {
-                Some(()) = hup.recv() => {
-                    info!(signal = "SIGHUP", "reloading the config");
-                    Event::Reload { forced: true }
-                }
-                Some(()) = usr1.recv() => {
-                    info!(signal = "SIGUSR1", "renewing every credential now");
-                    Event::RenewAll
-                }
-                Some(()) = term.recv() => {
-                    info!(signal = "SIGTERM", "shutting down");
-                    Event::Shutdown
-                }
-                Some(()) = int.recv() => {
-                    interrupts += 1;
-                    if interrupts > 1 {
-                        eprintln!("second interrupt: exiting now");
-                        std::process::exit(130);
+    // Second SIGINT: exit 130 from the handler. The conditional exit is
+    // registered first, so the first SIGINT finds the flag still false and
+    // only then sets it.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, interrupted.clone())?;
+    signal_hook::flag::register(SIGINT, interrupted)?;
+    let mut signals = Signals::new([SIGHUP, SIGUSR1, SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                let event = match signal {
+                    SIGHUP => {
+                        info!(signal = "SIGHUP", "reloading the config");
+                        Event::Reload { forced: true }
                     }
-                    info!(signal = "SIGINT", "shutting down (interrupt again to exit at once)");
-                    Event::Shutdown
-                }
-                else => break,
-            };
-            if events.send(event).is_err() {
-                // The daemon loop is gone; keep the handlers installed so a
-                // second Ctrl-C still works, but there is nobody to tell.
-                if event == Event::Shutdown && interrupts == 0 {
-                    break;
-                }
+                    SIGUSR1 => {
+                        info!(signal = "SIGUSR1", "renewing every credential now");
+                        Event::RenewAll
+                    }
+                    _ => {
+                        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                        if !stopping {
+                            stopping = true;
+                            info!(signal = name, "shutting down (interrupt again to exit at once)");
+                            start_hard_stop();
+                        }
+                        Event::Shutdown
+                    }
+                };
+                // The daemon loop may be gone already; the hard stop still holds.
+                let _ = events.send(event);
             }
-        }
-    });
+        })?;
     Ok(())
+}
+
+/// Ends the process [`HARD_STOP`] from now, whatever the runtime is doing.
+fn start_hard_stop() {
+    let spawned = std::thread::Builder::new().name("hard-stop".into()).spawn(|| {
+        std::thread::sleep(HARD_STOP);
+        warn!("shutdown did not finish within 5 s; exiting now");
+        eprintln!("voipbin-tokend: shutdown did not finish within 5 s; exiting now");
+        // _exit: no destructors, no atexit handlers that could hang too.
+        signal_hook::low_level::exit(0);
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the hard-stop timer");
+    }
 }

@@ -100,13 +100,11 @@ fn print_key(k: &crate::source::key::KeyStatus, now: OffsetDateTime) {
 /// The `status` command: 0 if the daemon runs and every credential is fresh.
 pub fn command(state_dir: &Path, json: bool) -> ExitCode {
     let p = path(state_dir);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
+    // Bounded and non-blocking: the state directory may hold anything.
+    let text = match crate::fsread::read_bounded(&p, crate::fsread::MAX_CONFIG, "status file") {
+        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
         Err(e) => {
-            eprintln!(
-                "voipbin-tokend: cannot read {}: {e} (is the daemon running with this config?)",
-                p.display()
-            );
+            eprintln!("voipbin-tokend: {e} (is the daemon running with this config?)");
             return ExitCode::FAILURE;
         }
     };

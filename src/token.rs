@@ -221,23 +221,62 @@ pub fn username(token: &str) -> Option<String> {
 }
 
 /// Finds a JWT inside a file of any output format (raw, env, shell, json,
-/// template): the first run of base64url characters and two dots that
-/// starts like a JWT header (`eyJ`, base64 of `{"`) and decodes.
+/// template): a run of base64url characters and dots that, from an `eyJ`
+/// (base64 of `{"`) to the run's end, decodes.
+///
+/// Linear in the text: each maximal run of token characters is scanned
+/// once, and only starts that could make a token are tried: after the
+/// run's third-last dot and before its second-last (a JWT has exactly two
+/// dots and a non-empty header), at most [`MAX_TOKEN_LEN`] from the run's
+/// end, and at most [`MAX_TRIES_PER_RUN`] of them. (Trying every `eyJ` with
+/// a scan to the run's end made a 240 KB file of `eyJ` take 19 s.)
 pub fn find_in(text: &str) -> Option<(&str, Claims)> {
-    let is_jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let mut rest = text;
-    while let Some(start) = rest.find("eyJ") {
-        let candidate = &rest[start..];
-        let end = candidate
-            .find(|c: char| !is_jwt_char(c))
-            .unwrap_or(candidate.len());
-        let token = &candidate[..end];
-        if let Ok(claims) = decode(token) {
-            return Some((token, claims));
+    let is_jwt_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_jwt_byte(bytes[i]) {
+            i += 1;
+            continue;
         }
-        rest = &candidate[3..];
+        let start = i;
+        while i < bytes.len() && is_jwt_byte(bytes[i]) {
+            i += 1;
+        }
+        if let Some(found) = token_in_run(&text[start..i]) {
+            return Some(found);
+        }
     }
     None
+}
+
+/// Decode attempts in one run of token characters; real files have one
+/// `eyJ` per token, so this only bounds what a hostile file can cost.
+pub const MAX_TRIES_PER_RUN: usize = 8;
+
+/// The token at the end of one maximal run of token characters, if any.
+fn token_in_run(run: &str) -> Option<(&str, Claims)> {
+    let dots: Vec<usize> = run.match_indices('.').map(|(i, _)| i).collect();
+    if dots.len() < 2 {
+        return None;
+    }
+    // A start must leave exactly two dots after it, the first not at once.
+    let earliest = dots
+        .len()
+        .checked_sub(3)
+        .map_or(0, |k| dots[k] + 1)
+        .max(run.len().saturating_sub(MAX_TOKEN_LEN));
+    let latest = dots[dots.len() - 2];
+    if earliest >= latest {
+        return None;
+    }
+    run[earliest..latest]
+        .match_indices("eyJ")
+        .take(MAX_TRIES_PER_RUN)
+        .find_map(|(at, _)| {
+            let token = &run[earliest + at..];
+            decode(token).ok().map(|claims| (token, claims))
+        })
 }
 
 /// Formats a time as RFC 3339 UTC, whole seconds (`2026-12-04T09:15:02Z`).
@@ -363,6 +402,24 @@ pub(crate) mod tests {
             assert!(claims.expires_at.is_some());
         }
         assert!(find_in("eyJnothing here").is_none());
+        // Garbage glued before the token, and a near-token before it.
+        let glued = format!("eyJx.y Bearer_{t}\n");
+        assert_eq!(find_in(&glued).unwrap().0, t);
+    }
+
+    #[test]
+    fn scanning_hostile_text_is_linear() {
+        let t = jwt(r#"{"expire":"2026-12-04T09:15:02.000000Z"}"#);
+        for junk in ["eyJ", "eyJ.", "eyJ..", "a.eyJ", "eyJ eyJ."] {
+            let text = junk.repeat(240_000 / junk.len());
+            let started = std::time::Instant::now();
+            assert!(find_in(&text).is_none());
+            let with_token = format!("{text} {t}");
+            assert_eq!(find_in(&with_token).unwrap().0, t);
+            let took = started.elapsed();
+            println!("{junk:?} x 240 KB: {took:?}");
+            assert!(took < std::time::Duration::from_secs(2), "{junk:?}: {took:?}");
+        }
     }
 
     #[test]

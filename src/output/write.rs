@@ -19,8 +19,6 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
-
 /// How the file must look on disk.
 #[derive(Debug, Clone, Copy)]
 pub struct FileSpec<'a> {
@@ -42,6 +40,9 @@ pub enum WriteOutcome {
 pub enum WriteError {
     #[error("directory {} does not exist (create it; it is not created for you)", .0.display())]
     NoDirectory(PathBuf),
+    /// The path is a device, FIFO, socket or directory: never replaced.
+    #[error("refusing to write: {0}")]
+    NotReplaceable(String),
     #[error("cannot {step} {}: {source}", path.display())]
     Io {
         step: &'static str,
@@ -69,6 +70,9 @@ pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome,
     if !dir.is_dir() {
         return Err(WriteError::NoDirectory(dir.to_path_buf()));
     }
+    // Checked before every write, not only at load: a device node, FIFO or
+    // socket put there since must never get a file renamed over it.
+    crate::fsread::check_replaceable(path).map_err(WriteError::NotReplaceable)?;
     if is_current(spec, content) {
         return Ok(WriteOutcome::Unchanged);
     }
@@ -125,8 +129,9 @@ fn is_current(spec: &FileSpec<'_>, content: &[u8]) -> bool {
     {
         return false;
     }
-    match std::fs::read(spec.path) {
-        Ok(old) => Zeroizing::new(old).as_slice() == content,
+    // Bounded and non-blocking, like every read of a file we did not just write.
+    match crate::fsread::read_bounded(spec.path, content.len() as u64, "output") {
+        Ok(old) => old.as_slice() == content,
         Err(_) => false,
     }
 }
@@ -171,6 +176,7 @@ pub fn remove_stale_temps(path: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     fn spec(path: &Path, mode: u32) -> FileSpec<'_> {
         FileSpec {
@@ -225,6 +231,21 @@ mod tests {
         let err = write_atomic(&spec(&p, 0o600), b"x").unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
         assert!(!dir.path().join("nope").exists());
+    }
+
+    #[test]
+    fn special_files_are_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = write_atomic(&spec(&fifo, 0o600), b"x").unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(write_atomic(&spec(&sock, 0o600), b"x").is_err());
+        assert!(std::fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+        assert_eq!(entries(dir.path()), ["fifo", "sock"]);
     }
 
     #[test]

@@ -650,7 +650,7 @@ impl KeySource {
         let key = tokio::task::spawn_blocking(move || read_key_file(&path))
             .await
             .map_err(|e| super::Failure::transient(format!("bootstrap-key-file {shown}: {e}")))?
-            .map_err(|e| super::Failure::transient(format!("bootstrap-key-file {shown}: {e}")))?;
+            .map_err(super::Failure::transient)?;
         if self.rejected.contains(&key) {
             return Err(super::Failure::rejected(format!(
                 "the key in bootstrap-key-file {shown} (prefix {}) was refused by the server; write a fresh key made on the admin page into it",
@@ -1018,33 +1018,20 @@ impl KeySource {
     }
 }
 
-/// Reads a key file: no blocking on a FIFO (O_NONBLOCK), a regular file of
-/// at most [`MAX_BOOTSTRAP_BYTES`], one key with surrounding whitespace.
+/// Reads a key file: no blocking on a FIFO, a regular file of at most
+/// [`MAX_BOOTSTRAP_BYTES`], one key with surrounding whitespace. Errors
+/// name the file as `bootstrap-key-file`.
 fn read_key_file(path: &Path) -> Result<Secret, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("cannot open: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > MAX_BOOTSTRAP_BYTES {
-        return Err(format!("larger than {MAX_BOOTSTRAP_BYTES} bytes; a key is 35"));
-    }
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.take(MAX_BOOTSTRAP_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|_| "not readable text".to_string())?;
+    let bytes = crate::fsread::read_bounded(path, MAX_BOOTSTRAP_BYTES, "bootstrap-key-file")
+        .map_err(|e| e.to_string())?;
+    let named = |m: &str| format!("bootstrap-key-file {} {m}", path.display());
+    let text = std::str::from_utf8(&bytes).map_err(|_| named("is not text"))?;
     let key = text.trim();
     if key.is_empty() {
-        return Err("is empty".into());
+        return Err(named("is empty"));
     }
     if !crate::keyapi::is_key_shaped(key) {
-        return Err("does not hold a key (vb_ and 32 letters or digits)".into());
+        return Err(named("does not hold a key (vb_ and 32 letters or digits)"));
     }
     Ok(Secret::new(key.to_string()))
 }

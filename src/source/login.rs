@@ -175,8 +175,17 @@ impl LoginSource {
 
 /// Reads the token in an output file, with when it was obtained: the JSON
 /// format's `obtained_at` (`true` in the result), else the file's mtime.
+/// Bounded ([`crate::fsread::MAX_OUTPUT`]) and never blocking: an output
+/// that is too large, or not a regular file, holds no token we reuse.
 fn read_token_file(out: &OutputConfig) -> Option<(Secret, token::Claims, OffsetDateTime, bool)> {
-    let bytes = zeroize::Zeroizing::new(std::fs::read(&out.path).ok()?);
+    let bytes = match crate::fsread::read_bounded(&out.path, crate::fsread::MAX_OUTPUT, "output") {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "not reusing a token from this output");
+            return None;
+        }
+    };
     let text = std::str::from_utf8(&bytes).ok()?;
     let (tok, claims) = token::find_in(text)?;
     let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
