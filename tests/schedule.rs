@@ -208,7 +208,7 @@ fn a_sigusr1_storm_costs_one_login_per_credential() {
     // The one the first request started, and one for all that came during it.
     assert_eq!((a, b), (2, 2), "{}", d.log());
     d.wait_log(
-        "renewal requested during a login; one more login follows",
+        "renewal requested during a renewal; one more follows for them all",
         2,
         WAIT,
     );
