@@ -196,15 +196,7 @@ impl ApiClient {
         let received_at = crate::now();
         let status = response.status();
         let headers = response.headers();
-        let request_id = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(128).collect::<String>());
-        let server_skew = headers
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-            .map(|t| OffsetDateTime::from(t) - received_at);
+        let (request_id, server_skew) = answer_meta(headers, received_at);
 
         match status.as_u16() {
             200 => {}
@@ -251,6 +243,36 @@ impl ApiClient {
             LoginError::Transport(chain(&e))
         }
     }
+}
+
+/// What every answer's headers say: the server's `X-Request-Id` (cut to
+/// 128 characters: it is logged) and its clock minus ours, from `Date`.
+pub(crate) fn answer_meta(
+    headers: &HeaderMap,
+    received_at: OffsetDateTime,
+) -> (Option<String>, Option<time::Duration>) {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(128).collect::<String>());
+    let server_skew = headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .map(|t| OffsetDateTime::from(t) - received_at);
+    (request_id, server_skew)
+}
+
+/// A client for a stand-in on loopback (tests).
+#[cfg(test)]
+pub(crate) fn for_standin(server: &crate::standin::StandIn) -> ApiClient {
+    ApiClient::new(&ApiConfig {
+        base_url: server.base_url().parse().expect("a URL"),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        max_logins_per_second: 0,
+    })
+    .expect("a client")
 }
 
 /// `base` with `segments` appended to its path (a trailing slash on the

@@ -17,7 +17,7 @@ use reqwest::Method;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::api::{ApiClient, MAX_BODY, chain, retry_after, rid};
+use crate::api::{ApiClient, MAX_BODY, answer_meta, chain, retry_after, rid};
 use crate::schedule::FailureKind;
 use crate::secret::Secret;
 
@@ -345,15 +345,7 @@ impl<'a> KeyClient<'a> {
         let mut response = request.send().await.map_err(|e| self.transport(e))?;
         let received_at = crate::now();
         let headers = response.headers();
-        let request_id = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(128).collect::<String>());
-        let server_skew = headers
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-            .map(|t| OffsetDateTime::from(t) - received_at);
+        let (request_id, server_skew) = answer_meta(headers, received_at);
         let retry = retry_after(headers, received_at);
         let status = response.status().as_u16();
 
@@ -442,23 +434,12 @@ fn classify(answer: Answer, url: String) -> Result<Answer, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ApiConfig;
     use crate::standin::{AuthVia, StandIn, StandInOptions};
-
-    fn client_for(server: &StandIn) -> ApiClient {
-        ApiClient::new(&ApiConfig {
-            base_url: server.base_url().parse().unwrap(),
-            timeout: Duration::from_secs(5),
-            ca_file: None,
-            max_logins_per_second: 0,
-        })
-        .unwrap()
-    }
 
     #[tokio::test]
     async fn rotate_by_key_in_the_cookie_never_the_url() {
         let server = StandIn::start(StandInOptions::default()).unwrap();
-        let api = client_for(&server);
+        let api = crate::api::for_standin(&server);
         let keys = KeyClient::new(&api);
         let (boot_id, boot) = server.create_key("boot", 86_400);
         let boot = Secret::new(boot);
@@ -500,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn errors_are_classified_with_reason_but_no_body() {
         let server = StandIn::start(StandInOptions::default()).unwrap();
-        let api = client_for(&server);
+        let api = crate::api::for_standin(&server);
         let keys = KeyClient::new(&api);
         let (_, boot) = server.create_key("boot", 86_400);
         let boot = Secret::new(boot);

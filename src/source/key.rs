@@ -260,220 +260,6 @@ pub async fn sweep(
     Ok(deleted)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::ApiClient;
-    use crate::config::ApiConfig;
-    use crate::standin::{Fault, StandIn, StandInOptions};
-
-    fn api_for(server: &StandIn) -> ApiClient {
-        ApiClient::new(&ApiConfig {
-            base_url: server.base_url().parse().unwrap(),
-            timeout: Duration::from_secs(5),
-            ca_file: None,
-            max_logins_per_second: 0,
-        })
-        .unwrap()
-    }
-
-    const DAY: Duration = Duration::from_secs(86_400);
-
-    #[tokio::test]
-    async fn bootstrap_then_rotate_persists_before_returning_and_queues_the_old_key() {
-        let server = StandIn::start(StandInOptions::default()).unwrap();
-        let api = api_for(&server);
-        let client = KeyClient::new(&api);
-        let dir = tempfile::tempdir().unwrap();
-        let path = keystate::path(dir.path(), "mcp");
-        let (boot_id, boot) = server.create_key("admin page", 86_400);
-
-        let mut state = KeyState::new("mcp");
-        state.current = Some(
-            adopt_bootstrap(&client, Secret::new(boot.clone()), crate::now())
-                .await
-                .unwrap(),
-        );
-        assert_eq!(state.current.as_ref().unwrap().id, boot_id);
-
-        let auth_key = state.current.as_ref().unwrap().key.clone();
-        let created = rotate(
-            &client,
-            KeyAuth::Key(&auth_key),
-            &mut state,
-            &path,
-            DAY,
-            true,
-            crate::now,
-        )
-        .await
-        .unwrap();
-        let on_disk = keystate::load(&path).unwrap().unwrap();
-        assert_eq!(on_disk, state);
-        assert_eq!(on_disk.current.as_ref().unwrap().key, created.key);
-        assert_eq!(on_disk.pending_deletions.len(), 1);
-        assert_eq!(on_disk.pending_deletions[0].id, boot_id);
-        assert_eq!(
-            on_disk.pending_deletions[0].delete_after, None,
-            "grace starts once published"
-        );
-        let names: Vec<String> = server.keys().into_iter().map(|k| k.name).collect();
-        assert!(names.contains(&state.key_name()));
-
-        // Grace, then the deletion falls due and is done.
-        let now = crate::now();
-        assert!(start_grace(&mut state, Duration::from_secs(60), now));
-        assert!(due_deletions(&state, now).is_empty());
-        let due = due_deletions(&state, now + time::Duration::minutes(2));
-        assert_eq!(due.len(), 1);
-        let current = state.current.as_ref().unwrap().key.clone();
-        assert_eq!(
-            delete(&client, KeyAuth::Key(&current), &due[0]).await.unwrap(),
-            Deleted::Now
-        );
-        assert_eq!(
-            delete(&client, KeyAuth::Key(&current), &due[0]).await.unwrap(),
-            Deleted::AlreadyGone
-        );
-        assert!(
-            server
-                .keys()
-                .iter()
-                .any(|k| k.id == boot_id && k.tm_delete.is_some())
-        );
-    }
-
-    #[tokio::test]
-    async fn a_lost_answer_leaves_an_orphan_that_the_sweep_deletes_and_nothing_else() {
-        let server = StandIn::start(StandInOptions::default()).unwrap();
-        let api = api_for(&server);
-        let client = KeyClient::new(&api);
-        let dir = tempfile::tempdir().unwrap();
-        let path = keystate::path(dir.path(), "mcp");
-        let (_, boot) = server.create_key("admin page", 86_400);
-        let mut state = KeyState::new("mcp");
-        state.current = Some(
-            adopt_bootstrap(&client, Secret::new(boot), crate::now())
-                .await
-                .unwrap(),
-        );
-        let key = state.current.as_ref().unwrap().key.clone();
-        // Another installation's key with the same credential name, and a
-        // key someone made by hand: neither may be touched.
-        let other = KeyState::new("mcp");
-        server.create_key(&other.key_name(), 86_400);
-        server.create_key("hand made", 86_400);
-
-        server.script_keys([Fault::Close]);
-        let before = state.clone();
-        assert!(
-            rotate(
-                &client,
-                KeyAuth::Key(&key),
-                &mut state,
-                &path,
-                DAY,
-                true,
-                crate::now
-            )
-            .await
-            .is_err()
-        );
-        assert_eq!(state, before, "a failed rotation changes nothing");
-        assert!(keystate::load(&path).unwrap().is_none());
-
-        let deleted = sweep(&client, KeyAuth::Key(&key), &state, crate::now())
-            .await
-            .unwrap();
-        assert_eq!(deleted, 1);
-        let keys = server.keys();
-        let live: Vec<&str> = keys
-            .iter()
-            .filter(|k| k.tm_delete.is_none())
-            .map(|k| k.name.as_str())
-            .collect();
-        assert_eq!(live.len(), 3, "{live:?}");
-        assert!(live.contains(&other.key_name().as_str()) && live.contains(&"hand made"));
-        assert!(!live.contains(&state.key_name().as_str()));
-    }
-
-    #[tokio::test]
-    async fn a_server_that_answers_an_expired_key_is_not_believed() {
-        let server = StandIn::start(StandInOptions::default()).unwrap();
-        let api = api_for(&server);
-        let client = KeyClient::new(&api);
-        let dir = tempfile::tempdir().unwrap();
-        let path = keystate::path(dir.path(), "mcp");
-        let (_, boot) = server.create_key("admin page", 86_400);
-        let boot = Secret::new(boot);
-        let mut state = KeyState::new("mcp");
-        server.script_keys([Fault::Expired]);
-        let e = rotate(
-            &client,
-            KeyAuth::Key(&boot),
-            &mut state,
-            &path,
-            DAY,
-            true,
-            crate::now,
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(e, RotateError::Expired(_)), "{e}");
-        assert!(state.current.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_key_life_longer_than_asked_is_cut_to_what_was_asked() {
-        let server = StandIn::start(StandInOptions::default()).unwrap();
-        let api = api_for(&server);
-        let client = KeyClient::new(&api);
-        let dir = tempfile::tempdir().unwrap();
-        let path = keystate::path(dir.path(), "mcp");
-        let (_, boot) = server.create_key("admin page", 86_400);
-        let boot = Secret::new(boot);
-        let mut state = KeyState::new("mcp");
-        server.set_key_time_scale(1000.0);
-        rotate(
-            &client,
-            KeyAuth::Key(&boot),
-            &mut state,
-            &path,
-            DAY,
-            true,
-            crate::now,
-        )
-        .await
-        .unwrap();
-        let current = state.current.unwrap();
-        assert_eq!(current.tm_expire - current.tm_create, time::Duration::days(1));
-    }
-
-    #[test]
-    fn orphans_skip_known_expired_deleted_and_foreign_keys() {
-        let state = KeyState::new("mcp");
-        let now = crate::now();
-        let obj = |id: &str, name: &str, expire_in: i64, deleted: bool| KeyObject {
-            id: id.into(),
-            name: name.into(),
-            token_prefix: "vb_12345678".into(),
-            tm_create: now,
-            tm_expire: now + time::Duration::seconds(expire_in),
-            tm_delete: deleted.then_some(now),
-        };
-        let mine = state.key_name();
-        let listed = [
-            obj("a", &mine, 100, false),
-            obj("b", &mine, -1, false),
-            obj("c", &mine, 100, true),
-            obj("d", "voipbin-tokend/mcp/someoneelse", 100, false),
-            obj("e", &format!("{mine}x"), 100, false),
-        ];
-        let found: Vec<String> = orphans(&state, &listed, now).into_iter().map(|k| k.id).collect();
-        assert_eq!(found, ["a"]);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The source a credential drives.
 
@@ -1034,4 +820,217 @@ fn read_key_file(path: &Path) -> Result<Secret, String> {
         return Err(named("does not hold a key (vb_ and 32 letters or digits)"));
     }
     Ok(Secret::new(key.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiClient;
+    use crate::standin::{Fault, StandIn, StandInOptions};
+
+    /// A stand-in with a bootstrap key (1 day), a client for it, and where
+    /// the key state goes.
+    struct Fixture {
+        server: StandIn,
+        api: ApiClient,
+        dir: tempfile::TempDir,
+        boot_id: String,
+        boot: Secret,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let server = StandIn::start(StandInOptions::default()).unwrap();
+            let api = crate::api::for_standin(&server);
+            let (boot_id, boot) = server.create_key("admin page", 86_400);
+            Fixture {
+                server,
+                api,
+                dir: tempfile::tempdir().unwrap(),
+                boot_id,
+                boot: Secret::new(boot),
+            }
+        }
+
+        fn client(&self) -> KeyClient<'_> {
+            KeyClient::new(&self.api)
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            keystate::path(self.dir.path(), "mcp")
+        }
+
+        /// A fresh state whose current key is the bootstrap key.
+        async fn bootstrapped(&self) -> KeyState {
+            let mut state = KeyState::new("mcp");
+            let current = adopt_bootstrap(&self.client(), self.boot.clone(), crate::now()).await;
+            state.current = Some(current.unwrap());
+            state
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[tokio::test]
+    async fn bootstrap_then_rotate_persists_before_returning_and_queues_the_old_key() {
+        let f = Fixture::new();
+        let (client, path) = (f.client(), f.path());
+        let mut state = f.bootstrapped().await;
+        assert_eq!(state.current.as_ref().unwrap().id, f.boot_id);
+
+        let auth_key = state.current.as_ref().unwrap().key.clone();
+        let created = rotate(
+            &client,
+            KeyAuth::Key(&auth_key),
+            &mut state,
+            &path,
+            DAY,
+            true,
+            crate::now,
+        )
+        .await
+        .unwrap();
+        let on_disk = keystate::load(&path).unwrap().unwrap();
+        assert_eq!(on_disk, state);
+        assert_eq!(on_disk.current.as_ref().unwrap().key, created.key);
+        assert_eq!(on_disk.pending_deletions.len(), 1);
+        assert_eq!(on_disk.pending_deletions[0].id, f.boot_id);
+        assert_eq!(
+            on_disk.pending_deletions[0].delete_after, None,
+            "grace starts once published"
+        );
+        let names: Vec<String> = f.server.keys().into_iter().map(|k| k.name).collect();
+        assert!(names.contains(&state.key_name()));
+
+        // Grace, then the deletion falls due and is done.
+        let now = crate::now();
+        assert!(start_grace(&mut state, Duration::from_secs(60), now));
+        assert!(due_deletions(&state, now).is_empty());
+        let due = due_deletions(&state, now + time::Duration::minutes(2));
+        assert_eq!(due.len(), 1);
+        let current = state.current.as_ref().unwrap().key.clone();
+        assert_eq!(
+            delete(&client, KeyAuth::Key(&current), &due[0]).await.unwrap(),
+            Deleted::Now
+        );
+        assert_eq!(
+            delete(&client, KeyAuth::Key(&current), &due[0]).await.unwrap(),
+            Deleted::AlreadyGone
+        );
+        assert!(
+            f.server
+                .keys()
+                .iter()
+                .any(|k| k.id == f.boot_id && k.tm_delete.is_some())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_leaves_an_orphan_that_the_sweep_deletes_and_nothing_else() {
+        let f = Fixture::new();
+        let (client, path) = (f.client(), f.path());
+        let mut state = f.bootstrapped().await;
+        let key = state.current.as_ref().unwrap().key.clone();
+        // Another installation's key with the same credential name, and a
+        // key someone made by hand: neither may be touched.
+        let other = KeyState::new("mcp");
+        f.server.create_key(&other.key_name(), 86_400);
+        f.server.create_key("hand made", 86_400);
+
+        f.server.script_keys([Fault::Close]);
+        let before = state.clone();
+        assert!(
+            rotate(
+                &client,
+                KeyAuth::Key(&key),
+                &mut state,
+                &path,
+                DAY,
+                true,
+                crate::now
+            )
+            .await
+            .is_err()
+        );
+        assert_eq!(state, before, "a failed rotation changes nothing");
+        assert!(keystate::load(&path).unwrap().is_none());
+
+        let deleted = sweep(&client, KeyAuth::Key(&key), &state, crate::now())
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1);
+        let keys = f.server.keys();
+        let live: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.tm_delete.is_none())
+            .map(|k| k.name.as_str())
+            .collect();
+        assert_eq!(live.len(), 3, "{live:?}");
+        assert!(live.contains(&other.key_name().as_str()) && live.contains(&"hand made"));
+        assert!(!live.contains(&state.key_name().as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_answers_an_expired_key_is_not_believed() {
+        let f = Fixture::new();
+        let mut state = KeyState::new("mcp");
+        f.server.script_keys([Fault::Expired]);
+        let e = rotate(
+            &f.client(),
+            KeyAuth::Key(&f.boot),
+            &mut state,
+            &f.path(),
+            DAY,
+            true,
+            crate::now,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, RotateError::Expired(_)), "{e}");
+        assert!(state.current.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_life_longer_than_asked_is_cut_to_what_was_asked() {
+        let f = Fixture::new();
+        let mut state = KeyState::new("mcp");
+        f.server.set_key_time_scale(1000.0);
+        rotate(
+            &f.client(),
+            KeyAuth::Key(&f.boot),
+            &mut state,
+            &f.path(),
+            DAY,
+            true,
+            crate::now,
+        )
+        .await
+        .unwrap();
+        let current = state.current.unwrap();
+        assert_eq!(current.tm_expire - current.tm_create, time::Duration::days(1));
+    }
+
+    #[test]
+    fn orphans_skip_known_expired_deleted_and_foreign_keys() {
+        let state = KeyState::new("mcp");
+        let now = crate::now();
+        let obj = |id: &str, name: &str, expire_in: i64, deleted: bool| KeyObject {
+            id: id.into(),
+            name: name.into(),
+            token_prefix: "vb_12345678".into(),
+            tm_create: now,
+            tm_expire: now + time::Duration::seconds(expire_in),
+            tm_delete: deleted.then_some(now),
+        };
+        let mine = state.key_name();
+        let listed = [
+            obj("a", &mine, 100, false),
+            obj("b", &mine, -1, false),
+            obj("c", &mine, 100, true),
+            obj("d", "voipbin-tokend/mcp/someoneelse", 100, false),
+            obj("e", &format!("{mine}x"), 100, false),
+        ];
+        let found: Vec<String> = orphans(&state, &listed, now).into_iter().map(|k| k.id).collect();
+        assert_eq!(found, ["a"]);
+    }
 }
