@@ -125,6 +125,8 @@ pub struct OutputConfig {
     pub owner: Option<Owner>,
     pub group: Option<Owner>,
     pub on_change: Option<Vec<String>>,
+    /// Variables of the daemon's environment passed through to `on-change`.
+    pub hook_env: Vec<String>,
     pub signal: Option<nix::sys::signal::Signal>,
     pub pid_file: Option<PathBuf>,
 }
@@ -222,6 +224,7 @@ struct RawOutput {
     variable: Option<String>,
     template: Option<String>,
     on_change: Option<Vec<String>>,
+    hook_env: Option<Vec<String>>,
     signal: Option<String>,
     pid_file: Option<PathBuf>,
 }
@@ -515,6 +518,16 @@ impl Validator<'_> {
             .enumerate()
             .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o))
             .collect::<Result<Vec<_>, _>>()?;
+        // A hook is not trusted with the password: the whole point of the
+        // clean hook environment.
+        if let PasswordSource::Env(var) = &password
+            && let Some(j) = outputs.iter().position(|o| o.hook_env.contains(var))
+        {
+            return Err(self.err(
+                &key(&format!("output[{j}].hook-env")),
+                format!("{var:?} holds this credential's password (password-env); hooks may not see it"),
+            ));
+        }
 
         Ok(CredentialConfig {
             name: raw.name,
@@ -628,6 +641,16 @@ impl Validator<'_> {
                 "must be a non-empty command, like [\"systemctl\", \"reload\", \"app\"]".into(),
             ));
         }
+        let hook_env = raw.hook_env.unwrap_or_default();
+        if let Some(bad) = hook_env.iter().find(|v| !is_env_name(v)) {
+            return Err(self.err(
+                &key("hook-env"),
+                format!("{bad:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+        if !hook_env.is_empty() && raw.on_change.is_none() {
+            return Err(self.err(&key("hook-env"), "only with on-change".into()));
+        }
         let signal = match &raw.signal {
             Some(s) => {
                 let name = s.to_ascii_uppercase();
@@ -656,6 +679,7 @@ impl Validator<'_> {
             owner,
             group,
             on_change: raw.on_change,
+            hook_env,
             signal,
             pid_file: raw.pid_file.map(|p| self.resolve(&p)),
         })
