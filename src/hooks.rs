@@ -213,15 +213,28 @@ async fn run_command(
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let spawned = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    if let Some((soft, hard)) = crate::daemon::fd_limit_for_children() {
+        // SAFETY: between fork and exec only setrlimit runs, a plain
+        // system call that is async-signal-safe; nothing allocates or locks.
+        unsafe {
+            command.pre_exec(move || {
+                // A hook with the daemon's higher limit still runs.
+                let _ =
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard);
+                Ok(())
+            });
+        }
+    }
+    let spawned = command.spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
