@@ -278,12 +278,30 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         }
         None => (0, 0),
     };
+    let mut message = e.message().trim_end().to_string();
+    if message == "duplicate key"
+        && let Some(key) = e.span().and_then(|span| text.get(span)).and_then(key_name)
+    {
+        message = format!("duplicate key `{key}`");
+    }
     ConfigError::Parse {
         path: path.to_path_buf(),
         line,
         column,
-        message: e.message().trim_end().to_string(),
+        message,
     }
+}
+
+/// The key a parser error points at, if the span is one plain key: a key
+/// is never secret, but a span over anything else might be a value.
+fn key_name(span_text: &str) -> Option<&str> {
+    let key = span_text.trim().trim_matches(|c| c == '"' || c == '\'');
+    let plain = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then_some(key)
 }
 
 /// Builds the validated config, or the first error found.
@@ -344,6 +362,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(w) = cred.password.warning() {
             warnings.push(format!("credential {}: {w}", cred.name));
+        }
+        for (j, out) in cred.outputs.iter().enumerate() {
+            if out.mode & 0o004 != 0 {
+                warnings.push(format!(
+                    "{}: credential[{}].output[{j}].mode: {:04o} lets every user on this machine read the token in {}",
+                    path.display(),
+                    cred.name,
+                    out.mode,
+                    out.path.display()
+                ));
+            }
         }
         credentials.push(cred);
     }
@@ -611,6 +640,17 @@ impl Validator<'_> {
                 format!("{mode_text:?} does not let the owner read the file"),
             ));
         }
+        // Anyone who may write the file could plant a token that the daemon
+        // adopts at start and that consumers trust.
+        if mode & 0o022 != 0 {
+            return Err(self.err(
+                &key("mode"),
+                format!(
+                    "{mode_text:?} lets {} write the file; others could plant a token (use e.g. \"0600\" or \"0640\")",
+                    if mode & 0o002 != 0 { "every user" } else { "the group" }
+                ),
+            ));
+        }
 
         let owner = raw
             .owner
@@ -757,8 +797,21 @@ fn cannot_chown(what: &str, name: &str) -> String {
     )
 }
 
+/// uid/gid 4294967295 is -1 to chown(2): "leave unchanged", never an owner.
+const UNCHANGED_ID: u32 = u32::MAX;
+
+fn refuse_unchanged_id(id: u32, what: &str) -> Result<(), String> {
+    if id == UNCHANGED_ID {
+        return Err(format!(
+            "{id} is not a {what}: to chown it means \"leave unchanged\"; leave the key out instead"
+        ));
+    }
+    Ok(())
+}
+
 fn resolve_user(name: &str) -> Result<Owner, String> {
     if let Ok(id) = name.parse::<u32>() {
+        refuse_unchanged_id(id, "user id")?;
         return Ok(Owner {
             name: name.into(),
             id,
@@ -776,6 +829,7 @@ fn resolve_user(name: &str) -> Result<Owner, String> {
 
 fn resolve_group(name: &str) -> Result<Owner, String> {
     if let Ok(id) = name.parse::<u32>() {
+        refuse_unchanged_id(id, "group id")?;
         return Ok(Owner {
             name: name.into(),
             id,
@@ -905,6 +959,68 @@ path = "/run/voipbin/main.token"
         );
         let bad = MINIMAL.replace("\"main\"", "\"Main!\"");
         assert_eq!(invalid_key(&bad), "credential[0].name");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        for (text, key) in [
+            (format!("{MINIMAL}format = \"raw\"\nformat = \"env\"\n"), "format"),
+            (format!("[api]\ntimeout = \"1s\"\n[api]\n{MINIMAL}"), "api"),
+            (
+                MINIMAL.replace(
+                    "password-env = \"PW\"",
+                    "password = \"hunter2\"\npassword = \"hunter3\"",
+                ),
+                "password",
+            ),
+        ] {
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.contains(&format!("duplicate key `{key}`")), "{msg}");
+            assert!(!msg.contains("hunter"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn writable_modes_unchanged_ids_and_templates_without_token_are_refused() {
+        let k = |extra: &str| invalid_key(&format!("{MINIMAL}{extra}\n"));
+        for mode in ["0666", "0620", "0602", "0660", "0622", "0700"] {
+            let want = if mode == "0700" {
+                None
+            } else {
+                Some("credential[main].output[0].mode")
+            };
+            let got = parse(&format!("{MINIMAL}mode = \"{mode}\"\n"))
+                .err()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, .. } => key,
+                    other => panic!("{other:?}"),
+                });
+            assert_eq!(got.as_deref(), want, "mode {mode}");
+        }
+        assert_eq!(k("owner = \"4294967295\""), "credential[main].output[0].owner");
+        assert_eq!(k("group = \"4294967295\""), "credential[main].output[0].group");
+        assert_eq!(
+            k("format = \"template\"\ntemplate = \"expires {expires_at}\""),
+            "credential[main].output[0].template"
+        );
+        assert_eq!(
+            k("format = \"template\"\ntemplate = \"{{token}}\""),
+            "credential[main].output[0].template"
+        );
+        let c = parse(&format!("{MINIMAL}mode = \"0644\"\n")).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("every user on this machine read")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            parse(&format!("{MINIMAL}mode = \"0640\"\n"))
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
     }
 
     #[test]

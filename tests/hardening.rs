@@ -226,3 +226,63 @@ fn a_crowded_health_port_does_not_starve_renewal_at_the_usual_1024_limit() {
     // No room to raise: the connection cap alone protects the renewal.
     renewal_survives_a_crowded_health_port(1024, 1024, 1100);
 }
+
+// ---------------------------------------------------------------------------
+// Config rules.
+
+/// `check` on config.toml: (exit code, stdout + stderr).
+fn check(t: &TestDir) -> (Option<i32>, String) {
+    let out = t.run(&["check", "-c", t.config_path().to_str().unwrap()]);
+    (out.status.code(), both(&out))
+}
+
+#[test]
+fn check_refuses_writable_modes_unchanged_owner_ids_templates_without_token_and_names_duplicate_keys() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    let cases = [
+        ("mode = \"0666\"\n", "output[0].mode"),
+        ("mode = \"0620\"\n", "output[0].mode"),
+        ("mode = \"0602\"\n", "output[0].mode"),
+        ("owner = \"4294967295\"\n", "output[0].owner"),
+        ("group = \"4294967295\"\n", "output[0].group"),
+        ("mode = \"0600\"\nmode = \"0640\"\n", "duplicate key `mode`"),
+    ];
+    for (extra, needle) in cases {
+        t.write_config(
+            &s.base_url(),
+            &credential("main", &output_with("a.token", "raw", extra)),
+        );
+        let (code, text) = check(&t);
+        assert_eq!(code, Some(78), "{extra}: {text}");
+        assert!(
+            text.contains(needle) && text.contains("config.toml"),
+            "{extra}: {text}"
+        );
+    }
+    t.write_config(
+        &s.base_url(),
+        &credential(
+            "main",
+            &output_with("a.txt", "template", "template = \"expires {expires_at}\\n\"\n"),
+        ),
+    );
+    let (code, text) = check(&t);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("output[0].template") && text.contains("{token}"),
+        "{text}"
+    );
+
+    // World-readable is allowed, with a warning.
+    t.write_config(
+        &s.base_url(),
+        &credential("main", &output_with("a.token", "raw", "mode = \"0644\"\n")),
+    );
+    let (code, text) = check(&t);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning:") && text.contains("every user on this machine read"),
+        "{text}"
+    );
+}
