@@ -62,8 +62,14 @@ pub enum LoginError {
     },
     #[error("redirect (HTTP {status}) not followed; check api.base-url{}", rid(.request_id))]
     Redirect { status: u16, request_id: Option<String> },
-    #[error("unexpected answer HTTP {status}{}", rid(.request_id))]
-    Status { status: u16, request_id: Option<String> },
+    /// `url` is the login URL: it holds no secret (`api.base-url` may not
+    /// carry a user, password or query), and a 404 is mostly a wrong path.
+    #[error("unexpected answer HTTP {status} from POST {url}{}", rid(.request_id))]
+    Status {
+        status: u16,
+        url: String,
+        request_id: Option<String>,
+    },
     #[error("request failed: {0}")]
     Transport(String),
     #[error("no answer within {}", humantime::format_duration(*.0))]
@@ -127,12 +133,7 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
-        let mut login_url = cfg.base_url.clone();
-        login_url
-            .path_segments_mut()
-            .map_err(|_| "api.base-url cannot be a base".to_string())?
-            .pop_if_empty()
-            .extend(["auth", "login"]);
+        let login_url = login_url(&cfg.base_url)?;
         Ok(ApiClient {
             http,
             login_url,
@@ -209,6 +210,7 @@ impl ApiClient {
             s => {
                 return Err(LoginError::Status {
                     status: s,
+                    url: self.login_url.to_string(),
                     request_id,
                 });
             }
@@ -236,6 +238,18 @@ impl ApiClient {
             LoginError::Transport(chain(&e))
         }
     }
+}
+
+/// The login URL for `base`: its path plus `auth/login`, with or without
+/// a trailing slash (`http://h/api` and `http://h/api/` both give
+/// `http://h/api/auth/login`). `check` prints exactly this.
+pub fn login_url(base: &reqwest::Url) -> Result<reqwest::Url, String> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|_| "api.base-url cannot be a base".to_string())?
+        .pop_if_empty()
+        .extend(["auth", "login"]);
+    Ok(url)
 }
 
 /// Reads the body, refusing it as soon as it passes [`MAX_BODY`]. The
@@ -315,6 +329,7 @@ mod tests {
             mk("http://127.0.0.1:9/prefix/"),
             "http://127.0.0.1:9/prefix/auth/login"
         );
+        assert_eq!(mk("http://127.0.0.1:9/api"), "http://127.0.0.1:9/api/auth/login");
     }
 
     #[test]

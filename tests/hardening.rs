@@ -286,3 +286,30 @@ fn check_refuses_writable_modes_unchanged_owner_ids_templates_without_token_and_
         "{text}"
     );
 }
+
+#[test]
+fn check_prints_the_login_url_the_client_uses_and_a_404_names_it() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    // A base-url with a path and no trailing slash.
+    let base = format!("{}/api", s.base_url().trim_end_matches('/'));
+    t.write_config(&base, &credential("main", &output("a.token", "raw")));
+    let (code, text) = check(&t);
+    assert_eq!(code, Some(0), "{text}");
+    let url = format!("{base}/auth/login");
+    assert!(
+        text.contains(&format!("POST {url},")),
+        "check prints {url}:\n{text}"
+    );
+
+    // The stand-in serves /auth/login only: the client really used {base}/auth/login,
+    // and the error says where it went.
+    let out = t.run(&["once", "-c", t.config_path().to_str().unwrap()]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("HTTP 404 from POST {url}")), "{text}");
+    assert!(
+        s.requests().iter().any(|r| r.path == "/api/auth/login"),
+        "the login went to /api/auth/login"
+    );
+}
