@@ -35,6 +35,12 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("{0}")]
     Api(String),
+    /// Another daemon holds `{state dir}/lock`.
+    #[error("another voipbin-tokend{} already runs with state directory {} ({}/lock is locked); stop it or give this one its own [state] dir", .holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display(), dir.display())]
+    Locked {
+        dir: std::path::PathBuf,
+        holder: Option<u32>,
+    },
     /// A config-time error: the `[health] listen` address cannot be bound.
     #[error("{}: health.listen: cannot listen on {addr}: {source}", config.display())]
     Bind {
@@ -95,6 +101,60 @@ pub fn fd_limit_for_children() -> Option<(u64, u64)> {
         .filter(|(soft, hard)| soft < hard)
 }
 
+/// Takes `{state dir}/lock` (flock, non-blocking) for as long as the
+/// returned file lives, and writes this process's pid into it: two daemons
+/// on one state directory would fight over its files. A state directory
+/// that cannot be created or written is not fatal here (it only holds the
+/// status file): the daemon runs, unlocked, with a warning.
+pub fn lock_state_dir(
+    dir: &std::path::Path,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = dir.join("lock");
+    let opened = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+                .open(&path)
+        });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot open the state directory's lock; running without it");
+            return Ok(None);
+        }
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            let _ = locked.set_len(0);
+            let _ = locked.rewind();
+            let _ = writeln!(locked, "{}", std::process::id());
+            Ok(Some(locked))
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = (&mut file).take(32).read_to_string(&mut text);
+            Err(DaemonError::Locked {
+                dir: dir.to_path_buf(),
+                holder: text.trim().parse().ok(),
+            })
+        }
+        Err((_, e)) => {
+            warn!(path = %path.display(), error = %e, "cannot lock the state directory; running without the lock");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT or `shutdown` resolves: signals
 /// and the config watcher are installed here.
 pub async fn run(
@@ -102,6 +162,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<StatusBoard>, DaemonError> {
     raise_fd_limit();
+    let _lock = lock_state_dir(&config.state_dir)?;
     let (tx, rx) = mpsc::unbounded_channel();
     signals::forward(tx.clone()).map_err(DaemonError::Signals)?;
     let _watch = match crate::watch::watch(&config.path, tx.clone()) {

@@ -313,3 +313,45 @@ fn check_prints_the_login_url_the_client_uses_and_a_404_names_it() {
         "the login went to /api/auth/login"
     );
 }
+
+// ---------------------------------------------------------------------------
+// One daemon per state directory.
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_1_naming_the_dir_and_the_holder() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    t.write_config(&s.base_url(), &credential("main", &output("a.token", "raw")));
+    let mut first = t.daemon();
+    wait_file(&t.path("a.token"), WAIT, || first.log());
+
+    // Another config (own outputs) with the same state dir.
+    std::fs::write(
+        t.path("other.toml"),
+        config_text(&s.base_url(), &credential("other", &output("b.token", "raw"))),
+    )
+    .unwrap();
+    let mut second = Daemon::spawn(t.command(&["run", "-c", t.path("other.toml").to_str().unwrap()]));
+    let (status, _) = second.wait_exit(WAIT);
+    let log = second.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("(pid {})", first.pid())),
+        "names the holder's pid: {log}"
+    );
+    assert!(
+        log.contains(&t.path("state").display().to_string()),
+        "names the dir: {log}"
+    );
+    assert!(t.read("b.token").is_none(), "the second daemon wrote nothing");
+
+    // `once` does not take the lock: a one-off pass next to the daemon is fine.
+    let out = t.run(&["once", "-c", t.path("other.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+
+    // Once the first has stopped, the lock is free again.
+    stop(&mut first, Signal::SIGTERM);
+    let mut third = Daemon::spawn(t.command(&["run", "-c", t.path("other.toml").to_str().unwrap()]));
+    third.wait_log("voipbin-tokend started", 1, WAIT);
+    stop(&mut third, Signal::SIGTERM);
+}
