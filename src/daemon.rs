@@ -379,6 +379,7 @@ async fn report_status(
     let mut ready = false;
     let mut last_summary = String::new();
     let mut status_file_ok = true;
+    let process = status::ProcessId::of_self();
     loop {
         let changed = board.changed();
         let all = board.snapshot();
@@ -398,6 +399,7 @@ async fn report_status(
         }
         let file = StatusFile {
             pid: std::process::id(),
+            process: process.clone(),
             written_at: now,
             config: config.path.clone(),
             credentials: all,

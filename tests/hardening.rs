@@ -355,3 +355,82 @@ fn a_second_daemon_on_the_same_state_dir_exits_1_naming_the_dir_and_the_holder()
     third.wait_log("voipbin-tokend started", 1, WAIT);
     stop(&mut third, Signal::SIGTERM);
 }
+
+// ---------------------------------------------------------------------------
+// demo --dir does not overwrite a folder that holds something.
+
+#[test]
+fn demo_refuses_a_non_empty_dir_unless_forced() {
+    let t = TestDir::new();
+    let dir = t.path("mine");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "# my real config\n").unwrap();
+    let out = t.run(&["demo", "--lifetime", "2s", "--dir", dir.to_str().unwrap()]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is not empty") && text.contains("--force"),
+        "{text}"
+    );
+    assert!(text.contains(&dir.display().to_string()), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+        "# my real config\n"
+    );
+
+    // --force: the demo runs there.
+    let mut d = Daemon::spawn(t.command(&[
+        "demo",
+        "--lifetime",
+        "2s",
+        "--force",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]));
+    wait_file(&dir.join("main.token"), WAIT, || d.log());
+    stop(&mut d, Signal::SIGINT);
+    assert_ne!(
+        std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+        "# my real config\n"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// status does not trust a pid that now belongs to another process.
+
+#[test]
+fn status_does_not_take_a_reused_pid_for_the_daemon() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    t.write_config(&s.base_url(), &credential("main", &output("a.token", "raw")));
+    let mut d = t.daemon();
+    wait_for(
+        WAIT,
+        "a fresh credential in status.json",
+        || {
+            t.read("state/status.json")
+                .is_some_and(|x| x.contains("\"expires_at\": \""))
+        },
+        || d.log(),
+    );
+    let cfg = t.config_path();
+    let status = |t: &TestDir| t.run(&["status", "-c", cfg.to_str().unwrap()]);
+    let out = status(&t);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+
+    // The daemon dies without a word; another process gets "its" pid
+    // (simulated: the status file is pointed at a live, unrelated process).
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(WAIT);
+    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut file: serde_json::Value = serde_json::from_str(&t.read("state/status.json").unwrap()).unwrap();
+    file["pid"] = other.id().into();
+    std::fs::write(t.path("state/status.json"), file.to_string()).unwrap();
+
+    let out = status(&t);
+    let _ = other.kill();
+    let _ = other.wait();
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("NOT RUNNING"), "{text}");
+}
