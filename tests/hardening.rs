@@ -434,3 +434,49 @@ fn status_does_not_take_a_reused_pid_for_the_daemon() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("NOT RUNNING"), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// The config watcher follows a replaced config directory.
+
+#[test]
+fn edits_in_a_replaced_config_directory_are_seen() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    let abs = |n: &str| t.path(n).display().to_string();
+    let text = |outputs: &[&str]| {
+        let outs: String = outputs.iter().map(|o| output(&abs(o), "raw")).collect();
+        config_api(
+            &s.base_url(),
+            "3s",
+            0,
+            &format!(
+                "[state]\ndir = \"{}\"\n\n{}",
+                abs("state"),
+                cred("main", USER, &abs("password"), FAST_RETRY, &outs)
+            ),
+        )
+    };
+    let conf = t.path("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let cfg = conf.join("config.toml");
+    std::fs::write(&cfg, text(&["a.token"])).unwrap();
+    let d = Daemon::spawn(t.command(&["run", "-c", cfg.to_str().unwrap()]));
+    wait_file(&t.path("a.token"), WAIT, || d.log());
+
+    // What a config-management tool may do: move the directory away, make
+    // a new one, write the config into it.
+    std::fs::rename(&conf, t.path("conf.old")).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&cfg, text(&["a.token", "b.token"])).unwrap();
+    wait_file(&t.path("b.token"), WAIT, || d.log());
+
+    // And the new directory stays watched: a later edit is seen too.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&cfg, text(&["a.token", "b.token", "c.token"])).unwrap();
+    wait_file(&t.path("c.token"), WAIT, || d.log());
+    assert_eq!(
+        s.logins_ok(),
+        1,
+        "new outputs get the current token without a login"
+    );
+}
