@@ -59,7 +59,9 @@ pub fn watch(config_path: &Path, events: mpsc::UnboundedSender<Event>) -> notify
         }
     };
     add(config_path);
-    if let Ok(real) = std::fs::canonicalize(config_path) {
+    if let Ok(real) = std::fs::canonicalize(config_path)
+        && !in_configmap_version(&real)
+    {
         add(&real);
     }
 
@@ -78,10 +80,13 @@ pub fn watch(config_path: &Path, events: mpsc::UnboundedSender<Event>) -> notify
                     && watched.iter().any(|d| d == p);
                 if replaced {
                     let _ = raw_tx.send(Seen::Replaced(p.clone()));
-                } else if p.file_name().is_some_and(|n| {
-                    names.iter().any(|name| name == n) || n.to_string_lossy().starts_with("..")
-                }) {
-                    let _ = raw_tx.send(Seen::Change);
+                } else if let Some(n) = p.file_name() {
+                    if names.iter().any(|name| name == n) {
+                        let _ = raw_tx.send(Seen::Change);
+                    } else if n.to_string_lossy().starts_with("..") {
+                        debug!(path = %p.display(), "ConfigMap update (..data swap)");
+                        let _ = raw_tx.send(Seen::Change);
+                    }
                 }
             }
         }
@@ -104,6 +109,16 @@ pub fn watch(config_path: &Path, events: mpsc::UnboundedSender<Event>) -> notify
     }
     tokio::spawn(debounce(raw_rx, events, watcher.clone()));
     Ok(ConfigWatch { _watcher: watcher })
+}
+
+/// True for a file inside a ConfigMap's timestamped directory
+/// (`cm/..2026_11_27_10_00_00.123/config.toml`). That directory is deleted
+/// at the next update (a watch on it would only bring warnings), and the
+/// update is seen anyway as the `..data` swap in the parent.
+fn in_configmap_version(real: &Path) -> bool {
+    real.parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n.to_string_lossy().starts_with(".."))
 }
 
 /// Re-adds the watch on a directory that was replaced by a new one.

@@ -480,3 +480,61 @@ fn edits_in_a_replaced_config_directory_are_seen() {
         "new outputs get the current token without a login"
     );
 }
+
+#[test]
+fn configmap_updates_log_one_config_reloaded_and_no_watcher_noise() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    let abs = |n: &str| t.path(n).display().to_string();
+    let text = |o: &str| {
+        config_api(
+            &s.base_url(),
+            "3s",
+            0,
+            &format!(
+                "[state]\ndir = \"{}\"\n\n{}",
+                abs("state"),
+                cred(
+                    "main",
+                    USER,
+                    &abs("password"),
+                    FAST_RETRY,
+                    &output(&abs(o), "raw")
+                )
+            ),
+        )
+    };
+    // A ConfigMap volume as the kubelet lays it out and updates it.
+    let cm = t.path("cm");
+    std::fs::create_dir(&cm).unwrap();
+    let version = |v: usize, body: String| {
+        let ts = format!("..2026_11_29_06_{v:02}_00.000000001");
+        std::fs::create_dir(cm.join(&ts)).unwrap();
+        std::fs::write(cm.join(&ts).join("config.toml"), body).unwrap();
+        ts
+    };
+    let mut current = version(1, text("a.token"));
+    std::os::unix::fs::symlink(&current, cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.toml", cm.join("config.toml")).unwrap();
+    let mut cmd = t.command(&["run", "-c", cm.join("config.toml").to_str().unwrap()]);
+    cmd.env("RUST_LOG", "info");
+    let d = Daemon::spawn(cmd);
+    wait_file(&t.path("a.token"), WAIT, || d.log());
+
+    for (v, out) in [(2, "a.token"), (3, "b.token"), (4, "b.token")] {
+        let ts = version(v, text(out));
+        std::os::unix::fs::symlink(&ts, cm.join("..data_tmp")).unwrap();
+        std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+        std::fs::remove_dir_all(cm.join(&current)).unwrap();
+        current = ts;
+        if v == 3 {
+            wait_file(&t.path("b.token"), WAIT, || d.log());
+        }
+        // Showing that nothing more is logged: give the watcher time.
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let log = d.log();
+    assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
+    assert!(!log.contains(" WARN "), "{log}");
+    assert!(!log.contains("watch"), "{log}");
+}
