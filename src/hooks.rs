@@ -141,17 +141,34 @@ pub fn hook_env(
     path: &std::path::Path,
     expires_at: OffsetDateTime,
 ) -> Vec<(String, std::ffi::OsString)> {
+    hook_env_from(
+        |name| std::env::var_os(name),
+        pass_through,
+        credential,
+        path,
+        expires_at,
+    )
+}
+
+/// [`hook_env`] with the daemon's environment read through `lookup`.
+fn hook_env_from(
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    pass_through: &[String],
+    credential: &str,
+    path: &std::path::Path,
+    expires_at: OffsetDateTime,
+) -> Vec<(String, std::ffi::OsString)> {
     let mut env: Vec<(String, std::ffi::OsString)> = Vec::new();
     env.push((
         "PATH".into(),
-        std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        lookup("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
     ));
     for name in ["LANG", "LC_ALL"]
         .iter()
         .map(|n| n.to_string())
         .chain(pass_through.iter().cloned())
     {
-        if let Some(value) = std::env::var_os(&name)
+        if let Some(value) = lookup(&name)
             && !env.iter().any(|(n, _)| *n == name)
         {
             env.push((name, value));
@@ -316,6 +333,71 @@ fn send_signal(signal: Signal, pid_file: &std::path::Path) -> bool {
         Err(e) => {
             warn!(pid, signal = %signal, pid_file = %pid_file.display(), error = %e, "cannot signal the process (stale pid file?)");
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubber_hides_whole_tokens_and_their_parts_of_8_or_more() {
+        let current = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWN1cg".into());
+        let previous = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvbGQifQ.c2lnbmF0dXJlLW9sZA".into());
+        let s = Scrubber::new([&current, &previous]);
+        let line = format!(
+            "now {} was {} payload eyJzdWIiOiJhZ2VudCJ9 sig c2lnbmF0dXJlLW9sZA short eyJ",
+            current.expose(),
+            previous.expose()
+        );
+        let out = s.scrub(&line);
+        assert_eq!(
+            out,
+            "now [redacted] was [redacted] payload [redacted] sig [redacted] short eyJ"
+        );
+        // Nothing to scrub: the line is unchanged.
+        assert_eq!(Scrubber::new([]).scrub("plain text"), "plain text");
+    }
+
+    #[test]
+    fn hook_env_holds_only_path_lang_the_facts_and_listed_variables() {
+        let daemon_env = |name: &str| {
+            [
+                "PATH",
+                "LANG",
+                "HOOKS_UNIT_LISTED",
+                "HOOKS_UNIT_UNLISTED",
+                "VOIPBIN_PASSWORD",
+            ]
+            .contains(&name)
+            .then(|| std::ffi::OsString::from("x"))
+        };
+        let env = hook_env_from(
+            daemon_env,
+            &["HOOKS_UNIT_LISTED".into(), "HOOKS_UNIT_MISSING".into()],
+            "main",
+            std::path::Path::new("/run/x.token"),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        for present in [
+            "PATH",
+            "LANG",
+            "HOOKS_UNIT_LISTED",
+            "VOIPBIN_TOKEND_CREDENTIAL",
+            "VOIPBIN_TOKEND_OUTPUT",
+            "VOIPBIN_TOKEND_EXPIRES_AT",
+        ] {
+            assert!(names.contains(&present), "{present} missing: {names:?}");
+        }
+        for absent in [
+            "LC_ALL",
+            "HOOKS_UNIT_UNLISTED",
+            "HOOKS_UNIT_MISSING",
+            "VOIPBIN_PASSWORD",
+        ] {
+            assert!(!names.contains(&absent), "{absent} present: {names:?}");
         }
     }
 }

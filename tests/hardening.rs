@@ -538,3 +538,46 @@ fn configmap_updates_log_one_config_reloaded_and_no_watcher_noise() {
     assert!(!log.contains(" WARN "), "{log}");
     assert!(!log.contains("watch"), "{log}");
 }
+
+#[test]
+fn hooks_run_with_the_open_file_limit_the_daemon_started_with() {
+    use nix::sys::resource::{Resource, setrlimit};
+    use std::os::unix::process::CommandExt;
+    let s = standin(LONG);
+    let t = TestDir::new();
+    t.write_config(
+        &s.base_url(),
+        &credential(
+            "main",
+            &output_with(
+                "a.token",
+                "raw",
+                "on-change = [\"sh\", \"-c\", \"ulimit -n > hook.limit\"]\n",
+            ),
+        ),
+    );
+    let cfg = t.config_path();
+    let mut cmd = t.command(&["run", "-c", cfg.to_str().unwrap()]);
+    // SAFETY: only setrlimit, a plain system call, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| setrlimit(Resource::RLIMIT_NOFILE, 256, 4096).map_err(std::io::Error::from));
+    }
+    let mut d = Daemon::spawn(cmd);
+    wait_for(
+        WAIT,
+        "the hook's limit in hook.limit",
+        || t.read("hook.limit").is_some_and(|x| x.ends_with('\n')),
+        || d.log(),
+    );
+    assert_eq!(
+        open_file_limits(d.pid()),
+        (4096, 4096),
+        "the daemon raised its own"
+    );
+    assert_eq!(
+        t.read("hook.limit").unwrap().trim(),
+        "256",
+        "the hook gets the original soft limit"
+    );
+    stop(&mut d, Signal::SIGTERM);
+}
