@@ -377,6 +377,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         credentials.push(cred);
     }
 
+    refuse_passwords_in_hook_env(&v, &credentials)?;
+
     Ok(Config {
         path: path.to_path_buf(),
         api,
@@ -385,6 +387,36 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         credentials,
         warnings,
     })
+}
+
+/// A hook is not trusted with a password (the point of its clean
+/// environment): `hook-env` may not name the `password-env` variable of
+/// any credential, its own or another's.
+fn refuse_passwords_in_hook_env(
+    v: &Validator<'_>,
+    credentials: &[CredentialConfig],
+) -> Result<(), ConfigError> {
+    let password_vars: Vec<(&str, &str)> = credentials
+        .iter()
+        .filter_map(|c| match &c.password {
+            PasswordSource::Env(var) => Some((var.as_str(), c.name.as_str())),
+            _ => None,
+        })
+        .collect();
+    for cred in credentials {
+        for (j, out) in cred.outputs.iter().enumerate() {
+            if let Some((var, owner)) = password_vars
+                .iter()
+                .find(|(var, _)| out.hook_env.iter().any(|h| h == var))
+            {
+                return Err(v.err(
+                    &format!("credential[{}].output[{j}].hook-env", cred.name),
+                    format!("{var:?} holds the password of credential {owner:?} (password-env); hooks may not see it"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Validator<'a> {
@@ -547,16 +579,6 @@ impl Validator<'_> {
             .enumerate()
             .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o))
             .collect::<Result<Vec<_>, _>>()?;
-        // A hook is not trusted with the password: the whole point of the
-        // clean hook environment.
-        if let PasswordSource::Env(var) = &password
-            && let Some(j) = outputs.iter().position(|o| o.hook_env.contains(var))
-        {
-            return Err(self.err(
-                &key(&format!("output[{j}].hook-env")),
-                format!("{var:?} holds this credential's password (password-env); hooks may not see it"),
-            ));
-        }
 
         Ok(CredentialConfig {
             name: raw.name,
@@ -959,6 +981,26 @@ path = "/run/voipbin/main.token"
         );
         let bad = MINIMAL.replace("\"main\"", "\"Main!\"");
         assert_eq!(invalid_key(&bad), "credential[0].name");
+    }
+
+    #[test]
+    fn hook_env_may_not_name_any_credentials_password_variable() {
+        let hooked = |name: &str, pw: &str, hook_env: &str| {
+            format!(
+                "[[credential]]\nname = \"{name}\"\nusername = \"u\"\npassword-env = \"{pw}\"\n\
+                 [[credential.output]]\npath = \"/run/{name}\"\non-change = [\"true\"]\nhook-env = [{hook_env}]\n"
+            )
+        };
+        let own = hooked("a", "PW_A", "\"HOME\", \"PW_A\"");
+        assert_eq!(invalid_key(&own), "credential[a].output[0].hook-env");
+        let other = format!("{}{}", hooked("a", "PW_A", "\"PW_B\""), hooked("b", "PW_B", ""));
+        assert_eq!(invalid_key(&other), "credential[a].output[0].hook-env");
+        parse(&format!(
+            "{}{}",
+            hooked("a", "PW_A", "\"HOME\""),
+            hooked("b", "PW_B", "")
+        ))
+        .unwrap();
     }
 
     #[test]
