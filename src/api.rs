@@ -63,8 +63,14 @@ pub enum LoginError {
     },
     #[error("redirect (HTTP {status}) not followed; check api.base-url{}", rid(.request_id))]
     Redirect { status: u16, request_id: Option<String> },
-    #[error("unexpected answer HTTP {status}{}", rid(.request_id))]
-    Status { status: u16, request_id: Option<String> },
+    /// `url` is the login URL: it holds no secret (`api.base-url` may not
+    /// carry a user, password or query), and a 404 is mostly a wrong path.
+    #[error("unexpected answer HTTP {status} from POST {url}{}", rid(.request_id))]
+    Status {
+        status: u16,
+        url: String,
+        request_id: Option<String>,
+    },
     #[error("request failed: {0}")]
     Transport(String),
     #[error("no answer within {}", humantime::format_duration(*.0))]
@@ -128,10 +134,7 @@ impl ApiClient {
         let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
-        if cfg.base_url.cannot_be_a_base() {
-            return Err("api.base-url cannot be a base".to_string());
-        }
-        let login_url = join(&cfg.base_url, &["auth", "login"]);
+        let login_url = login_url(&cfg.base_url)?;
         Ok(ApiClient {
             http,
             base_url: cfg.base_url.clone(),
@@ -216,6 +219,7 @@ impl ApiClient {
             s => {
                 return Err(LoginError::Status {
                     status: s,
+                    url: self.login_url.to_string(),
                     request_id,
                 });
             }
@@ -283,6 +287,16 @@ fn join(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
         path.pop_if_empty().extend(segments);
     }
     url
+}
+
+/// The login URL for `base`: its path plus `auth/login`, with or without
+/// a trailing slash (`http://h/api` and `http://h/api/` both give
+/// `http://h/api/auth/login`). `check` prints exactly this.
+pub fn login_url(base: &reqwest::Url) -> Result<reqwest::Url, String> {
+    if base.cannot_be_a_base() {
+        return Err("api.base-url cannot be a base".to_string());
+    }
+    Ok(join(base, &["auth", "login"]))
 }
 
 /// Reads the body, refusing it as soon as it passes [`MAX_BODY`]. The
@@ -362,6 +376,7 @@ mod tests {
             mk("http://127.0.0.1:9/prefix/"),
             "http://127.0.0.1:9/prefix/auth/login"
         );
+        assert_eq!(mk("http://127.0.0.1:9/api"), "http://127.0.0.1:9/api/auth/login");
     }
 
     #[test]

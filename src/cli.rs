@@ -233,10 +233,20 @@ fn check(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let api = &config.api;
+    // The very URL the client will use, not a guess at how it joins paths.
+    let login_url = match crate::api::login_url(&api.base_url) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!(
+                "voipbin-tokend: invalid config: {}: api.base-url: {e}",
+                config.path.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     println!("{}: valid", config.path.display());
     println!(
-        "api: POST {}auth/login, timeout {}, {}",
-        api.base_url,
+        "api: POST {login_url}, timeout {}, {}",
         humantime::format_duration(api.timeout),
         match api.max_logins_per_second {
             0 => "no login rate limit".to_string(),

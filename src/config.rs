@@ -182,6 +182,8 @@ pub struct OutputConfig {
     pub owner: Option<Owner>,
     pub group: Option<Owner>,
     pub on_change: Option<Vec<String>>,
+    /// Variables of the daemon's environment passed through to `on-change`.
+    pub hook_env: Vec<String>,
     pub signal: Option<nix::sys::signal::Signal>,
     pub pid_file: Option<PathBuf>,
 }
@@ -285,6 +287,7 @@ struct RawOutput {
     variable: Option<String>,
     template: Option<String>,
     on_change: Option<Vec<String>>,
+    hook_env: Option<Vec<String>>,
     signal: Option<String>,
     pid_file: Option<PathBuf>,
 }
@@ -348,12 +351,30 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         }
         None => (0, 0),
     };
+    let mut message = e.message().trim_end().to_string();
+    if message == "duplicate key"
+        && let Some(key) = e.span().and_then(|span| text.get(span)).and_then(key_name)
+    {
+        message = format!("duplicate key `{key}`");
+    }
     ConfigError::Parse {
         path: path.to_path_buf(),
         line,
         column,
-        message: e.message().trim_end().to_string(),
+        message,
     }
+}
+
+/// The key a parser error points at, if the span is one plain key: a key
+/// is never secret, but a span over anything else might be a value.
+fn key_name(span_text: &str) -> Option<&str> {
+    let key = span_text.trim().trim_matches(|c| c == '"' || c == '\'');
+    let plain = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then_some(key)
 }
 
 /// Builds the validated config, or the first error found.
@@ -416,6 +437,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         if let Some(w) = cred.login.as_ref().and_then(|l| l.password.warning()) {
             warnings.push(format!("credential {}: {w}", cred.name));
         }
+        for (j, out) in cred.outputs.iter().enumerate() {
+            if out.mode & 0o004 != 0 {
+                warnings.push(format!(
+                    "{}: credential[{}].output[{j}].mode: {:04o} lets every user on this machine read the token in {}",
+                    path.display(),
+                    cred.name,
+                    out.mode,
+                    out.path.display()
+                ));
+            }
+        }
         credentials.push(cred);
     }
 
@@ -443,6 +475,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     }
+    refuse_passwords_in_hook_env(&v, &credentials)?;
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -474,6 +507,36 @@ fn check_state_dir_writable(dir: &Path) -> Result<(), String> {
         nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
     )
     .map_err(|e| format!("{} is not writable by this process: {e}", probe.display()))
+}
+
+/// A hook is not trusted with a password (the point of its clean
+/// environment): `hook-env` may not name the `password-env` variable of
+/// any credential, its own or another's.
+fn refuse_passwords_in_hook_env(
+    v: &Validator<'_>,
+    credentials: &[CredentialConfig],
+) -> Result<(), ConfigError> {
+    let password_vars: Vec<(&str, &str)> = credentials
+        .iter()
+        .filter_map(|c| match c.login.as_ref().map(|l| &l.password) {
+            Some(PasswordSource::Env(var)) => Some((var.as_str(), c.name.as_str())),
+            _ => None,
+        })
+        .collect();
+    for cred in credentials {
+        for (j, out) in cred.outputs.iter().enumerate() {
+            if let Some((var, owner)) = password_vars
+                .iter()
+                .find(|(var, _)| out.hook_env.iter().any(|h| h == var))
+            {
+                return Err(v.err(
+                    &format!("credential[{}].output[{j}].hook-env", cred.name),
+                    format!("{var:?} holds the password of credential {owner:?} (password-env); hooks may not see it"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Validator<'a> {
@@ -850,6 +913,17 @@ impl Validator<'_> {
                 format!("{mode_text:?} does not let the owner read the file"),
             ));
         }
+        // Anyone who may write the file could plant a token that the daemon
+        // adopts at start and that consumers trust.
+        if mode & 0o022 != 0 {
+            return Err(self.err(
+                &key("mode"),
+                format!(
+                    "{mode_text:?} lets {} write the file; others could plant a token (use e.g. \"0600\" or \"0640\")",
+                    if mode & 0o002 != 0 { "every user" } else { "the group" }
+                ),
+            ));
+        }
 
         let owner = raw
             .owner
@@ -880,6 +954,16 @@ impl Validator<'_> {
                 "must be a non-empty command, like [\"systemctl\", \"reload\", \"app\"]".into(),
             ));
         }
+        let hook_env = raw.hook_env.unwrap_or_default();
+        if let Some(bad) = hook_env.iter().find(|v| !is_env_name(v)) {
+            return Err(self.err(
+                &key("hook-env"),
+                format!("{bad:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+        if !hook_env.is_empty() && raw.on_change.is_none() {
+            return Err(self.err(&key("hook-env"), "only with on-change".into()));
+        }
         let signal = match &raw.signal {
             Some(s) => {
                 let name = s.to_ascii_uppercase();
@@ -908,6 +992,7 @@ impl Validator<'_> {
             owner,
             group,
             on_change: raw.on_change,
+            hook_env,
             signal,
             pid_file: raw
                 .pid_file
@@ -1068,8 +1153,21 @@ fn cannot_chown(what: &str, name: &str) -> String {
     )
 }
 
+/// uid/gid 4294967295 is -1 to chown(2): "leave unchanged", never an owner.
+const UNCHANGED_ID: u32 = u32::MAX;
+
+fn refuse_unchanged_id(id: u32, what: &str) -> Result<(), String> {
+    if id == UNCHANGED_ID {
+        return Err(format!(
+            "{id} is not a {what}: to chown it means \"leave unchanged\"; leave the key out instead"
+        ));
+    }
+    Ok(())
+}
+
 fn resolve_user(name: &str) -> Result<Owner, String> {
     if let Ok(id) = name.parse::<u32>() {
+        refuse_unchanged_id(id, "user id")?;
         return Ok(Owner {
             name: name.into(),
             id,
@@ -1087,6 +1185,7 @@ fn resolve_user(name: &str) -> Result<Owner, String> {
 
 fn resolve_group(name: &str) -> Result<Owner, String> {
     if let Ok(id) = name.parse::<u32>() {
+        refuse_unchanged_id(id, "group id")?;
         return Ok(Owner {
             name: name.into(),
             id,
@@ -1216,6 +1315,88 @@ path = "/run/voipbin/main.token"
         );
         let bad = MINIMAL.replace("\"main\"", "\"Main!\"");
         assert_eq!(invalid_key(&bad), "credential[0].name");
+    }
+
+    #[test]
+    fn hook_env_may_not_name_any_credentials_password_variable() {
+        let hooked = |name: &str, pw: &str, hook_env: &str| {
+            format!(
+                "[[credential]]\nname = \"{name}\"\nusername = \"u\"\npassword-env = \"{pw}\"\n\
+                 [[credential.output]]\npath = \"/run/{name}\"\non-change = [\"true\"]\nhook-env = [{hook_env}]\n"
+            )
+        };
+        let own = hooked("a", "PW_A", "\"HOME\", \"PW_A\"");
+        assert_eq!(invalid_key(&own), "credential[a].output[0].hook-env");
+        let other = format!("{}{}", hooked("a", "PW_A", "\"PW_B\""), hooked("b", "PW_B", ""));
+        assert_eq!(invalid_key(&other), "credential[a].output[0].hook-env");
+        parse(&format!(
+            "{}{}",
+            hooked("a", "PW_A", "\"HOME\""),
+            hooked("b", "PW_B", "")
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        for (text, key) in [
+            (format!("{MINIMAL}format = \"raw\"\nformat = \"env\"\n"), "format"),
+            (format!("[api]\ntimeout = \"1s\"\n[api]\n{MINIMAL}"), "api"),
+            (
+                MINIMAL.replace(
+                    "password-env = \"PW\"",
+                    "password = \"hunter2\"\npassword = \"hunter3\"",
+                ),
+                "password",
+            ),
+        ] {
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.contains(&format!("duplicate key `{key}`")), "{msg}");
+            assert!(!msg.contains("hunter"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn writable_modes_unchanged_ids_and_templates_without_token_are_refused() {
+        let k = |extra: &str| invalid_key(&format!("{MINIMAL}{extra}\n"));
+        for mode in ["0666", "0620", "0602", "0660", "0622", "0700"] {
+            let want = if mode == "0700" {
+                None
+            } else {
+                Some("credential[main].output[0].mode")
+            };
+            let got = parse(&format!("{MINIMAL}mode = \"{mode}\"\n"))
+                .err()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, .. } => key,
+                    other => panic!("{other:?}"),
+                });
+            assert_eq!(got.as_deref(), want, "mode {mode}");
+        }
+        assert_eq!(k("owner = \"4294967295\""), "credential[main].output[0].owner");
+        assert_eq!(k("group = \"4294967295\""), "credential[main].output[0].group");
+        assert_eq!(
+            k("format = \"template\"\ntemplate = \"expires {expires_at}\""),
+            "credential[main].output[0].template"
+        );
+        assert_eq!(
+            k("format = \"template\"\ntemplate = \"{{token}}\""),
+            "credential[main].output[0].template"
+        );
+        let c = parse(&format!("{MINIMAL}mode = \"0644\"\n")).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("every user on this machine read")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            parse(&format!("{MINIMAL}mode = \"0640\"\n"))
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
     }
 
     #[test]

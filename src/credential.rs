@@ -450,7 +450,7 @@ impl Credential {
                     if outcome == WriteOutcome::Written {
                         written.push(out.path.display().to_string());
                         if let Some(hook) = &self.hooks[i] {
-                            hook.fire(held.validity.expires_at);
+                            hook.fire(held.validity.expires_at, &held.token);
                         }
                     }
                 }

@@ -35,6 +35,12 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("{0}")]
     Api(String),
+    /// Another daemon holds `{state dir}/lock`.
+    #[error("another voipbin-tokend{} already runs with state directory {} ({}/lock is locked); stop it or give this one its own [state] dir", .holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display(), dir.display())]
+    Locked {
+        dir: std::path::PathBuf,
+        holder: Option<u32>,
+    },
     /// A config-time error: the `[health] listen` address cannot be bound.
     #[error("{}: health.listen: cannot listen on {addr}: {source}", config.display())]
     Bind {
@@ -63,12 +69,100 @@ struct Daemon {
     cancel: CancellationToken,
 }
 
+/// The soft `RLIMIT_NOFILE` the process was started with, before
+/// [`raise_fd_limit`]; hooks get it back (see [`fd_limit_for_children`]).
+static STARTING_FD_LIMIT: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raises the soft limit on open files to the hard limit. The default soft
+/// limit (1,024) is low enough for a crowd on the health port, or many
+/// outputs and hooks at once, to make a renewal fail with EMFILE; the hard
+/// limit is what the administrator actually allows.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let _ = STARTING_FD_LIMIT.set((soft, hard));
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+}
+
+/// The open-file limits a hook should run with: those the daemon started
+/// with (programs that use `select()` break above 1,024), or None if they
+/// were never changed.
+pub fn fd_limit_for_children() -> Option<(u64, u64)> {
+    STARTING_FD_LIMIT
+        .get()
+        .copied()
+        .filter(|(soft, hard)| soft < hard)
+}
+
+/// Takes `{state dir}/lock` (flock, non-blocking) for as long as the
+/// returned file lives, and writes this process's pid into it: two daemons
+/// on one state directory would fight over its files. A state directory
+/// that cannot be created or written is not fatal here (it only holds the
+/// status file): the daemon runs, unlocked, with a warning.
+pub fn lock_state_dir(
+    dir: &std::path::Path,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = dir.join("lock");
+    let opened = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+                .open(&path)
+        });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot open the state directory's lock; running without it");
+            return Ok(None);
+        }
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            let _ = locked.set_len(0);
+            let _ = locked.rewind();
+            let _ = writeln!(locked, "{}", std::process::id());
+            Ok(Some(locked))
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = (&mut file).take(32).read_to_string(&mut text);
+            Err(DaemonError::Locked {
+                dir: dir.to_path_buf(),
+                holder: text.trim().parse().ok(),
+            })
+        }
+        Err((_, e)) => {
+            warn!(path = %path.display(), error = %e, "cannot lock the state directory; running without the lock");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT or `shutdown` resolves: signals
 /// and the config watcher are installed here.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<StatusBoard>, DaemonError> {
+    raise_fd_limit();
+    let _lock = lock_state_dir(&config.state_dir)?;
     let (tx, rx) = mpsc::unbounded_channel();
     signals::forward(tx.clone()).map_err(DaemonError::Signals)?;
     let _watch = match crate::watch::watch(&config.path, tx.clone()) {
@@ -334,6 +428,7 @@ async fn report_status(
     let mut ready = false;
     let mut last_summary = String::new();
     let mut status_file_ok = true;
+    let process = status::ProcessId::of_self();
     loop {
         let changed = board.changed();
         let all = board.snapshot();
@@ -353,6 +448,7 @@ async fn report_status(
         }
         let file = StatusFile {
             pid: std::process::id(),
+            process: process.clone(),
             written_at: now,
             config: config.path.clone(),
             credentials: all,

@@ -26,9 +26,35 @@ pub struct DemoArgs {
     /// Folder to write into (kept afterwards). Default: a new temporary folder, removed on exit.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Use a --dir that is not empty, overwriting the demo's files in it.
+    #[arg(long, requires = "dir")]
+    pub force: bool,
+}
+
+/// Refuses a `--dir` that already holds something, unless `force`: the demo
+/// writes config.toml, a password file and outputs, and would silently
+/// overwrite a real config of the same name.
+fn refuse_non_empty(dir: &std::path::Path, force: bool) -> Result<(), String> {
+    let Ok(mut entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    if force || entries.next().is_none() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not empty; the demo writes config.toml, demo.password and main.* there. \
+         Give an empty or new folder, or add --force to overwrite",
+        dir.display()
+    ))
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
+    if let Some(d) = &args.dir
+        && let Err(e) = refuse_non_empty(d, args.force)
+    {
+        eprintln!("voipbin-tokend: {e}");
+        return ExitCode::FAILURE;
+    }
     let (dir, _temp) = match &args.dir {
         Some(d) => match std::fs::create_dir_all(d) {
             Ok(()) => (d.clone(), None),

@@ -1,9 +1,16 @@
 //! `/healthz`, `/readyz` and `/metrics` over a small HTTP/1 server.
 //! Bodies name each credential's state, never a token.
+//!
+//! The port is open to whoever can reach it, and every connection costs a
+//! file descriptor that a renewal may need (its HTTPS socket, its temp
+//! file). So at most [`MAX_CONNECTIONS`] are served at once (one more is
+//! accepted and closed at once), a connection must send its request headers
+//! within [`HEADER_TIMEOUT`], and none lives longer than [`CONNECTION_MAX`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,6 +22,13 @@ use tracing::debug;
 
 use crate::credential::StatusBoard;
 use crate::metrics::Metrics;
+
+/// Connections served at once; far below the usual 1,024 descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a connection gets to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any one connection (keep-alive included) is kept open.
+pub const CONNECTION_MAX: Duration = Duration::from_secs(60);
 
 /// Binds the listener (at start, so a bad address is a config error).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -28,6 +42,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -41,6 +56,12 @@ pub fn serve(
                     }
                 },
             };
+            // Over the cap: closed at once, so it holds no descriptor.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!(max = MAX_CONNECTIONS, "health connection refused: too many open");
+                drop(stream);
+                continue;
+            };
             let (board, metrics) = (board.clone(), metrics.clone());
             let service = service_fn(move |req| {
                 let answer = answer(&req, &board, &metrics);
@@ -49,9 +70,12 @@ pub fn serve(
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = conn.await;
+                // hyper's header timeout starts only with a request; this
+                // bound also ends a connection that never sends a byte.
+                let _ = tokio::time::timeout(CONNECTION_MAX, conn).await;
+                drop(slot);
             });
         }
     });

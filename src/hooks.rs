@@ -5,6 +5,12 @@
 //! channel: runs for one output never overlap, a burst of writes while a
 //! hook runs collapses into one more run with the latest token, and a slow
 //! hook never holds up renewal of anything.
+//!
+//! Hooks are not trusted with secrets: a command gets a clean environment
+//! ([`hook_env`]: no password from `password-env`, nothing the daemon was
+//! started with unless the output lists it in `hook-env`), and every line it
+//! prints is scrubbed of the current and previous token ([`Scrubber`])
+//! before it reaches the log.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +25,7 @@ use tracing::{Instrument, error, info, warn};
 
 use crate::config::OutputConfig;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::token::rfc3339;
 
 /// A command gets this long before it is killed.
@@ -28,6 +35,8 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookSpec {
     pub on_change: Option<Vec<String>>,
+    /// Variables passed through from the daemon's environment (`hook-env`).
+    pub env: Vec<String>,
     pub signal: Option<(Signal, PathBuf)>,
 }
 
@@ -39,6 +48,7 @@ impl HookSpec {
         };
         (out.on_change.is_some() || signal.is_some()).then(|| HookSpec {
             on_change: out.on_change.clone(),
+            env: out.hook_env.clone(),
             signal,
         })
     }
@@ -49,7 +59,7 @@ impl HookSpec {
 #[derive(Debug)]
 pub struct Hook {
     pub spec: HookSpec,
-    trigger: watch::Sender<Option<OffsetDateTime>>,
+    trigger: watch::Sender<Option<Run>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,25 +79,45 @@ impl Hook {
         let _ = self.task.await;
     }
 
-    /// Asks for a run for a token expiring at `expires_at`.
-    pub fn fire(&self, expires_at: OffsetDateTime) {
-        self.trigger.send_replace(Some(expires_at));
+    /// Asks for a run for `token`, expiring at `expires_at`. The token is
+    /// only used to scrub the command's output.
+    pub fn fire(&self, expires_at: OffsetDateTime, token: &Secret) {
+        self.trigger.send_replace(Some(Run {
+            expires_at,
+            token: token.clone(),
+        }));
     }
+}
+
+/// One requested run: the token just written.
+#[derive(Debug, Clone)]
+struct Run {
+    expires_at: OffsetDateTime,
+    token: Secret,
 }
 
 async fn run(
     spec: HookSpec,
     credential: String,
     path: PathBuf,
-    mut rx: watch::Receiver<Option<OffsetDateTime>>,
+    mut rx: watch::Receiver<Option<Run>>,
     metrics: Arc<Metrics>,
 ) {
+    // The token of the run before: a hook may print the old file's content.
+    let mut previous: Option<Secret> = None;
     while rx.changed().await.is_ok() {
-        let Some(expires_at) = *rx.borrow_and_update() else {
+        let Some(run) = rx.borrow_and_update().clone() else {
             continue;
         };
+        let scrubber = Arc::new(Scrubber::new(
+            [Some(&run.token), previous.as_ref()].into_iter().flatten(),
+        ));
+        if previous.as_ref() != Some(&run.token) {
+            previous = Some(run.token.clone());
+        }
         if let Some(argv) = &spec.on_change {
-            let ok = run_command(argv, &credential, &path, expires_at).await;
+            let env = hook_env(&spec.env, &credential, &path, run.expires_at);
+            let ok = run_command(argv, env, scrubber).await;
             metrics.hook(&credential, "command", ok);
         }
         if let Some((signal, pid_file)) = &spec.signal {
@@ -101,27 +131,131 @@ async fn run(
     }
 }
 
-/// Runs `argv` with the token's facts in its environment; logs its output
-/// line by line; kills it after [`HOOK_TIMEOUT`]. True if it exited 0.
-async fn run_command(
-    argv: &[String],
+/// Used when the daemon itself has no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment of a hook command: `PATH`, `LANG` and `LC_ALL`
+/// (when the daemon has them), the `VOIPBIN_TOKEND_*` facts of the token,
+/// and the variables named in `hook-env`, taken from the daemon's
+/// environment. Nothing else: the daemon's environment may hold a
+/// `password-env` password, and a hook is not trusted with it.
+pub fn hook_env(
+    pass_through: &[String],
     credential: &str,
     path: &std::path::Path,
     expires_at: OffsetDateTime,
+) -> Vec<(String, std::ffi::OsString)> {
+    hook_env_from(
+        |name| std::env::var_os(name),
+        pass_through,
+        credential,
+        path,
+        expires_at,
+    )
+}
+
+/// [`hook_env`] with the daemon's environment read through `lookup`.
+fn hook_env_from(
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    pass_through: &[String],
+    credential: &str,
+    path: &std::path::Path,
+    expires_at: OffsetDateTime,
+) -> Vec<(String, std::ffi::OsString)> {
+    let mut env: Vec<(String, std::ffi::OsString)> = Vec::new();
+    env.push((
+        "PATH".into(),
+        lookup("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+    ));
+    for name in ["LANG", "LC_ALL"]
+        .iter()
+        .map(|n| n.to_string())
+        .chain(pass_through.iter().cloned())
+    {
+        if let Some(value) = lookup(&name)
+            && !env.iter().any(|(n, _)| *n == name)
+        {
+            env.push((name, value));
+        }
+    }
+    env.push(("VOIPBIN_TOKEND_CREDENTIAL".into(), credential.into()));
+    env.push(("VOIPBIN_TOKEND_OUTPUT".into(), path.as_os_str().to_owned()));
+    env.push(("VOIPBIN_TOKEND_EXPIRES_AT".into(), rfc3339(expires_at).into()));
+    env
+}
+
+/// Removes tokens from text a hook printed before it is logged: each
+/// whole token and each of its dot-separated parts (payload, signature)
+/// of 8 or more characters, so a hook printing only a part leaks nothing.
+#[derive(Default)]
+pub struct Scrubber {
+    needles: Vec<Secret>,
+}
+
+/// What a scrubbed secret is replaced with in the log.
+pub const REDACTED: &str = "[redacted]";
+
+impl Scrubber {
+    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a Secret>) -> Scrubber {
+        let mut needles: Vec<Secret> = Vec::new();
+        for token in tokens {
+            let text = token.expose();
+            let parts = text.split('.').filter(|p| p.len() >= 8);
+            for part in std::iter::once(text).chain(parts) {
+                if !part.is_empty() && !needles.iter().any(|n| n.expose() == part) {
+                    needles.push(Secret::new(part.to_string()));
+                }
+            }
+        }
+        // Longest first: a whole token goes as one, not part by part.
+        needles.sort_by_key(|n| std::cmp::Reverse(n.expose().len()));
+        Scrubber { needles }
+    }
+
+    /// `line` with every secret replaced by [`REDACTED`].
+    pub fn scrub(&self, line: &str) -> String {
+        let mut text = line.to_string();
+        for needle in &self.needles {
+            if text.contains(needle.expose()) {
+                text = text.replace(needle.expose(), REDACTED);
+            }
+        }
+        text
+    }
+}
+
+/// Runs `argv` with exactly `env` as its environment; logs its output line
+/// by line, scrubbed; kills it after [`HOOK_TIMEOUT`]. True if it exited 0.
+async fn run_command(
+    argv: &[String],
+    env: Vec<(String, std::ffi::OsString)>,
+    scrubber: Arc<Scrubber>,
 ) -> bool {
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let spawned = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
-        .env("VOIPBIN_TOKEND_CREDENTIAL", credential)
-        .env("VOIPBIN_TOKEND_OUTPUT", path)
-        .env("VOIPBIN_TOKEND_EXPIRES_AT", rfc3339(expires_at))
+        .env_clear()
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    if let Some((soft, hard)) = crate::daemon::fd_limit_for_children() {
+        // SAFETY: between fork and exec only setrlimit runs, a plain
+        // system call that is async-signal-safe; nothing allocates or locks.
+        unsafe {
+            command.pre_exec(move || {
+                // A hook with the daemon's higher limit still runs.
+                let _ =
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard);
+                Ok(())
+            });
+        }
+    }
+    let spawned = command.spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -132,11 +266,11 @@ async fn run_command(
     let stdout = child
         .stdout
         .take()
-        .map(|s| tokio::spawn(log_lines(s, "stdout").in_current_span()));
+        .map(|s| tokio::spawn(log_lines(s, "stdout", scrubber.clone()).in_current_span()));
     let stderr = child
         .stderr
         .take()
-        .map(|s| tokio::spawn(log_lines(s, "stderr").in_current_span()));
+        .map(|s| tokio::spawn(log_lines(s, "stderr", scrubber.clone()).in_current_span()));
     let status = match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
         Ok(Ok(status)) => Some(status),
         Ok(Err(e)) => {
@@ -165,13 +299,16 @@ async fn run_command(
     }
 }
 
-async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, name: &'static str) {
+/// Logs each line, scrubbed first and only then cut to 1000 characters
+/// (cutting first could leave a piece of a token the scrubber misses).
+async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, name: &'static str, scrubber: Arc<Scrubber>) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = zeroize::Zeroizing::new(line);
         info!(
             stream = name,
             "hook: {}",
-            line.chars().take(1000).collect::<String>()
+            scrubber.scrub(&line).chars().take(1000).collect::<String>()
         );
     }
 }
@@ -202,6 +339,71 @@ fn send_signal(signal: Signal, pid_file: &std::path::Path) -> bool {
         Err(e) => {
             warn!(pid, signal = %signal, pid_file = %pid_file.display(), error = %e, "cannot signal the process (stale pid file?)");
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubber_hides_whole_tokens_and_their_parts_of_8_or_more() {
+        let current = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWN1cg".into());
+        let previous = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJvbGQifQ.c2lnbmF0dXJlLW9sZA".into());
+        let s = Scrubber::new([&current, &previous]);
+        let line = format!(
+            "now {} was {} payload eyJzdWIiOiJhZ2VudCJ9 sig c2lnbmF0dXJlLW9sZA short eyJ",
+            current.expose(),
+            previous.expose()
+        );
+        let out = s.scrub(&line);
+        assert_eq!(
+            out,
+            "now [redacted] was [redacted] payload [redacted] sig [redacted] short eyJ"
+        );
+        // Nothing to scrub: the line is unchanged.
+        assert_eq!(Scrubber::new([]).scrub("plain text"), "plain text");
+    }
+
+    #[test]
+    fn hook_env_holds_only_path_lang_the_facts_and_listed_variables() {
+        let daemon_env = |name: &str| {
+            [
+                "PATH",
+                "LANG",
+                "HOOKS_UNIT_LISTED",
+                "HOOKS_UNIT_UNLISTED",
+                "VOIPBIN_PASSWORD",
+            ]
+            .contains(&name)
+            .then(|| std::ffi::OsString::from("x"))
+        };
+        let env = hook_env_from(
+            daemon_env,
+            &["HOOKS_UNIT_LISTED".into(), "HOOKS_UNIT_MISSING".into()],
+            "main",
+            std::path::Path::new("/run/x.token"),
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        for present in [
+            "PATH",
+            "LANG",
+            "HOOKS_UNIT_LISTED",
+            "VOIPBIN_TOKEND_CREDENTIAL",
+            "VOIPBIN_TOKEND_OUTPUT",
+            "VOIPBIN_TOKEND_EXPIRES_AT",
+        ] {
+            assert!(names.contains(&present), "{present} missing: {names:?}");
+        }
+        for absent in [
+            "LC_ALL",
+            "HOOKS_UNIT_UNLISTED",
+            "HOOKS_UNIT_MISSING",
+            "VOIPBIN_PASSWORD",
+        ] {
+            assert!(!names.contains(&absent), "{absent} present: {names:?}");
         }
     }
 }

@@ -15,6 +15,10 @@ use crate::token::rfc3339;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusFile {
     pub pid: u32,
+    /// Which process `pid` was: its start time and the boot it started in
+    /// (see [`ProcessId`]). A pid is reused once its process is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessId>,
     #[serde(with = "time::serde::rfc3339")]
     pub written_at: OffsetDateTime,
     pub config: PathBuf,
@@ -52,12 +56,49 @@ pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
-    matches!(
+/// What tells one process from a later one with the same pid: the boot it
+/// started in and its start time (clock ticks after boot, field 22 of
+/// `/proc/<pid>/stat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub boot_id: String,
+    pub start_ticks: u64,
+}
+
+impl ProcessId {
+    /// This process's identity, or None where /proc cannot tell.
+    pub fn of_self() -> Option<ProcessId> {
+        ProcessId::of(std::process::id())
+    }
+
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The name (field 2) is in parentheses and may hold spaces or ')'.
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let start_ticks = after_name.split_whitespace().nth(19)?.parse().ok()?;
+        Some(ProcessId {
+            boot_id: boot_id.trim().to_string(),
+            start_ticks,
+        })
+    }
+}
+
+/// True if the daemon that wrote `status` still runs: its pid exists and,
+/// where the file records it, is still the same process (not a later one
+/// that was given the pid after the daemon died).
+fn alive(status: &StatusFile) -> bool {
+    let Ok(pid) = i32::try_from(status.pid) else {
+        return false;
+    };
+    let exists = matches!(
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
         Ok(()) | Err(nix::errno::Errno::EPERM)
-    )
+    );
+    match &status.process {
+        Some(recorded) => exists && ProcessId::of(status.pid).as_ref() == Some(recorded),
+        None => exists,
+    }
 }
 
 /// A duration in its two largest units: "5days 14h", not "5days 14h 3m 2s".
@@ -116,7 +157,7 @@ pub fn command(state_dir: &Path, json: bool) -> ExitCode {
         }
     };
     let now = crate::now();
-    let running = alive(status.pid);
+    let running = alive(&status);
     let all_fresh = !status.credentials.is_empty() && status.credentials.iter().all(|c| c.is_fresh_at(now));
     if json {
         let creds: Vec<_> = status
@@ -147,7 +188,7 @@ pub fn command(state_dir: &Path, json: bool) -> ExitCode {
             );
         } else {
             println!(
-                "daemon: NOT RUNNING (pid {} is gone); figures below are from {}",
+                "daemon: NOT RUNNING (pid {} is gone or now another process); figures below are from {}",
                 status.pid,
                 rfc3339(status.written_at)
             );

@@ -898,14 +898,24 @@ fn a_failing_hook_is_logged_and_counted_and_renewal_goes_on() {
     );
 }
 
-/// Kills the processes whose pids a test's hook wrote to a file.
+/// Kills the processes whose pids a test's hook wrote to a file, if they
+/// are still the hook's `sleep 600`: the machine's pids wrap around (pid_max
+/// is often 32768), and a pid whose hook is gone may by now be another
+/// test's process (a SIGKILL to the app of the signal-hook test below made
+/// it wait in vain for its SIGHUP).
 struct KillPids(PathBuf);
+
+/// True if `pid` runs `sleep 600` (the hanging hook below, after its exec).
+fn is_sleeper(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00")
+}
 
 impl Drop for KillPids {
     fn drop(&mut self) {
         for pid in std::fs::read_to_string(&self.0).unwrap_or_default().lines() {
             if let Ok(pid) = pid.trim().parse::<i32>()
                 && alive(pid)
+                && is_sleeper(pid)
             {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -951,23 +961,43 @@ fn a_hook_that_never_ends_does_not_hold_up_renewals() {
 }
 
 /// A program that appends a line to `log` for each SIGHUP and keeps its
-/// pid in ./app.pid (written atomically). Killed on drop.
+/// pid in ./app.pid (written atomically, after the trap is set). Killed,
+/// with its process group, on drop.
+///
+/// It waits in the `wait` builtin, which a trapped signal interrupts at
+/// once, rather than in a foreground `sleep` loop: there the trap waits for
+/// the command to end, and the shell forks 20 times a second, hastening
+/// pid reuse on a busy machine.
 struct App {
     child: Child,
 }
 
 impl App {
     fn start(t: &TestDir, log: &str) -> App {
+        use std::os::unix::process::CommandExt;
         let script = format!(
-            "trap 'echo x >> {log}' HUP; echo $$ > app.pid.tmp; mv app.pid.tmp app.pid; while :; do sleep 0.05; done"
+            "trap 'echo x >> {log}' HUP; echo $$ > app.pid.tmp; mv app.pid.tmp app.pid; \
+             while :; do sleep 5 & wait $!; done"
         );
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(script)
             .current_dir(t.dir.path())
             .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+            .process_group(0);
+        // A signal ignored when a shell starts cannot be trapped (POSIX):
+        // under `nohup`, or any runner that ignores SIGHUP, the trap above
+        // would silently do nothing and the app would swallow every SIGHUP.
+        // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigDfl)
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = command.spawn().unwrap();
         let app = App { child };
         let pid = app.pid().to_string();
         wait_for(
@@ -982,11 +1012,23 @@ impl App {
     fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The app's process state (for failure messages): "S", "Z" (it died)...
+    fn state(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim().chars().take(1).collect())
+            })
+            .unwrap_or_else(|| "gone".into())
+    }
 }
 
 impl Drop for App {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The group: the shell and its sleep.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -1015,10 +1057,12 @@ fn signal_hook_reads_the_pid_file_each_time_and_survives_a_missing_one() {
             WAIT,
             &format!("{n} SIGHUPs to the app"),
             || lines(&t, "sig_a.log").len() >= n as usize,
-            || d.log(),
+            || format!("app pid {} state {}\n{}", a.pid(), a.state(), d.log()),
         );
     }
-    assert!(d.log().contains(&format!("pid={}", a.pid())), "{}", d.log());
+    // The daemon logs "signalled" after kill() returns, so the app may see
+    // the signal before the line reaches the log: wait for it.
+    d.wait_log(&format!("pid={}", a.pid()), 1, WAIT);
 
     // The app restarts with another pid: the pid file is read anew.
     drop(a);
@@ -1029,9 +1073,9 @@ fn signal_hook_reads_the_pid_file_each_time_and_survives_a_missing_one() {
         WAIT,
         "a SIGHUP to the restarted app",
         || !lines(&t, "sig_b.log").is_empty(),
-        || d.log(),
+        || format!("app pid {} state {}\n{}", b.pid(), b.state(), d.log()),
     );
-    assert!(d.log().contains(&format!("pid={}", b.pid())), "{}", d.log());
+    d.wait_log(&format!("pid={}", b.pid()), 1, WAIT);
     // Showing that nothing more happens: no stray signals.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(lines(&t, "sig_a.log").len(), 2, "SIGHUPs to the first app");

@@ -96,12 +96,13 @@ pub fn render(format: &Format, facts: &TokenFacts<'_>) -> Zeroizing<Vec<u8>> {
 /// stand for literal braces.
 pub fn check_template(template: &str) -> Result<(), String> {
     let mut unknown = None;
+    let mut has_token = false;
     walk(template, |piece| {
-        if let Piece::Placeholder(name) = piece
-            && !PLACEHOLDERS.contains(&name)
-            && unknown.is_none()
-        {
-            unknown = Some(name.to_string());
+        if let Piece::Placeholder(name) = piece {
+            has_token |= name == "token";
+            if !PLACEHOLDERS.contains(&name) && unknown.is_none() {
+                unknown = Some(name.to_string());
+            }
         }
     })?;
     match unknown {
@@ -109,6 +110,9 @@ pub fn check_template(template: &str) -> Result<(), String> {
             "unknown placeholder {{{name}}}; use {}",
             PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
         )),
+        // Without the token the file is useless, and no token can be found
+        // in it at start, so every start would log in.
+        None if !has_token => Err("has no {token} placeholder; an output must hold the token".into()),
         None => Ok(()),
     }
 }
@@ -239,7 +243,15 @@ mod tests {
         assert!(check_template("{tokn}").unwrap_err().contains("{tokn}"));
         assert!(check_template("{token").is_err());
         assert!(check_template("x } y").is_err());
-        check_template("no placeholders at all").unwrap();
+        // A template without the token is refused: no token could be found
+        // in its file at start, so every start would log in.
+        assert!(
+            check_template("no placeholders at all")
+                .unwrap_err()
+                .contains("{token}")
+        );
+        assert!(check_template("{{token}} is escaped").is_err());
+        check_template("Bearer {token}").unwrap();
     }
 
     #[test]
