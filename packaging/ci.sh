@@ -291,7 +291,7 @@ image_setup() {
   mkdir -p "$p/root" "$p/runroot"
   cat > "$p/containers.conf" <<EOF
 [containers]
-default_ulimits = ["nofile=1024:1024"]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
@@ -360,7 +360,9 @@ EOF
   uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
   rss=$(awk '/^VmRSS:/ {print $2 " " $3}' "/proc/$pid/status")
   [ "$uid" != 0 ] || fail "the daemon runs as root in the container"
-  grep -E '^[0-9]+ [0-9]+ [^ ]+ / / ro[, ]' "/proc/$pid/mountinfo" >/dev/null || fail "the root filesystem is not read-only"
+  # mountinfo: field 5 is the mount point, field 6 its options.
+  awk '$5 == "/" { print $6 }' "/proc/$pid/mountinfo" | tail -n1 | grep -qE '^ro(,|$)' ||
+    fail "the root filesystem is not read-only: $(awk '$5 == "/"' "/proc/$pid/mountinfo")"
   [ "$(stat -c %u "$d/tokens/main.env")" = "$uid" ] || fail "the token file is not owned by uid $uid"
   echo "runs as uid $uid, read-only root, resident $rss"
 
@@ -371,6 +373,16 @@ EOF
   podman rm voipbin-tokend-ci >/dev/null
   echo "podman stop: exit 0"
   stop_standin
+
+  # `demo` in the image: its temporary folder on the /tmp tmpfs that
+  # --read-only provides (Kubernetes: an emptyDir at /tmp).
+  podman run -d --name voipbin-tokend-ci --network none --read-only --cap-drop all "$IMAGE" demo --lifetime 2s >/dev/null
+  wait_for 20 "two renewals in the image's demo" sh -c '[ "$(podman logs voipbin-tokend-ci 2>&1 | grep -c "token renewed")" -ge 2 ]'
+  podman stop -t 10 voipbin-tokend-ci >/dev/null
+  code=$(podman inspect --format '{{.State.ExitCode}}' voipbin-tokend-ci)
+  [ "$code" = 0 ] || fail "demo in the image exited $code: $(podman logs voipbin-tokend-ci 2>&1 | tail -n 20)"
+  podman rm voipbin-tokend-ci >/dev/null
+  echo "demo in the image: renewals, exit 0 on podman stop"
 }
 
 # ---------------------------------------------------------------------------

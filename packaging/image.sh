@@ -17,14 +17,18 @@ bin=$(packaging/static.sh | tail -n1)
 version=$(crate_version)
 tag="localhost/voipbin-tokend:$version"
 
+# Modes in the context are the modes in the image: no umask surprises.
+umask 022
 ctx=target/image-context
+root=$ctx/rootfs
 rm -rf "$ctx"
-mkdir -p "$ctx/tmp"
-chmod 1777 "$ctx/tmp"
-cp "$bin" "$ctx/voipbin-tokend"
-cp "$ca" "$ctx/ca-certificates.crt"
-printf 'root:x:0:0:root:/:/sbin/nologin\nvoipbin-tokend:x:65532:65532:voipbin-tokend:/nonexistent:/sbin/nologin\n' > "$ctx/passwd"
-printf 'root:x:0:\nvoipbin-tokend:x:65532:\n' > "$ctx/group"
+install -d -m 0755 "$root/usr/bin" "$root/etc/ssl/certs"
+install -d -m 1777 "$root/tmp"
+install -m 0755 "$bin" "$root/usr/bin/voipbin-tokend"
+install -m 0644 "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
+printf 'root:x:0:0:root:/:/sbin/nologin\nvoipbin-tokend:x:65532:65532:voipbin-tokend:/nonexistent:/sbin/nologin\n' > "$root/etc/passwd"
+printf 'root:x:0:\nvoipbin-tokend:x:65532:\n' > "$root/etc/group"
+chmod 0644 "$root/etc/passwd" "$root/etc/group"
 
 podman build --pull=never --no-cache \
   --label "org.opencontainers.image.title=voipbin-tokend" \
