@@ -68,9 +68,10 @@ wait_for() {
 # port; sets STANDIN_URL (http://127.0.0.1:PORT) and STANDIN_PORT. Account:
 # demo@example.com / demo-password.
 start_standin() {
+  rm -f "$work/standin.out"
   "$1" standin --listen 127.0.0.1:0 --lifetime 1h > "$work/standin.out" 2> "$work/standin.err" &
   standin_pid=$!
-  wait_for 10 "the stand-in's address" test -s "$work/standin.out"
+  wait_for 10 "the stand-in's address" grep -q '^http://127.0.0.1:[0-9][0-9]*$' "$work/standin.out"
   STANDIN_URL=$(head -n1 "$work/standin.out")
   STANDIN_PORT=${STANDIN_URL##*:}
 }
