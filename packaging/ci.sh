@@ -34,8 +34,9 @@ mkdir -p "$work"
 standin_pid=
 cleanups=()
 cleanup() {
-  local c
-  for c in "${cleanups[@]}"; do eval "$c" || true; done
+  local i
+  # Last in, first out: undo in the reverse order of doing.
+  for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do eval "${cleanups[i]}" || true; done
   if [ -n "$standin_pid" ]; then kill "$standin_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -112,10 +113,16 @@ deb_install_and_use() {
   if dpkg -s voipbin-tokend >/dev/null 2>&1; then
     fail "voipbin-tokend is already installed here; this test installs and purges it"
   fi
-  local d
+  # A manual install's config or state (or a state dir left by a test run
+  # as root): purge would delete it, and the before/after comparison needs
+  # them absent. Moved aside here, put back at the end.
+  local d saved
   for d in /etc/voipbin-tokend /var/lib/voipbin-tokend; do
-    # A manual install's config or state: purge would delete it.
-    [ ! -e "$d" ] || fail "$d exists (a manual install?); this test purges the package, which removes it"
+    [ -e "$d" ] || continue
+    saved=$work/saved$(echo "$d" | tr / _)
+    mv "$d" "$saved"
+    cleanups+=("rm -rf '$d'; mv '$saved' '$d'")
+    echo "moved $d aside; it is put back at the end"
   done
   user_existed=no
   if getent passwd voipbin-tokend >/dev/null; then user_existed=yes; fi
