@@ -359,8 +359,7 @@ fn first_stdout_line(child: &mut std::process::Child, timeout: Duration) -> Stri
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    rx.recv_timeout(timeout)
-        .expect("standin printed no line in time")
+    rx.recv_timeout(timeout).expect("standin printed no line in time")
 }
 
 #[test]
