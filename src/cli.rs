@@ -112,6 +112,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  cargo run --release -- demo\n\n\
         Tokens live 20 seconds, so renewals show within a minute. Ctrl-C stops it.")]
     Demo(crate::demo::DemoArgs),
+    /// For packaging tests only (hidden): serve the stand-in API until SIGTERM/SIGINT.
+    #[command(hide = true)]
+    Standin(crate::demo::StandinArgs),
 }
 
 /// Parses the command line, runs the command, maps the result to an exit code.
@@ -140,6 +143,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => crate::demo::main(args),
+        Command::Standin(args) => crate::demo::standin(args),
     }
 }
 

@@ -48,6 +48,67 @@ fn refuse_non_empty(dir: &std::path::Path, force: bool) -> Result<(), String> {
     ))
 }
 
+/// `voipbin-tokend standin` (hidden, for the packaging tests): the demo's
+/// stand-in API alone, so a static binary or a container image built from
+/// this tree can be run with `once`/`run` against it, the way a user would,
+/// without a test harness. Not part of the interface users rely on.
+#[derive(Debug, clap::Args)]
+pub struct StandinArgs {
+    /// Loopback address to listen on (port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Lifetime of the stand-in's tokens.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+}
+
+/// Serves the stand-in with the demo's account (`demo@example.com`,
+/// password `demo-password`) until SIGTERM or SIGINT. Prints its base URL
+/// as the only line on stdout (the reader may close the pipe after it);
+/// refuses a non-loopback address, since the
+/// stand-in hands tokens to anyone with a well-known password.
+pub fn standin(args: StandinArgs) -> ExitCode {
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "voipbin-tokend: standin: --listen {} is not a loopback address",
+            args.listen
+        );
+        return ExitCode::from(2);
+    }
+    let rt = match crate::cli::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voipbin-tokend: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let standin = StandIn::start_in_runtime(StandInOptions {
+            lifetime: args.lifetime,
+            users: vec![(DEMO_USER.to_string(), DEMO_PASSWORD.to_string())],
+            bind: Some(args.listen),
+            ..StandInOptions::default()
+        })
+        .await?;
+        println!("{}", standin.base_url());
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voipbin-tokend: standin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main(args: DemoArgs) -> ExitCode {
     if let Some(d) = &args.dir
         && let Err(e) = refuse_non_empty(d, args.force)

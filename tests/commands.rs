@@ -353,3 +353,62 @@ fn demo_renews_a_token_and_rotates_an_access_key_side_by_side_and_exits_0_on_sig
     let took = stop(&mut d, Signal::SIGINT);
     eprintln!("demo: exit 0 {took:?} after SIGINT");
 }
+
+// ---------------------------------------------------------------------------
+// standin (hidden; the packaging tests run the binary against it)
+
+/// Reads the first stdout line of `child` within `timeout` (the base URL).
+fn first_stdout_line(child: &mut std::process::Child, timeout: Duration) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(timeout).expect("standin printed no line in time")
+}
+
+#[test]
+fn standin_serves_the_demo_account_on_loopback_and_exits_0_on_sigterm() {
+    let t = TestDir::new();
+    let mut child = t
+        .command(&["standin", "--listen", "127.0.0.1:0", "--lifetime", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn standin");
+    let base_url = first_stdout_line(&mut child, WAIT);
+    let base_url = base_url.trim();
+    assert!(base_url.starts_with("http://127.0.0.1:"), "{base_url:?}");
+
+    std::fs::write(t.path("password"), "demo-password\n").unwrap();
+    let config = config_text(base_url, &credential("main", &output("main.token", "raw")))
+        .replace(USER, "demo@example.com");
+    std::fs::write(t.config_path(), config).unwrap();
+    let out = t.run(&["once", "-c", &cfg_arg(&t)]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let token = t.read("main.token").expect("token written");
+    let left = expire_of(&token) - time::OffsetDateTime::now_utc();
+    assert!(left > time::Duration::minutes(55), "lifetime not applied: {left}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < WAIT, "standin did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn standin_refuses_a_non_loopback_address() {
+    let t = TestDir::new();
+    let out = t.run(&["standin", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(both(&out).contains("not a loopback address"), "{}", both(&out));
+}

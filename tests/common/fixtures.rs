@@ -23,9 +23,16 @@ pub const FAST_RETRY: &str = "retry-min = \"100ms\"\nretry-max = \"500ms\"\n";
 pub const OTHER_USER: &str = "other@example.com";
 
 /// An `[api]` section with the given timeout and login budget, then `rest`.
+/// A `[state]` in the test dir is added unless `rest` has its own: a test
+/// must never touch the machine's /var/lib/voipbin-tokend (nor take its lock).
 pub fn config_api(base_url: &str, timeout: &str, max_logins_per_second: u32, rest: &str) -> String {
+    let state = if rest.contains("[state]") {
+        ""
+    } else {
+        "[state]\ndir = \"state\"\n\n"
+    };
     format!(
-        "[api]\nbase-url = \"{base_url}\"\ntimeout = \"{timeout}\"\nmax-logins-per-second = {max_logins_per_second}\n\n{rest}"
+        "[api]\nbase-url = \"{base_url}\"\ntimeout = \"{timeout}\"\nmax-logins-per-second = {max_logins_per_second}\n\n{state}{rest}"
     )
 }
 
