@@ -296,9 +296,10 @@ fn check(path: &Path) -> ExitCode {
             println!("  password from {} ({readable})", login.password);
         }
         println!(
-            "  renew at {:.0}% +/- {:.0}% of the token's lifetime; retry after {} doubling up to {}",
+            "  renew at {:.0}% +/- {:.0}% of the {}'s lifetime; retry after {} doubling up to {}",
             r.renew_at * 100.0,
             r.jitter * 100.0,
+            if cred.key().is_some() { "key" } else { "token" },
             humantime::format_duration(r.retry_min),
             humantime::format_duration(r.retry_max)
         );
