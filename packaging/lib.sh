@@ -3,6 +3,11 @@
 # root), cargo-deb with `cargo install` into target/tools (nothing cached
 # outside the clone).
 
+# The packaging scripts build into this clone's own target/ (the paths of
+# the artifacts they print and use are under it), whatever CARGO_TARGET_DIR
+# the caller has set for other builds.
+export CARGO_TARGET_DIR="$PWD/target"
+
 # need_apt CMD PKG: install Debian package PKG unless command CMD exists.
 need_apt() {
   command -v "$1" >/dev/null 2>&1 && return 0
