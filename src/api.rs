@@ -225,7 +225,12 @@ impl ApiClient {
             }
         }
 
-        let bytes = read_capped(response, &request_id, self).await?;
+        let bytes = read_capped(response).await.map_err(|e| match e {
+            BodyError::TooLarge => LoginError::TooLarge {
+                request_id: request_id.clone(),
+            },
+            BodyError::Transport(e) => self.transport(e),
+        })?;
         let answer: LoginAnswer = serde_json::from_slice(&bytes).map_err(|_| LoginError::BadBody {
             request_id: request_id.clone(),
         })?;
@@ -299,23 +304,23 @@ pub fn login_url(base: &reqwest::Url) -> Result<reqwest::Url, String> {
     Ok(join(base, &["auth", "login"]))
 }
 
+/// Why an answer's body could not be read whole.
+pub(crate) enum BodyError {
+    /// Over [`MAX_BODY`] (by `Content-Length`, or counted while reading).
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
 /// Reads the body, refusing it as soon as it passes [`MAX_BODY`]. The
-/// buffer is zeroed when dropped: it holds the token.
-async fn read_capped(
-    mut response: reqwest::Response,
-    request_id: &Option<String>,
-    client: &ApiClient,
-) -> Result<Zeroizing<Vec<u8>>, LoginError> {
-    let too_large = || LoginError::TooLarge {
-        request_id: request_id.clone(),
-    };
+/// buffer is zeroed when dropped: it may hold a token or a key.
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, BodyError> {
     if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
+        return Err(BodyError::TooLarge);
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(4096));
-    while let Some(chunk) = response.chunk().await.map_err(|e| client.transport(e))? {
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
         if buf.len() + chunk.len() > MAX_BODY {
-            return Err(too_large());
+            return Err(BodyError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }

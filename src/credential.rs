@@ -36,6 +36,19 @@ use crate::token;
 
 pub use crate::source::{Api, Held};
 
+/// What a source may use of a credential: built from the fields it names,
+/// so that `self.source` can be borrowed mutably beside it.
+macro_rules! ctx {
+    ($cred:expr) => {
+        Ctx {
+            cfg: &$cred.cfg,
+            api: &$cred.api,
+            metrics: &$cred.metrics,
+            state_dir: &$cred.state_dir,
+        }
+    };
+}
+
 /// What a credential looks like from outside: for logs, `status`,
 /// readiness. Never holds the token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -222,15 +235,6 @@ impl Credential {
     }
 
     /// What a source may use of this credential.
-    fn ctx(&self) -> Ctx<'_> {
-        Ctx {
-            cfg: &self.cfg,
-            api: &self.api,
-            metrics: &self.metrics,
-            state_dir: &self.state_dir,
-        }
-    }
-
     /// Takes the secret already held, if it is still good (a restart must
     /// not log in or make a key when it need not): a login token found in
     /// the outputs, an access key from the key state. Also removes temp
@@ -246,9 +250,7 @@ impl Credential {
             }
         })
         .await;
-        let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
-        let adopted = source.adopt(&self.ctx(), now).await;
-        self.source = source;
+        let adopted = self.source.adopt(&ctx!(self), now).await;
         match adopted {
             Ok(Some(held)) => {
                 self.metrics
@@ -361,14 +363,12 @@ impl Credential {
     /// and takes it, or records the failure. True when there is a new
     /// secret to write.
     async fn renew(&mut self, cancel: &CancellationToken) -> bool {
-        let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
-        let ctx = self.ctx();
+        let ctx = ctx!(self);
         let result = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = source.renew(&ctx, self.held.as_ref()) => Some(r),
+            r = self.source.renew(&ctx, self.held.as_ref()) => Some(r),
         };
-        self.source = source;
         let Some(result) = result else { return false };
         self.metrics.renewal(&self.cfg.name, result.is_ok());
         match result {
@@ -393,11 +393,10 @@ impl Credential {
     /// Key housekeeping (deletions, sweeps, lookups). A held key found
     /// deleted out of band is renewed at once.
     async fn housekeep(&mut self) {
-        let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
-        let outcome = source
-            .housekeep(&self.ctx(), self.held.as_ref(), crate::now())
+        let outcome = self
+            .source
+            .housekeep(&ctx!(self), self.held.as_ref(), crate::now())
             .await;
-        self.source = source;
         if outcome == Housekept::RenewNow {
             self.force_login();
         }
@@ -496,9 +495,7 @@ impl Credential {
                 self.clear_failure();
             }
             // Every output holds the held secret: a replaced key's grace starts.
-            let mut source = std::mem::replace(&mut self.source, Source::for_config(&self.cfg));
-            source.published(&self.ctx(), now).await;
-            self.source = source;
+            self.source.published(&ctx!(self), now).await;
             self.publish(now);
         } else {
             self.fail(Step::WriteOutputs, FailureKind::Transient, errors.join("; "));

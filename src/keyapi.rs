@@ -17,7 +17,7 @@ use reqwest::Method;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::api::{ApiClient, MAX_BODY, answer_meta, chain, retry_after, rid};
+use crate::api::{ApiClient, BodyError, MAX_BODY, answer_meta, chain, read_capped, retry_after, rid};
 use crate::schedule::FailureKind;
 use crate::secret::Secret;
 
@@ -342,23 +342,18 @@ impl<'a> KeyClient<'a> {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let mut response = request.send().await.map_err(|e| self.transport(e))?;
+        let response = request.send().await.map_err(|e| self.transport(e))?;
         let received_at = crate::now();
         let headers = response.headers();
         let (request_id, server_skew) = answer_meta(headers, received_at);
         let retry = retry_after(headers, received_at);
         let status = response.status().as_u16();
 
-        if response.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(KeyError::TooLarge { request_id });
-        }
-        let mut body = Zeroizing::new(Vec::new());
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(KeyError::TooLarge { request_id });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = match read_capped(response).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return Err(KeyError::TooLarge { request_id }),
+            Err(BodyError::Transport(e)) => return Err(self.transport(e)),
+        };
         let answer = Answer {
             status,
             request_id,

@@ -33,10 +33,7 @@ impl LoginSource {
             let found: Vec<_> = outputs
                 .iter()
                 .filter_map(|out| {
-                    let (tok, claims, obtained_at, from_json) = read_token_file(out)?;
-                    let json_user = (out.format == Format::Json)
-                        .then(|| json_username(&out.path))
-                        .flatten();
+                    let (tok, claims, obtained_at, from_json, json_user) = read_token_file(out)?;
                     Some((out.path.clone(), tok, claims, obtained_at, from_json, json_user))
                 })
                 .collect();
@@ -173,11 +170,15 @@ impl LoginSource {
     }
 }
 
-/// Reads the token in an output file, with when it was obtained: the JSON
-/// format's `obtained_at` (`true` in the result), else the file's mtime.
+/// What an output file says: its token and claims, when it was obtained
+/// (the JSON format's `obtained_at`, flagged `true`, else the file's
+/// mtime), and the `username` a JSON output recorded beside the token.
+type FoundToken = (Secret, token::Claims, OffsetDateTime, bool, Option<String>);
+
+/// Reads the token in an output file, with what the file says about it.
 /// Bounded ([`crate::fsread::MAX_OUTPUT`]) and never blocking: an output
 /// that is too large, or not a regular file, holds no token we reuse.
-fn read_token_file(out: &OutputConfig) -> Option<(Secret, token::Claims, OffsetDateTime, bool)> {
+fn read_token_file(out: &OutputConfig) -> Option<FoundToken> {
     let bytes = match crate::fsread::read_bounded(&out.path, crate::fsread::MAX_OUTPUT, "output") {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return None,
@@ -191,15 +192,25 @@ fn read_token_file(out: &OutputConfig) -> Option<(Secret, token::Claims, OffsetD
     let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
     let mut obtained_at = OffsetDateTime::from(mtime);
     let mut from_json = false;
+    let mut json_user = None;
     if out.format == Format::Json
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
-        && let Some(t) = v.get("obtained_at").and_then(|t| t.as_str())
-        && let Ok(t) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
     {
-        obtained_at = t;
-        from_json = true;
+        json_user = v.get("username").and_then(|u| u.as_str()).map(str::to_owned);
+        if let Some(t) = v.get("obtained_at").and_then(|t| t.as_str())
+            && let Ok(t) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        {
+            obtained_at = t;
+            from_json = true;
+        }
     }
-    Some((Secret::new(tok.to_string()), claims, obtained_at, from_json))
+    Some((
+        Secret::new(tok.to_string()),
+        claims,
+        obtained_at,
+        from_json,
+        json_user,
+    ))
 }
 
 /// What can be told about whose token a file holds.
@@ -254,31 +265,6 @@ fn log_ignored_claims(v: &Validity) {
             "the token's `iat` is after its expiry, in the future or far in the past; its lifetime is counted from when it was obtained"
         );
     }
-}
-
-/// The `username` a JSON output recorded, read the same bounded,
-/// non-blocking way as the record (a missing or odd file is no name).
-fn json_username(path: &std::path::Path) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut text = zeroize::Zeroizing::new(String::new());
-    file.take(token::MAX_TOKEN_LEN as u64 * 2)
-        .read_to_string(&mut text)
-        .ok()?;
-    // Only `username` is kept; the token beside it is skipped, not copied.
-    #[derive(serde::Deserialize)]
-    struct Named {
-        username: Option<String>,
-    }
-    serde_json::from_str::<Named>(&text).ok()?.username
 }
 
 #[cfg(test)]
