@@ -21,9 +21,12 @@ use crate::api::{ApiClient, BodyError, MAX_BODY, answer_meta, chain, read_capped
 use crate::schedule::FailureKind;
 use crate::secret::Secret;
 
-/// Keys listed at most (100 pages of 100): a customer with more is refused
-/// rather than walked forever.
-pub const MAX_KEYS_LISTED: usize = 10_000;
+/// Pages of the key list walked at most: a server whose list never ends
+/// is not walked forever (the list is then cut short, see [`Listing`]).
+pub const MAX_LIST_PAGES: usize = 50;
+
+/// Keys asked for per page of the key list (the server's maximum).
+pub const LIST_PAGE_SIZE: usize = 100;
 
 /// Length of a key's public prefix (`vb_` and 8 more), the part that may
 /// be shown.
@@ -48,6 +51,18 @@ pub struct KeyObject {
     pub tm_create: OffsetDateTime,
     pub tm_expire: OffsetDateTime,
     pub tm_delete: Option<OffsetDateTime>,
+    /// The free text given at creation; this daemon puts the creation's
+    /// nonce there (see `source::key`). Empty when the server sent none.
+    pub detail: String,
+}
+
+/// The key list as walked: `complete` is false when the walk was cut
+/// short (a repeated page token, too many pages), so a key not in `keys`
+/// may still exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub keys: Vec<KeyObject>,
+    pub complete: bool,
 }
 
 /// A key just made: the only moment its secret is ever shown.
@@ -132,6 +147,8 @@ struct RawKey {
     tm_create: Option<String>,
     tm_expire: Option<String>,
     tm_delete: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -165,6 +182,7 @@ impl RawKey {
             id: self.id,
             name: self.name,
             token_prefix: self.token_prefix,
+            detail: self.detail.unwrap_or_default(),
         })
     }
 }
@@ -261,13 +279,28 @@ impl<'a> KeyClient<'a> {
     }
 
     /// Every key of the customer that is not deleted (expired ones too),
-    /// walking the pages (newest first) until an empty one.
+    /// walking the pages (newest first); see [`KeyClient::listing`]. A list
+    /// cut short is returned as far as it got.
     pub async fn list(&self, auth: KeyAuth<'_>) -> Result<Vec<KeyObject>, KeyError> {
-        let mut keys = Vec::new();
+        Ok(self.listing(auth).await?.keys)
+    }
+
+    /// Walks the pages of the key list, newest first, and says whether the
+    /// walk saw the whole list. It stops on an empty page, a page shorter
+    /// than asked for, or an empty next token (the list is complete), and
+    /// on a page token seen before, or after [`MAX_LIST_PAGES`] pages (a
+    /// server that never ends: the list is cut short, `complete` false).
+    /// Ids are deduplicated (the first occurrence is kept).
+    pub async fn listing(&self, auth: KeyAuth<'_>) -> Result<Listing, KeyError> {
+        let mut keys: Vec<KeyObject> = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        let mut seen_tokens = std::collections::HashSet::new();
         let mut page_token = String::new();
-        loop {
+        seen_tokens.insert(page_token.clone());
+        for _ in 0..MAX_LIST_PAGES {
             let mut url = self.url(None);
-            url.query_pairs_mut().append_pair("page_size", "100");
+            url.query_pairs_mut()
+                .append_pair("page_size", &LIST_PAGE_SIZE.to_string());
             if !page_token.is_empty() {
                 url.query_pairs_mut().append_pair("page_token", &page_token);
             }
@@ -278,21 +311,37 @@ impl<'a> KeyClient<'a> {
             };
             let page: RawPage =
                 serde_json::from_slice(&answer.body).map_err(|_| bad("not a page of keys"))?;
-            if page.result.is_empty() {
-                return Ok(keys);
-            }
+            let short = page.result.len() < LIST_PAGE_SIZE;
             for raw in page.result {
-                keys.push(raw.into_object().ok_or_else(|| bad("key without valid times"))?);
+                let object = raw.into_object().ok_or_else(|| bad("key without valid times"))?;
+                if ids.insert(object.id.clone()) {
+                    keys.push(object);
+                }
             }
-            if keys.len() > MAX_KEYS_LISTED {
-                return Err(bad("more than 10000 keys listed"));
+            if short || page.next_page_token.is_empty() {
+                return Ok(Listing { keys, complete: true });
             }
-            // A server that does not move its page token on would loop forever.
-            if page.next_page_token.is_empty() || page.next_page_token == page_token {
-                return Ok(keys);
+            // A server that sends a token again would walk us in a circle.
+            if !seen_tokens.insert(page.next_page_token.clone()) {
+                tracing::warn!(
+                    pages = seen_tokens.len(),
+                    "the key list repeats a page token; the list is cut short"
+                );
+                return Ok(Listing {
+                    keys,
+                    complete: false,
+                });
             }
             page_token = page.next_page_token;
         }
+        tracing::warn!(
+            pages = MAX_LIST_PAGES,
+            "the key list has more pages than are walked; the list is cut short"
+        );
+        Ok(Listing {
+            keys,
+            complete: false,
+        })
     }
 
     async fn call(
@@ -495,6 +544,42 @@ mod tests {
         let e = keys.list(KeyAuth::Key(&boot)).await.unwrap_err();
         assert!(e.to_string().contains("HTTP 503 from http://"), "{e}");
         assert_eq!(e.kind(), FailureKind::Transient);
+    }
+
+    #[tokio::test]
+    async fn a_list_that_never_ends_is_cut_short_and_says_so() {
+        use crate::standin::ListPaging;
+        let server = StandIn::start(StandInOptions::default()).unwrap();
+        let api = crate::api::for_standin(&server);
+        let keys = KeyClient::new(&api);
+        // 150 keys: full pages of 100, so only the token rule and the page
+        // cap can stop a broken walk.
+        let (_, boot) = server.create_key("boot", 86_400);
+        for i in 0..149 {
+            server.create_key(&format!("k{i}"), 86_400);
+        }
+        let boot = Secret::new(boot);
+
+        // Honest: two pages (the second is short), complete.
+        let all = keys.listing(KeyAuth::Key(&boot)).await.unwrap();
+        assert!(all.complete);
+        assert_eq!(all.keys.len(), 150);
+        assert_eq!(server.key_list_requests(), 2);
+
+        // Alternating tokens: "", A, B, then A again: stop, cut short.
+        server.set_key_list_paging(ListPaging::AlternatingTokens);
+        let before = server.key_list_requests();
+        let alt = keys.listing(KeyAuth::Key(&boot)).await.unwrap();
+        assert!(!alt.complete);
+        assert_eq!(alt.keys.len(), 100, "ids deduplicated");
+        assert_eq!(server.key_list_requests() - before, 3);
+
+        // One key a page: the first (short) page ends the walk.
+        server.set_key_list_paging(ListPaging::EndlessOneKeyPerPage);
+        let before = server.key_list_requests();
+        let one = keys.listing(KeyAuth::Key(&boot)).await.unwrap();
+        assert_eq!(one.keys.len(), 1);
+        assert_eq!(server.key_list_requests() - before, 1);
     }
 
     #[test]

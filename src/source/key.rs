@@ -47,6 +47,8 @@ pub enum BootstrapError {
     NotListed(String),
     #[error("the bootstrap key (prefix {0}) is expired")]
     Expired(String),
+    #[error("no key with the bootstrap key's prefix {0} was found in the part of the key list the server gave (the list was cut short: it repeated a page token or did not end)")]
+    ListCutShort(String),
 }
 
 /// The skew to apply, from a `Date`-header estimate: small ones are noise.
@@ -64,14 +66,22 @@ pub async fn adopt_bootstrap(
     key: Secret,
     now: OffsetDateTime,
 ) -> Result<CurrentKey, BootstrapError> {
-    let listed = client.list(KeyAuth::Key(&key)).await?;
+    let listed = client.listing(KeyAuth::Key(&key)).await?;
     let prefix = prefix_of(key.expose()).to_string();
+    let complete = listed.complete;
     // Newest first; the prefix has 8 random characters, so a clash is
     // unlikely, and then the newest live one is taken.
     let object = listed
+        .keys
         .into_iter()
         .find(|k| k.token_prefix == prefix && k.tm_delete.is_none())
-        .ok_or_else(|| BootstrapError::NotListed(prefix.clone()))?;
+        .ok_or_else(|| {
+            if complete {
+                BootstrapError::NotListed(prefix.clone())
+            } else {
+                BootstrapError::ListCutShort(prefix.clone())
+            }
+        })?;
     // The list succeeded with this key, so the server's clock says it is
     // live; its tm_expire is in the server's clock, and a list carries no
     // skew estimate, so it is used as is.
@@ -1021,6 +1031,7 @@ mod tests {
             tm_create: now,
             tm_expire: now + time::Duration::seconds(expire_in),
             tm_delete: deleted.then_some(now),
+            detail: String::new(),
         };
         let mine = state.key_name();
         let listed = [

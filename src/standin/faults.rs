@@ -63,6 +63,13 @@ pub enum Fault {
     /// removes that claim. For odd claims: `iat` ten years ago, `iat` after
     /// the expiry, an expiry in year 9999, another `agent`.
     Claims(serde_json::Value),
+    /// For a key `POST` only (a login answers normally): the key is made as
+    /// asked, but the answer carries this id instead of the new key's (a
+    /// lying server: the id of a hand-made key, or of the key in use).
+    KeyAnswerId(String),
+    /// For a key `POST` only: the key is made as asked, but the answer
+    /// names it this instead of the name asked for.
+    KeyAnswerName(String),
 }
 
 impl Fault {
@@ -113,5 +120,7 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::ServerDateSkew(_) => "server-date-skew",
         Fault::Close => "close",
         Fault::Claims(_) => "claims",
+        Fault::KeyAnswerId(_) => "key-answer-id",
+        Fault::KeyAnswerName(_) => "key-answer-name",
     }
 }

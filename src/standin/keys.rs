@@ -86,6 +86,23 @@ pub(super) struct KeyStore {
     post_script: VecDeque<Fault>,
     requests: u64,
     last_create: Option<SystemTime>,
+    paging: ListPaging,
+    list_requests: u64,
+}
+
+/// How the stand-in pages its key list ([`StandIn::set_key_list_paging`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListPaging {
+    /// As the real server: pages by `tm_create`, an empty page at the end.
+    #[default]
+    Honest,
+    /// A broken server: every answer is the first page (`page_size`
+    /// honoured) and its `next_page_token` alternates between `A` and `B`,
+    /// so a client that only compares with the last token walks forever.
+    AlternatingTokens,
+    /// A broken server: one key a page (cycling through the live keys),
+    /// always with a new `next_page_token`: the list never ends.
+    EndlessOneKeyPerPage,
 }
 
 impl KeyStore {
@@ -284,6 +301,7 @@ pub(super) async fn route(
     };
     let mut drop_after = false;
     let mut create_expired = false;
+    let mut lie = AnswerLie::default();
     match fault {
         Some(Fault::Status {
             status,
@@ -293,6 +311,8 @@ pub(super) async fn route(
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Close) => drop_after = true,
         Some(Fault::Expired) => create_expired = true,
+        Some(Fault::KeyAnswerId(id)) => lie.id = Some(id),
+        Some(Fault::KeyAnswerName(name)) => lie.name = Some(name),
         _ => {}
     }
 
@@ -317,7 +337,7 @@ pub(super) async fn route(
     let method = req.method().clone();
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
-        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired).await,
+        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired, lie).await,
         (m, id) if id.starts_with('/') && !id[1..].contains('/') => {
             one(inner, m, &id[1..], req, request_id).await
         }
@@ -338,7 +358,20 @@ async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn create(inner: &Inner, req: Request<Incoming>, request_id: &str, expired: bool) -> Response<Payload> {
+/// What a lying creation answer says instead of the truth.
+#[derive(Default)]
+struct AnswerLie {
+    id: Option<String>,
+    name: Option<String>,
+}
+
+async fn create(
+    inner: &Inner,
+    req: Request<Incoming>,
+    request_id: &str,
+    expired: bool,
+    lie: AnswerLie,
+) -> Response<Payload> {
     let Some(body) = read_json(req).await.filter(|v| v.is_object()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -368,6 +401,13 @@ async fn create(inner: &Inner, req: Request<Incoming>, request_id: &str, expired
         }
         info.tm_expire = past;
     }
+    // A lie changes the answer only, never the stored key.
+    if let Some(id) = lie.id {
+        info.id = id;
+    }
+    if let Some(name) = lie.name {
+        info.name = name;
+    }
     let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }
@@ -385,6 +425,21 @@ fn list(inner: &Inner, req: &Request<Incoming>, request_id: &str) -> Response<Pa
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|s| (1..=100).contains(s))
         .unwrap_or(100);
+    {
+        let mut keys = inner.keys();
+        keys.list_requests += 1;
+        match keys.paging {
+            ListPaging::Honest => {}
+            ListPaging::AlternatingTokens => {
+                let next = if get("page_token") == Some("A") { "B" } else { "A" };
+                return broken_page(&keys, inner, size, 0, next);
+            }
+            ListPaging::EndlessOneKeyPerPage => {
+                let n = keys.list_requests;
+                return broken_page(&keys, inner, 1, n, &format!("p{n}"));
+            }
+        }
+    }
     let before = match get("page_token").filter(|t| !t.is_empty()) {
         None => None,
         Some(t) => match parse_expire(&t.replace("%3A", ":")) {
@@ -417,6 +472,26 @@ fn list(inner: &Inner, req: &Request<Incoming>, request_id: &str) -> Response<Pa
         .iter()
         .map(|k| key_json(&k.info, k.tm_update, &inner.customer_id, None))
         .collect();
+    let body = serde_json::json!({"result": result, "next_page_token": next});
+    json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// A page of a broken list: `size` live keys from the `skip`-th (newest
+/// first, cycling), with this `next_page_token`.
+fn broken_page(keys: &KeyStore, inner: &Inner, size: usize, skip: u64, next: &str) -> Response<Payload> {
+    let mut live: Vec<&StoredKey> = keys.keys.iter().filter(|k| k.info.tm_delete.is_none()).collect();
+    live.sort_by_key(|k| std::cmp::Reverse(k.info.tm_create));
+    let result: Vec<serde_json::Value> = if live.is_empty() {
+        Vec::new()
+    } else {
+        let start = (skip % live.len() as u64) as usize;
+        live.iter()
+            .cycle()
+            .skip(start)
+            .take(size.min(live.len()))
+            .map(|k| key_json(&k.info, k.tm_update, &inner.customer_id, None))
+            .collect()
+    };
     let body = serde_json::json!({"result": result, "next_page_token": next});
     json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -558,5 +633,15 @@ impl StandIn {
         if let Some(user) = self.inner.state().users.get_mut(username) {
             user.permission = permission;
         }
+    }
+
+    /// How the key list is paged from now on (see [`ListPaging`]).
+    pub fn set_key_list_paging(&self, paging: ListPaging) {
+        self.inner.keys().paging = paging;
+    }
+
+    /// Requests for the key list (`GET /v1.0/accesskeys`) answered so far.
+    pub fn key_list_requests(&self) -> u64 {
+        self.inner.keys().list_requests
     }
 }

@@ -97,7 +97,7 @@ mod tests;
 
 pub use faults::Fault;
 pub use keys::{
-    ACCESSKEYS_PATH, AuthVia, KeyInfo, MIN_KEY_EXPIRE_SECS, PERMISSION_CUSTOMER_ADMIN,
+    ACCESSKEYS_PATH, AuthVia, KeyInfo, ListPaging, MIN_KEY_EXPIRE_SECS, PERMISSION_CUSTOMER_ADMIN,
     PERMISSION_CUSTOMER_AGENT, PERMISSION_PROJECT_SUPER_ADMIN,
 };
 use server::{Inner, User, serve};
