@@ -12,7 +12,15 @@
 //! - `current`: the key in use (id, the key, its times, where it came from);
 //! - `pending_deletions`: replaced keys to delete once their grace is over;
 //! - `left_to_expire`: replaced keys kept alive (`delete-replaced = false`),
-//!   so the orphan sweep leaves them alone.
+//!   so the orphan sweep leaves them alone;
+//! - where the installation lives: the machine id and the state file's
+//!   own inode (stamped into the content by [`save`]); a state file that
+//!   finds itself on another machine or in another file (a cloned VM, a
+//!   backup restored on a second host, a copied volume) starts a new
+//!   installation, see [`identity_mismatch`];
+//! - `creations`: a random nonce for every key creation, saved before the
+//!   `POST` and sent in the key's `detail`: the orphan sweep deletes only
+//!   keys carrying one of these.
 //!
 //! `Debug` of every type here hides the key.
 
@@ -23,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::output::write::{FileSpec, WriteError, write_atomic};
+use crate::output::write::{FileSpec, WriteError, write_atomic_stamped};
 use crate::secret::Secret;
 
 /// The state file is small; anything larger is not ours.
@@ -55,6 +63,11 @@ pub struct CurrentKey {
     #[serde(with = "time::serde::rfc3339")]
     pub obtained_at: OffsetDateTime,
     pub origin: Origin,
+    /// Made by another installation (the state was cloned, see
+    /// [`identity_mismatch`]): used until replaced, then left to expire,
+    /// never deleted by this one (the original host may still publish it).
+    #[serde(default)]
+    pub inherited: bool,
 }
 
 impl std::fmt::Debug for CurrentKey {
@@ -64,6 +77,7 @@ impl std::fmt::Debug for CurrentKey {
             .field("prefix", &crate::keyapi::prefix_of(self.key.expose()))
             .field("tm_expire", &crate::token::rfc3339(self.tm_expire))
             .field("origin", &self.origin)
+            .field("inherited", &self.inherited)
             .finish()
     }
 }
@@ -90,7 +104,35 @@ pub struct PendingDeletion {
     /// (a consumer may still be reading the replaced key).
     #[serde(with = "time::serde::rfc3339::option")]
     pub delete_after: Option<OffsetDateTime>,
+    /// The key came from `bootstrap-key-file` (made by hand, so its name is
+    /// not this installation's): deleted if its prefix still matches.
+    #[serde(default)]
+    pub bootstrap: bool,
 }
+
+/// One key creation this installation started: `nonce` went into the
+/// key's `detail`. Kept until the key is known (current, pending) or
+/// swept, or until a key made then would have expired.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Creation {
+    pub nonce: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The inode number the state file was written with (see [`save`]). It
+/// always compares equal: it says where the state lives, not what it is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileStamp(pub Option<u64>);
+
+impl PartialEq for FileStamp {
+    fn eq(&self, _: &FileStamp) -> bool {
+        true
+    }
+}
+
+impl Eq for FileStamp {}
 
 /// A replaced key left to expire on its own.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,6 +156,16 @@ pub struct KeyState {
     pub pending_deletions: Vec<PendingDeletion>,
     #[serde(default)]
     pub left_to_expire: Vec<LeftToExpire>,
+    /// The machine id where the installation lives (`/etc/machine-id`,
+    /// else `/var/lib/dbus/machine-id`); `None` where there is none.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// The inode of the file this content was written to (set by [`save`]).
+    #[serde(default)]
+    pub file_id: FileStamp,
+    /// Key creations started and not yet settled (see [`Creation`]).
+    #[serde(default)]
+    pub creations: Vec<Creation>,
 }
 
 /// Why the state could not be read or written. Names the file.
@@ -149,7 +201,27 @@ impl KeyState {
             current: None,
             pending_deletions: Vec::new(),
             left_to_expire: Vec::new(),
+            machine_id: machine_id(),
+            file_id: FileStamp(None),
+            creations: Vec::new(),
         }
+    }
+
+    /// Starts a new installation in place of this one, whose state was
+    /// found where it was not made: a new installation id (so a new key
+    /// name); the current key is kept for use but marked inherited (left to
+    /// expire once replaced, never deleted); pending deletions and recorded
+    /// creations are dropped (the original host may still publish those
+    /// keys or be about to learn of them). Keys left to expire stay.
+    pub fn start_over_as_new_installation(&mut self) {
+        self.installation_id = KeyState::new(&self.credential).installation_id;
+        if let Some(c) = self.current.as_mut() {
+            c.inherited = true;
+        }
+        self.pending_deletions.clear();
+        self.creations.clear();
+        self.machine_id = machine_id();
+        self.file_id = FileStamp(None);
     }
 
     /// The name every key of this installation gets; the orphan sweep
@@ -168,6 +240,48 @@ impl KeyState {
     }
 }
 
+/// Where the machine id is read from, in order.
+pub const MACHINE_ID_FILES: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This machine's id: the first of [`MACHINE_ID_FILES`] that holds one.
+pub fn machine_id() -> Option<String> {
+    machine_id_from(&MACHINE_ID_FILES.map(Path::new))
+}
+
+/// The first non-empty id (a short line of letters and digits) in `files`.
+pub fn machine_id_from(files: &[&Path]) -> Option<String> {
+    files.iter().find_map(|p| {
+        let bytes = crate::fsread::read_bounded(p, 256, "machine-id").ok()?;
+        let id = std::str::from_utf8(&bytes).ok()?.trim();
+        (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_owned())
+    })
+}
+
+/// Why a loaded state does not belong to this place, if it does not: it
+/// records another machine id than this machine's, or another inode than
+/// the file it was read from (it was copied). A state that records
+/// neither (written before these were kept) belongs where it is.
+pub fn identity_mismatch(state: &KeyState, machine: Option<&str>, file_inode: u64) -> Option<String> {
+    if let Some(recorded) = state.machine_id.as_deref()
+        && Some(recorded) != machine
+    {
+        return Some(match machine {
+            Some(_) => {
+                "it was written on another machine (its machine id differs from /etc/machine-id)".into()
+            }
+            None => "it was written on a machine with a machine id, and this one has none".into(),
+        });
+    }
+    if let Some(recorded) = state.file_id.0
+        && recorded != file_inode
+    {
+        return Some(format!(
+            "it is a copy (it was written as inode {recorded}, this file is inode {file_inode})"
+        ));
+    }
+    None
+}
+
 /// `{state dir}/keys/{credential}.json`.
 pub fn path(state_dir: &Path, credential: &str) -> PathBuf {
     state_dir.join("keys").join(format!("{credential}.json"))
@@ -177,6 +291,12 @@ pub fn path(state_dir: &Path, credential: &str) -> PathBuf {
 /// not a regular file (a FIFO would block), too large or not valid is an
 /// error: the daemon must not silently start over and lose track of keys.
 pub fn load(path: &Path) -> Result<Option<KeyState>, StateError> {
+    Ok(load_with_inode(path)?.map(|(state, _)| state))
+}
+
+/// [`load`], with the inode of the file read (for [`identity_mismatch`]).
+pub fn load_with_inode(path: &Path) -> Result<Option<(KeyState, u64)>, StateError> {
+    use std::os::unix::fs::MetadataExt;
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
@@ -227,7 +347,7 @@ pub fn load(path: &Path) -> Result<Option<KeyState>, StateError> {
             reason: "current.key is not a key".into(),
         });
     }
-    Ok(Some(state))
+    Ok(Some((state, meta.ino())))
 }
 
 /// Writes the state atomically (0600, fsynced, directory fsynced),
@@ -245,19 +365,22 @@ pub fn save(path: &Path, state: &KeyState) -> Result<(), StateError> {
                 source,
             })?;
     }
-    let text =
-        zeroize::Zeroizing::new(serde_json::to_vec_pretty(state).map_err(|e| StateError::Invalid {
-            path: path.into(),
-            reason: e.to_string(),
-        })?);
-    write_atomic(
+    // The temp file's inode is stamped into the content before the
+    // rename, so the file on disk names its own inode: a copy does not.
+    let mut stamped = state.clone();
+    write_atomic_stamped(
         &FileSpec {
             path,
             mode: 0o600,
             uid: None,
             gid: None,
         },
-        &text,
+        |inode| {
+            stamped.file_id = FileStamp(Some(inode));
+            serde_json::to_vec_pretty(&stamped)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|e| e.to_string())
+        },
     )?;
     Ok(())
 }
@@ -280,11 +403,13 @@ mod tests {
             server_skew_seconds: 3600,
             obtained_at: datetime!(2026-11-01 00:00 UTC),
             origin: Origin::Created,
+            inherited: false,
         });
         s.pending_deletions.push(PendingDeletion {
             id: "00000000-0000-4000-8000-000000000002".into(),
             prefix: "vb_abcdefgh".into(),
             delete_after: Some(datetime!(2026-11-01 01:00 UTC)),
+            bootstrap: false,
         });
         s
     }

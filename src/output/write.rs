@@ -173,6 +173,57 @@ pub fn remove_stale_temps(path: &Path) -> usize {
     removed
 }
 
+/// Like [`write_atomic`], but the content is made once the temp file
+/// exists, from its inode number (always written: the content differs on
+/// every write). The file then carries the identity it has on disk, so a
+/// copy (a new inode) can be told from the file this process wrote: the
+/// key state uses it to notice a cloned state directory.
+pub fn write_atomic_stamped(
+    spec: &FileSpec<'_>,
+    make: impl FnOnce(u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String>,
+) -> Result<WriteOutcome, WriteError> {
+    let path = spec.path;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(WriteError::NoDirectory(dir.to_path_buf()));
+    }
+    crate::fsread::check_replaceable(path).map_err(WriteError::NotReplaceable)?;
+    let tmp = dir.join(temp_name(path));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(spec.mode)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io("create a temp file beside", path))?;
+    let result = file
+        .metadata()
+        .map_err(io("stat the temp file for", path))
+        .and_then(|meta| {
+            make(meta.ino()).map_err(|e| WriteError::Io {
+                step: "make the content of",
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
+            })
+        })
+        .and_then(|content| fill(&mut file, spec, &content))
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
+        });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    }
+    Ok(WriteOutcome::Written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

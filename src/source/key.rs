@@ -5,14 +5,28 @@
 //! Every step that makes or forgets a key persists the [`KeyState`] before
 //! anything else sees the change, so a kill at any moment loses no key:
 //!
-//! 1. `POST` a key named `voipbin-tokend/{credential}/{installation id}`;
-//! 2. validate it (shape, prefix, not already expired by the server's clock);
-//! 3. make it current in the state, the replaced key pending deletion (or
-//!    left to expire), and save the state; only then may outputs change.
+//! 1. record a random nonce in the state (saved, fsynced);
+//! 2. `POST` a key named `voipbin-tokend/{credential}/{installation id}`
+//!    with the nonce in its `detail`;
+//! 3. believe the answer only if it is new and matches: the name asked
+//!    for, an id this state does not know, not already expired by the
+//!    server's clock; then test it: one `GET /v1.0/accesskeys/{id}`
+//!    authenticated WITH THE NEW KEY must answer the name asked for and
+//!    the prefix of the secret received;
+//! 4. make it current in the state, the replaced key pending deletion (or
+//!    left to expire), forget the nonce, and save; only then may outputs
+//!    change.
 //!
-//! A key the server made but whose answer was lost (or could not be saved)
-//! is an orphan: it carries this installation's name but is neither current
-//! nor pending. [`orphans`] finds those; nothing else is ever deleted.
+//! The test comes before the save, so nothing untested reaches the state
+//! (which is published as is at the next start). A kill between the answer
+//! and the save loses the secret, but the key is then an orphan: it
+//! carries this installation's name and a recorded nonce but is neither
+//! current nor pending. [`orphans`] finds those.
+//!
+//! Every DELETE goes through [`delete_checked`]: it looks the key up first
+//! and deletes it only if it is this installation's (its name) or the
+//! recorded bootstrap key, and its prefix is the one recorded. Nothing
+//! else is ever deleted.
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,6 +50,15 @@ pub enum RotateError {
     Expired(String),
     #[error("the new key could not be saved, so it was not used: {0}")]
     Persist(#[source] StateError),
+    /// The creation answer does not describe a new key of this
+    /// installation (another name, an id already known, a lookup that
+    /// disagrees): nothing is deleted by its id.
+    #[error("the server's answer to the key creation is not believed: {0}")]
+    NotBelieved(String),
+    /// The answer is believable, but the new key does not work (401 when
+    /// tested): the key exists and should be deleted at once.
+    #[error("the new key does not work: {0}")]
+    Unusable(String),
 }
 
 /// Why a bootstrap key could not be adopted.
@@ -47,7 +70,9 @@ pub enum BootstrapError {
     NotListed(String),
     #[error("the bootstrap key (prefix {0}) is expired")]
     Expired(String),
-    #[error("no key with the bootstrap key's prefix {0} was found in the part of the key list the server gave (the list was cut short: it repeated a page token or did not end)")]
+    #[error(
+        "no key with the bootstrap key's prefix {0} was found in the part of the key list the server gave (the list was cut short: it repeated a page token or did not end)"
+    )]
     ListCutShort(String),
 }
 
@@ -96,17 +121,58 @@ pub async fn adopt_bootstrap(
         server_skew_seconds: 0,
         obtained_at: now,
         origin: Origin::Bootstrap,
+        inherited: false,
     })
+}
+
+/// Nonces remembered at most: older ones are forgotten first.
+pub const MAX_CREATIONS: usize = 32;
+
+/// Creations whose key would have expired by now (made `lifetime` ago, and
+/// a day for clock skew) are forgotten, and at most [`MAX_CREATIONS`] kept.
+pub fn prune_creations(state: &mut KeyState, lifetime: Duration, now: OffsetDateTime) {
+    let life = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650));
+    let cutoff = now
+        .checked_sub(life)
+        .and_then(|t| t.checked_sub(time::Duration::days(1)));
+    if let Some(cutoff) = cutoff {
+        state.creations.retain(|c| c.at > cutoff);
+    }
+    let excess = state.creations.len().saturating_sub(MAX_CREATIONS);
+    state.creations.drain(..excess);
+}
+
+/// The nonce a key's `detail` carries (`... nonce=HEX`), if any.
+pub fn nonce_in(detail: &str) -> Option<&str> {
+    detail
+        .split([';', ' '])
+        .find_map(|w| w.strip_prefix("nonce="))
+        .filter(|n| !n.is_empty())
+}
+
+/// Saves the state off the async threads.
+async fn save_blocking(path: &Path, state: &KeyState) -> Result<(), StateError> {
+    let (p, st) = (path.to_path_buf(), state.clone());
+    tokio::task::spawn_blocking(move || keystate::save(&p, &st))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StateError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("the save task failed: {e}"),
+            })
+        })
 }
 
 /// Makes the next key and persists it as current. The replaced key (if
 /// any) becomes a pending deletion without a time yet (`delete_after` is
 /// set by [`start_grace`] once every output holds the successor), or, with
-/// `delete_replaced = false`, a key left to expire.
+/// `delete_replaced = false` or when it was inherited from another
+/// installation, a key left to expire.
 ///
-/// On success the state on disk already holds the new key: the caller may
-/// publish it. On failure the state is unchanged (a key the server made
-/// but that could not be saved is an orphan for the next sweep).
+/// On success the state on disk already holds the new key, tested with one
+/// call: the caller may publish it. On failure the state holds nothing new
+/// but the creation's nonce (a key the server made but that could not be
+/// believed or saved is an orphan for the next sweep).
 #[allow(clippy::too_many_arguments)]
 pub async fn rotate(
     client: &KeyClient<'_>,
@@ -117,10 +183,36 @@ pub async fn rotate(
     delete_replaced: bool,
     now: impl Fn() -> OffsetDateTime,
 ) -> Result<Created, RotateError> {
-    let detail = "managed by voipbin-tokend; rotated automatically";
-    let created = client
-        .create(auth, &state.key_name(), detail, lifetime.as_secs())
-        .await?;
+    // The nonce is on disk before the POST: whatever happens to the answer,
+    // the sweep can tell this key from every other.
+    let nonce = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    {
+        let mut next = state.clone();
+        prune_creations(&mut next, lifetime, now());
+        next.creations.push(keystate::Creation {
+            nonce: nonce.clone(),
+            at: now(),
+        });
+        save_blocking(state_path, &next)
+            .await
+            .map_err(RotateError::Persist)?;
+        *state = next;
+    }
+    let name = state.key_name();
+    let detail = format!("managed by voipbin-tokend; rotated automatically; nonce={nonce}");
+    let created = client.create(auth, &name, &detail, lifetime.as_secs()).await?;
+    let id = created.object.id.clone();
+    if created.object.name != name {
+        return Err(RotateError::NotBelieved(format!(
+            "it names the key {:?}, not {name:?} as asked (id {id})",
+            created.object.name.chars().take(120).collect::<String>()
+        )));
+    }
+    if state.known_ids().any(|known| known == id) {
+        return Err(RotateError::NotBelieved(format!(
+            "it answers the id {id}, which is a key this installation already holds, deletes or leaves to expire"
+        )));
+    }
     let skew = skew_seconds(created.server_skew);
     let mut created = created;
     // A server that claims a longer life than was asked for is not
@@ -140,7 +232,10 @@ pub async fn rotate(
             created.object.tm_expire,
         )));
     }
+    verify_created(client, &created, &name).await?;
+
     let mut next = state.clone();
+    next.creations.retain(|c| c.nonce != nonce);
     let replaced = next.current.replace(CurrentKey {
         id: created.object.id.clone(),
         key: created.key.clone(),
@@ -149,16 +244,21 @@ pub async fn rotate(
         server_skew_seconds: skew,
         obtained_at: created.received_at,
         origin: Origin::Created,
+        inherited: false,
     });
     if let Some(old) = replaced {
         let prefix = prefix_of(old.key.expose()).to_string();
-        if delete_replaced {
+        if delete_replaced && !old.inherited {
             next.pending_deletions.push(PendingDeletion {
                 id: old.id,
                 prefix,
                 delete_after: None,
+                bootstrap: old.origin == Origin::Bootstrap,
             });
         } else {
+            if old.inherited {
+                info!(key_id = %old.id, prefix = %prefix, "the replaced key came with the state from another installation; it is left to expire, not deleted");
+            }
             next.left_to_expire.push(LeftToExpire {
                 id: old.id,
                 prefix,
@@ -166,22 +266,53 @@ pub async fn rotate(
             });
         }
     }
-    let saved = {
-        let (path, next) = (state_path.to_path_buf(), next.clone());
-        tokio::task::spawn_blocking(move || keystate::save(&path, &next))
-            .await
-            .unwrap_or_else(|e| {
-                Err(StateError::Invalid {
-                    path: state_path.to_path_buf(),
-                    reason: format!("the save task failed: {e}"),
-                })
-            })
-    };
-    if let Err(e) = saved {
-        return Err(RotateError::Persist(e));
-    }
+    save_blocking(state_path, &next)
+        .await
+        .map_err(RotateError::Persist)?;
     *state = next;
     Ok(created)
+}
+
+/// The test of a new key before it is saved or published: one lookup of
+/// its id, authenticated with the new key itself. It proves the key works
+/// and that the id is the key received (the name asked for, the prefix of
+/// the secret received). A 401 means the key does not work
+/// ([`RotateError::Unusable`]); an unknown id or a mismatch means the
+/// answer is not believed ([`RotateError::NotBelieved`]); any other failure
+/// is returned as is (the key is then an orphan for the sweep).
+pub async fn verify_created(
+    client: &KeyClient<'_>,
+    created: &Created,
+    name: &str,
+) -> Result<(), RotateError> {
+    let id = &created.object.id;
+    let prefix = prefix_of(created.key.expose());
+    match client.get(KeyAuth::Key(&created.key), id).await {
+        Ok(found) => {
+            if found.name != name || found.token_prefix != prefix || found.tm_delete.is_some() {
+                Err(RotateError::NotBelieved(format!(
+                    "looking the new key up by its id {id} gives the name {:?} and prefix {}{} (expected {name:?}, {prefix})",
+                    found.name.chars().take(120).collect::<String>(),
+                    prefix_of(&found.token_prefix),
+                    if found.tm_delete.is_some() {
+                        ", deleted"
+                    } else {
+                        ""
+                    },
+                )))
+            } else {
+                Ok(())
+            }
+        }
+        Err(KeyError::Unauthorized { request_id }) => Err(RotateError::Unusable(format!(
+            "the new key (id {id}, prefix {prefix}) was refused (HTTP 401) when tested{}",
+            crate::api::rid(&request_id)
+        ))),
+        Err(e @ (KeyError::NotFound { .. } | KeyError::Gone { .. })) => Err(RotateError::NotBelieved(
+            format!("looking the new key up by its id {id} answers: {e}"),
+        )),
+        Err(e) => Err(RotateError::Api(e)),
+    }
 }
 
 /// Starts the grace of every pending deletion that has none yet: called
@@ -218,54 +349,135 @@ pub fn next_deletion(state: &KeyState) -> Option<OffsetDateTime> {
         .min()
 }
 
-/// Deletes one replaced key; 404 and 409 count as done. On success the
-/// caller removes it from the state and saves.
-pub async fn delete(
-    client: &KeyClient<'_>,
-    auth: KeyAuth<'_>,
-    p: &PendingDeletion,
-) -> Result<Deleted, KeyError> {
-    let result = client.delete(auth, &p.id).await;
-    match &result {
-        Ok(Deleted::Now) => info!(key_id = %p.id, prefix = %p.prefix, "replaced key deleted"),
-        Ok(Deleted::AlreadyGone) => {
-            info!(key_id = %p.id, prefix = %p.prefix, "replaced key was already gone")
-        }
-        Err(e) => {
-            warn!(key_id = %p.id, prefix = %p.prefix, error = %e, "cannot delete the replaced key; will retry")
-        }
-    }
-    result
+/// What [`delete_checked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Looked up, matched, deleted.
+    Deleted,
+    /// 404 or 409 (on the lookup or the DELETE): it was gone already.
+    AlreadyGone,
+    /// Looked up, and it is not the key recorded (another name or another
+    /// prefix): nothing deleted, logged as an error. The caller drops the
+    /// entry from the state.
+    Refused,
 }
 
-/// Keys named exactly as this installation names its keys that the state
-/// does not know, not deleted and not expired (expired keys are left alone:
-/// they can do no harm and the server keeps them anyway).
+/// THE way a key is deleted (every DELETE goes through here). `p` is what
+/// the state recorded: the id, the prefix, and whether it was the
+/// bootstrap key. The key is looked up by id first (`GET`, with `auth`)
+/// and deleted only if its name is this installation's key name (or `p`
+/// is the recorded bootstrap key, whose name is whatever it was given by
+/// hand) and its `token_prefix` is the one recorded. 404 and 409 count as
+/// already gone. A mismatch is logged as an error naming the id and what
+/// was expected and found (never a secret), and nothing is deleted.
+pub async fn delete_checked(
+    client: &KeyClient<'_>,
+    auth: KeyAuth<'_>,
+    state: &KeyState,
+    p: &PendingDeletion,
+) -> Result<DeleteOutcome, KeyError> {
+    let expected_name = state.key_name();
+    let found = match client.get(auth, &p.id).await {
+        Ok(found) => found,
+        Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
+            info!(key_id = %p.id, prefix = %p.prefix, "the key to delete was already gone");
+            return Ok(DeleteOutcome::AlreadyGone);
+        }
+        Err(e) => {
+            warn!(key_id = %p.id, prefix = %p.prefix, error = %e, "cannot look up the key to delete; will retry");
+            return Err(e);
+        }
+    };
+    if found.tm_delete.is_some() {
+        return Ok(DeleteOutcome::AlreadyGone);
+    }
+    let name_ok = p.bootstrap || found.name == expected_name;
+    if !name_ok || found.token_prefix != p.prefix || found.id != p.id {
+        tracing::error!(
+            key_id = %p.id,
+            expected_name = %if p.bootstrap { "(the bootstrap key: any)".to_string() } else { expected_name.clone() },
+            found_name = %found.name.chars().take(120).collect::<String>(),
+            expected_prefix = %prefix_of(&p.prefix),
+            found_prefix = %prefix_of(&found.token_prefix),
+            "refusing to delete a key that is not the one recorded; it is left alone and forgotten"
+        );
+        return Ok(DeleteOutcome::Refused);
+    }
+    match client.delete(auth, &p.id).await {
+        Ok(Deleted::Now) => {
+            info!(key_id = %p.id, prefix = %p.prefix, "key deleted");
+            Ok(DeleteOutcome::Deleted)
+        }
+        Ok(Deleted::AlreadyGone) => {
+            info!(key_id = %p.id, prefix = %p.prefix, "the key to delete was already gone");
+            Ok(DeleteOutcome::AlreadyGone)
+        }
+        Err(e) => {
+            warn!(key_id = %p.id, prefix = %p.prefix, error = %e, "cannot delete the key; will retry");
+            Err(e)
+        }
+    }
+}
+
+/// Keys this installation made but does not know: named exactly as its
+/// keys are, carrying in their `detail` a nonce it recorded, neither
+/// current, awaiting deletion nor left to expire, not deleted, not expired
+/// (expired keys are left alone: they can do no harm and the server keeps
+/// them anyway), and not holding the prefix of the key in use.
 pub fn orphans(state: &KeyState, listed: &[KeyObject], now: OffsetDateTime) -> Vec<KeyObject> {
     let name = state.key_name();
+    let held_prefix = state
+        .current
+        .as_ref()
+        .map(|c| prefix_of(c.key.expose()).to_string());
     listed
         .iter()
         .filter(|k| k.name == name)
+        .filter(|k| nonce_in(&k.detail).is_some_and(|n| state.creations.iter().any(|c| c.nonce == n)))
         .filter(|k| k.tm_delete.is_none() && k.tm_expire > now)
         .filter(|k| !state.known_ids().any(|id| id == k.id))
+        .filter(|k| held_prefix.as_deref() != Some(k.token_prefix.as_str()))
         .cloned()
         .collect()
 }
 
-/// Lists the keys and deletes this installation's orphans. Returns how many
-/// were deleted; stops at the first failure (the next sweep retries).
+/// Lists the keys and deletes this installation's orphans (each through
+/// [`delete_checked`]). Returns how many were deleted; stops at the first
+/// failure (the next sweep retries). Nonces whose key was swept, or is
+/// known (current, pending), are forgotten from `state.creations` (the
+/// caller saves when they changed). A list cut short deletes only what it
+/// saw.
 pub async fn sweep(
     client: &KeyClient<'_>,
     auth: KeyAuth<'_>,
-    state: &KeyState,
+    state: &mut KeyState,
     now: OffsetDateTime,
 ) -> Result<usize, KeyError> {
-    let listed = client.list(auth).await?;
+    let listed = client.listing(auth).await?;
+    // Nonces of keys the state knows are settled.
+    let settled: Vec<String> = listed
+        .keys
+        .iter()
+        .filter(|k| state.known_ids().any(|id| id == k.id))
+        .filter_map(|k| nonce_in(&k.detail).map(str::to_owned))
+        .collect();
+    state.creations.retain(|c| !settled.contains(&c.nonce));
     let mut deleted = 0;
-    for orphan in orphans(state, &listed, now) {
-        client.delete(auth, &orphan.id).await?;
-        info!(key_id = %orphan.id, prefix = %orphan.token_prefix, "deleted an orphaned key of this installation");
-        deleted += 1;
+    for orphan in orphans(state, &listed.keys, now) {
+        let p = PendingDeletion {
+            id: orphan.id.clone(),
+            prefix: orphan.token_prefix.clone(),
+            delete_after: None,
+            bootstrap: false,
+        };
+        let outcome = delete_checked(client, auth, state, &p).await?;
+        if outcome == DeleteOutcome::Deleted {
+            info!(key_id = %orphan.id, prefix = %orphan.token_prefix, "deleted an orphaned key of this installation");
+            deleted += 1;
+        }
+        if let Some(n) = nonce_in(&orphan.detail) {
+            state.creations.retain(|c| c.nonce != n);
+        }
     }
     Ok(deleted)
 }
@@ -331,17 +543,10 @@ impl KeySource {
         }
         let path = keystate::path(ctx.state_dir, &ctx.cfg.name);
         let name = ctx.cfg.name.clone();
-        let loaded = tokio::task::spawn_blocking(move || match keystate::load(&path)? {
-            Some(state) => Ok(state),
-            None => {
-                let state = KeyState::new(&name);
-                keystate::save(&path, &state)?;
-                Ok(state)
-            }
-        })
-        .await
-        .map_err(|e| super::Failure::transient(format!("key state: {e}")))?
-        .map_err(|e: StateError| super::Failure::transient(format!("key state: {e}")))?;
+        let loaded = tokio::task::spawn_blocking(move || load_where_it_lives(&path, &name))
+            .await
+            .map_err(|e| super::Failure::transient(format!("key state: {e}")))?
+            .map_err(|e: StateError| super::Failure::transient(format!("key state: {e}")))?;
         self.state = Some(loaded);
         Ok(())
     }
@@ -463,12 +668,14 @@ impl KeySource {
                 state.pending_deletions.retain(|p| p.id != current.id);
                 if let Some(old) = state.current.replace(current)
                     && self.cfg.delete_replaced
+                    && !old.inherited
                 {
                     // A dead key: deleting it confirms it is gone (404/409).
                     state.pending_deletions.push(PendingDeletion {
                         prefix: prefix_of(old.key.expose()).to_string(),
                         id: old.id,
                         delete_after: Some(crate::now()),
+                        bootstrap: old.origin == Origin::Bootstrap,
                     });
                 }
                 self.save(ctx)
@@ -750,8 +957,17 @@ impl KeySource {
         }
 
         if self.sweep_due {
-            let state = self.state.as_ref().expect("loaded");
-            match sweep(&client, auth, state, now).await {
+            let Some(state) = self.state.as_mut() else {
+                return Ok(super::Housekept::Done);
+            };
+            let before = state.creations.clone();
+            let swept = sweep(&client, auth, state, now).await;
+            if state.creations != before
+                && let Err(e) = self.save(ctx).await
+            {
+                warn!(error = %e, "cannot save the key state after a sweep");
+            }
+            match swept {
                 Ok(n) => {
                     for _ in 0..n {
                         ctx.metrics.key_deleted(&ctx.cfg.name, "success");
@@ -768,12 +984,16 @@ impl KeySource {
         let due = due_deletions(self.state.as_ref().expect("loaded"), now);
         let mut result = Ok(super::Housekept::Done);
         for p in due {
-            match delete(&client, auth, &p).await {
+            let checked = match self.state.as_ref() {
+                Some(state) => delete_checked(&client, auth, state, &p).await,
+                None => break,
+            };
+            match checked {
                 Ok(outcome) => {
-                    let label = if outcome == Deleted::Now {
-                        "success"
-                    } else {
-                        "already_gone"
+                    let label = match outcome {
+                        DeleteOutcome::Deleted => "success",
+                        DeleteOutcome::AlreadyGone => "already_gone",
+                        DeleteOutcome::Refused => "refused",
                     };
                     ctx.metrics.key_deleted(&ctx.cfg.name, label);
                     let state = self.state.as_mut().expect("loaded");
@@ -810,6 +1030,45 @@ impl KeySource {
             key_prefix: current.map(|c| prefix_of(c.key.expose()).to_string()),
             pending_deletions: state.map(|s| s.pending_deletions.clone()).unwrap_or_default(),
             left_to_expire: state.map_or(0, |s| s.left_to_expire.len()),
+        }
+    }
+}
+
+/// Loads the key state at `path`, or makes (and saves) a fresh one with a
+/// new installation id. A state found where it was not written (another
+/// machine id, another inode: a cloned VM, a backup restored on a second
+/// host, a copied volume) starts a new installation (see
+/// [`KeyState::start_over_as_new_installation`]), with a warning naming
+/// the file and why; the keys it inherited are never deleted by this one.
+/// A state that does not record where it lives yet (an older version
+/// wrote it) is stamped with where it is now.
+pub fn load_where_it_lives(path: &Path, credential: &str) -> Result<KeyState, StateError> {
+    match keystate::load_with_inode(path)? {
+        Some((mut state, inode)) => {
+            let machine = keystate::machine_id();
+            if let Some(why) = keystate::identity_mismatch(&state, machine.as_deref(), inode) {
+                let old_id = state.installation_id.clone();
+                let dropped = state.pending_deletions.len();
+                state.start_over_as_new_installation();
+                warn!(
+                    state_file = %path.display(),
+                    reason = %why,
+                    old_installation = %old_id,
+                    new_installation = %state.installation_id,
+                    dropped_pending_deletions = dropped,
+                    "the key state was not written here, so this is a new installation: keys of the old one (the current key included, once replaced) are never deleted by this one but left to expire, since the original host may still use them"
+                );
+                keystate::save(path, &state)?;
+            } else if (state.machine_id.is_none() && machine.is_some()) || state.file_id.0.is_none() {
+                state.machine_id = state.machine_id.or(machine);
+                keystate::save(path, &state)?;
+            }
+            Ok(state)
+        }
+        None => {
+            let state = KeyState::new(credential);
+            keystate::save(path, &state)?;
+            Ok(state)
         }
     }
 }
@@ -919,13 +1178,18 @@ mod tests {
         let due = due_deletions(&state, now + time::Duration::minutes(2));
         assert_eq!(due.len(), 1);
         let current = state.current.as_ref().unwrap().key.clone();
+        assert!(due[0].bootstrap, "the replaced key was the bootstrap key");
         assert_eq!(
-            delete(&client, KeyAuth::Key(&current), &due[0]).await.unwrap(),
-            Deleted::Now
+            delete_checked(&client, KeyAuth::Key(&current), &state, &due[0])
+                .await
+                .unwrap(),
+            DeleteOutcome::Deleted
         );
         assert_eq!(
-            delete(&client, KeyAuth::Key(&current), &due[0]).await.unwrap(),
-            Deleted::AlreadyGone
+            delete_checked(&client, KeyAuth::Key(&current), &state, &due[0])
+                .await
+                .unwrap(),
+            DeleteOutcome::AlreadyGone
         );
         assert!(
             f.server
@@ -962,10 +1226,17 @@ mod tests {
             .await
             .is_err()
         );
-        assert_eq!(state, before, "a failed rotation changes nothing");
-        assert!(keystate::load(&path).unwrap().is_none());
+        // A failed rotation changes nothing but the recorded nonce, which
+        // was saved before the POST.
+        assert_eq!(state.current, before.current);
+        assert_eq!(state.pending_deletions, before.pending_deletions);
+        assert_eq!(state.creations.len(), 1);
+        assert_eq!(keystate::load(&path).unwrap().unwrap(), state);
+        // A key of this installation's name without a recorded nonce (made
+        // by hand with that name, or by a clone of this state) is no orphan.
+        f.server.create_key(&state.key_name(), 86_400);
 
-        let deleted = sweep(&client, KeyAuth::Key(&key), &state, crate::now())
+        let deleted = sweep(&client, KeyAuth::Key(&key), &mut state, crate::now())
             .await
             .unwrap();
         assert_eq!(deleted, 1);
@@ -975,9 +1246,14 @@ mod tests {
             .filter(|k| k.tm_delete.is_none())
             .map(|k| k.name.as_str())
             .collect();
-        assert_eq!(live.len(), 3, "{live:?}");
+        assert_eq!(live.len(), 4, "{live:?}");
         assert!(live.contains(&other.key_name().as_str()) && live.contains(&"hand made"));
-        assert!(!live.contains(&state.key_name().as_str()));
+        assert_eq!(
+            live.iter().filter(|n| **n == state.key_name()).count(),
+            1,
+            "only the one without a nonce is left"
+        );
+        assert!(state.creations.is_empty(), "a swept key's nonce is forgotten");
     }
 
     #[tokio::test]
@@ -1022,8 +1298,12 @@ mod tests {
 
     #[test]
     fn orphans_skip_known_expired_deleted_and_foreign_keys() {
-        let state = KeyState::new("mcp");
+        let mut state = KeyState::new("mcp");
         let now = crate::now();
+        state.creations.push(keystate::Creation {
+            nonce: "n1".into(),
+            at: now,
+        });
         let obj = |id: &str, name: &str, expire_in: i64, deleted: bool| KeyObject {
             id: id.into(),
             name: name.into(),
@@ -1031,10 +1311,16 @@ mod tests {
             tm_create: now,
             tm_expire: now + time::Duration::seconds(expire_in),
             tm_delete: deleted.then_some(now),
-            detail: String::new(),
+            detail: "managed by voipbin-tokend; nonce=n1".into(),
         };
         let mine = state.key_name();
+        let mut no_nonce = obj("f", &mine, 100, false);
+        no_nonce.detail = "managed by voipbin-tokend".into();
+        let mut other_nonce = obj("g", &mine, 100, false);
+        other_nonce.detail = "nonce=n2".into();
         let listed = [
+            no_nonce,
+            other_nonce,
             obj("a", &mine, 100, false),
             obj("b", &mine, -1, false),
             obj("c", &mine, 100, true),
