@@ -455,4 +455,67 @@ mod tests {
         f.set_len(MAX_STATE_BYTES + 1).unwrap();
         assert!(matches!(load(&p), Err(StateError::NotAFile(_))));
     }
+
+    #[test]
+    fn a_state_file_copied_or_moved_to_another_machine_is_not_where_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "mcp");
+        let mut s = sample();
+        s.machine_id = Some("aaaa".into());
+        save(&p, &s).unwrap();
+        let (loaded, inode) = load_with_inode(&p).unwrap().unwrap();
+        assert_eq!(loaded.file_id.0, Some(inode), "the content names its own inode");
+        assert_eq!(identity_mismatch(&loaded, Some("aaaa"), inode), None);
+        // Saved again: a new inode, recorded again.
+        save(&p, &loaded).unwrap();
+        let (again, inode2) = load_with_inode(&p).unwrap().unwrap();
+        assert_eq!(identity_mismatch(&again, Some("aaaa"), inode2), None);
+
+        // A copy (cp, a restored backup, a copied volume): another inode.
+        let q = dir.path().join("copy.json");
+        std::fs::copy(&p, &q).unwrap();
+        let (copied, inode3) = load_with_inode(&q).unwrap().unwrap();
+        let why = identity_mismatch(&copied, Some("aaaa"), inode3).unwrap();
+        assert!(why.contains("copy"), "{why}");
+        // Another machine (a cloned VM image keeps the inode).
+        let why = identity_mismatch(&again, Some("bbbb"), inode2).unwrap();
+        assert!(why.contains("machine id"), "{why}");
+        assert!(identity_mismatch(&again, None, inode2).is_some());
+
+        // An older state that records neither belongs where it is.
+        let mut old = sample();
+        old.machine_id = None;
+        old.file_id = FileStamp(None);
+        assert_eq!(identity_mismatch(&old, Some("cccc"), 42), None);
+
+        // A new installation keeps the current key for use, marked
+        // inherited, and forgets what the other one was to delete.
+        let mut s = again.clone();
+        s.creations.push(Creation {
+            nonce: "n".into(),
+            at: datetime!(2026-11-01 00:00 UTC),
+        });
+        let old_name = s.key_name();
+        s.start_over_as_new_installation();
+        assert_ne!(s.key_name(), old_name);
+        assert!(s.current.as_ref().unwrap().inherited);
+        assert!(s.pending_deletions.is_empty() && s.creations.is_empty());
+    }
+
+    #[test]
+    fn the_machine_id_is_the_first_file_that_holds_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        assert_eq!(machine_id_from(&[&a, &b]), None);
+        std::fs::write(&b, "0123abcd\n").unwrap();
+        assert_eq!(machine_id_from(&[&a, &b]).as_deref(), Some("0123abcd"));
+        std::fs::write(&a, "\n").unwrap();
+        assert_eq!(
+            machine_id_from(&[&a, &b]).as_deref(),
+            Some("0123abcd"),
+            "an empty file is none"
+        );
+        std::fs::write(&a, "ffff0000\n").unwrap();
+        assert_eq!(machine_id_from(&[&a, &b]).as_deref(), Some("ffff0000"));
+    }
 }

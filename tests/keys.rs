@@ -373,6 +373,10 @@ fn with_an_agent_login_key_calls_use_bearer_and_a_key_deleted_out_of_band_is_rep
     assert!(k2.starts_with("vb_"));
     d.wait_log("deleted out of band", 1, WAIT);
     for c in key_calls(&s) {
+        // Each new key is tested once with itself (GET by id, issue 14).
+        if c.method == "GET" && c.path.len() > "/v1.0/accesskeys/".len() && c.auth == AuthVia::KeyCookie {
+            continue;
+        }
         assert_eq!(c.auth, AuthVia::Bearer, "{c:?}");
     }
 }

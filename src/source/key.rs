@@ -1330,4 +1330,131 @@ mod tests {
         let found: Vec<String> = orphans(&state, &listed, now).into_iter().map(|k| k.id).collect();
         assert_eq!(found, ["a"]);
     }
+
+    async fn rotate_once(f: &Fixture, state: &mut KeyState) -> Result<Created, RotateError> {
+        let auth = state.current.as_ref().unwrap().key.clone();
+        rotate(
+            &f.client(),
+            KeyAuth::Key(&auth),
+            state,
+            &f.path(),
+            DAY,
+            true,
+            crate::now,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_creation_answer_with_a_known_or_foreign_id_or_another_name_is_not_believed() {
+        let f = Fixture::new();
+        let mut state = f.bootstrapped().await;
+        let (hand_id, _) = f.server.create_key("hand made", 86_400);
+        for lie in [
+            Fault::KeyAnswerId(f.boot_id.clone()),
+            Fault::KeyAnswerId(hand_id.clone()),
+            Fault::KeyAnswerName("hand made".into()),
+        ] {
+            f.server.script_key_creations([lie.clone()]);
+            let before = state.current.clone();
+            let e = rotate_once(&f, &mut state).await.unwrap_err();
+            assert!(matches!(e, RotateError::NotBelieved(_)), "{lie:?}: {e}");
+            assert_eq!(state.current, before, "{lie:?}");
+            assert!(state.pending_deletions.is_empty());
+        }
+        // Nothing was deleted, and the three keys really made (with this
+        // installation's name and a recorded nonce) are the orphans.
+        assert!(f.server.keys().iter().all(|k| k.tm_delete.is_none()));
+        assert_eq!(state.creations.len(), 3);
+        let key = state.current.as_ref().unwrap().key.clone();
+        let n = sweep(&f.client(), KeyAuth::Key(&key), &mut state, crate::now())
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let live: Vec<String> = f
+            .server
+            .keys()
+            .into_iter()
+            .filter(|k| k.tm_delete.is_none())
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(live, [f.boot_id.clone(), hand_id]);
+    }
+
+    #[tokio::test]
+    async fn a_new_key_that_is_refused_when_tested_is_unusable_and_not_saved() {
+        let f = Fixture::new();
+        let mut state = f.bootstrapped().await;
+        f.server.script_key_creations([Fault::KeyAnswerWrongToken]);
+        let e = rotate_once(&f, &mut state).await.unwrap_err();
+        assert!(matches!(e, RotateError::Unusable(_)), "{e}");
+        assert_eq!(state.current.as_ref().unwrap().id, f.boot_id);
+        let on_disk = keystate::load(&f.path()).unwrap().unwrap();
+        assert_eq!(on_disk.current.as_ref().unwrap().id, f.boot_id);
+        // The tested call used the new key.
+        let last = f.server.requests().into_iter().last().unwrap();
+        assert_eq!(
+            (last.method.as_str(), last.auth),
+            ("GET", crate::standin::AuthVia::KeyCookie)
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_checked_refuses_a_key_that_is_not_the_one_recorded() {
+        let f = Fixture::new();
+        let state = f.bootstrapped().await;
+        let key = state.current.as_ref().unwrap().key.clone();
+        let (hand_id, hand) = f.server.create_key("hand made", 86_400);
+        let (mine_id, mine) = f.server.create_key(&state.key_name(), 86_400);
+        let entry = |id: &str, secret: &str, bootstrap: bool| PendingDeletion {
+            id: id.into(),
+            prefix: prefix_of(secret).into(),
+            delete_after: None,
+            bootstrap,
+        };
+        let client = f.client();
+        let auth = KeyAuth::Key(&key);
+        // Another name, right prefix: refused.
+        assert_eq!(
+            delete_checked(&client, auth, &state, &entry(&hand_id, &hand, false))
+                .await
+                .unwrap(),
+            DeleteOutcome::Refused
+        );
+        // This installation's name, wrong prefix: refused.
+        assert_eq!(
+            delete_checked(&client, auth, &state, &entry(&mine_id, &hand, false))
+                .await
+                .unwrap(),
+            DeleteOutcome::Refused
+        );
+        // The recorded bootstrap key with a wrong prefix: refused.
+        assert_eq!(
+            delete_checked(&client, auth, &state, &entry(&hand_id, &mine, true))
+                .await
+                .unwrap(),
+            DeleteOutcome::Refused
+        );
+        assert!(f.server.keys().iter().all(|k| k.tm_delete.is_none()));
+        // Name and prefix match: deleted; then already gone.
+        assert_eq!(
+            delete_checked(&client, auth, &state, &entry(&mine_id, &mine, false))
+                .await
+                .unwrap(),
+            DeleteOutcome::Deleted
+        );
+        assert_eq!(
+            delete_checked(&client, auth, &state, &entry(&mine_id, &mine, false))
+                .await
+                .unwrap(),
+            DeleteOutcome::AlreadyGone
+        );
+        // A bootstrap key by hand-made name with its prefix: deleted.
+        assert_eq!(
+            delete_checked(&client, auth, &state, &entry(&hand_id, &hand, true))
+                .await
+                .unwrap(),
+            DeleteOutcome::Deleted
+        );
+    }
 }

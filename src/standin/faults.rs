@@ -70,6 +70,10 @@ pub enum Fault {
     /// For a key `POST` only: the key is made as asked, but the answer
     /// names it this instead of the name asked for.
     KeyAnswerName(String),
+    /// For a key `POST` only: the key is made as asked, but the answer's
+    /// `token` is another secret with the same prefix, one the server does
+    /// not accept (a key that does not work).
+    KeyAnswerWrongToken,
 }
 
 impl Fault {
@@ -122,5 +126,6 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::Claims(_) => "claims",
         Fault::KeyAnswerId(_) => "key-answer-id",
         Fault::KeyAnswerName(_) => "key-answer-name",
+        Fault::KeyAnswerWrongToken => "key-answer-wrong-token",
     }
 }

@@ -313,6 +313,7 @@ pub(super) async fn route(
         Some(Fault::Expired) => create_expired = true,
         Some(Fault::KeyAnswerId(id)) => lie.id = Some(id),
         Some(Fault::KeyAnswerName(name)) => lie.name = Some(name),
+        Some(Fault::KeyAnswerWrongToken) => lie.wrong_token = true,
         _ => {}
     }
 
@@ -363,6 +364,7 @@ async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
 struct AnswerLie {
     id: Option<String>,
     name: Option<String>,
+    wrong_token: bool,
 }
 
 async fn create(
@@ -408,6 +410,11 @@ async fn create(
     if let Some(name) = lie.name {
         info.name = name;
     }
+    let secret = if lie.wrong_token {
+        format!("{}{}", &secret[..KEY_PREFIX_LEN], &new_secret()[KEY_PREFIX_LEN..])
+    } else {
+        secret
+    };
     let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }

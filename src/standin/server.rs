@@ -510,7 +510,7 @@ pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut 
         }
         Fault::Close => return Err(DropConnection),
         Fault::Claims(extra) => answer_login_with(inner, name, password.as_deref(), now, Some(&extra)),
-        Fault::KeyAnswerId(_) | Fault::KeyAnswerName(_) => {
+        Fault::KeyAnswerId(_) | Fault::KeyAnswerName(_) | Fault::KeyAnswerWrongToken => {
             answer_login(inner, name, password.as_deref(), now)
         }
     };
