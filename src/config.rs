@@ -328,6 +328,7 @@ impl Config {
             ));
         }
         check_paths(&config)?;
+        check_bootstrap_files(&config)?;
         Ok(config)
     }
 
@@ -1057,6 +1058,78 @@ fn check_paths(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// One bootstrap key file per credential: two access-key credentials whose
+/// `bootstrap-key-file` is one file under any spelling (a symlink, a hard
+/// link, `./`, relative or absolute) would each take the key as theirs,
+/// and one would delete it under the other. Compared resolved and by
+/// (device, inode), as outputs are.
+fn check_bootstrap_files(config: &Config) -> Result<(), ConfigError> {
+    let mut seen: Vec<(&str, &Path, crate::fsread::Location)> = Vec::new();
+    for cred in &config.credentials {
+        let Some(file) = cred.key().and_then(|k| k.bootstrap_key_file.as_deref()) else {
+            continue;
+        };
+        let here = crate::fsread::Location::of_input(file);
+        if let Some((other, other_file, _)) = seen.iter().find(|(_, _, loc)| same_input(loc, &here)) {
+            return Err(ConfigError::Invalid {
+                path: config.path.clone(),
+                key: format!("credential[{}].bootstrap-key-file", cred.name),
+                message: format!(
+                    "{} is the same file as credential[{other}].bootstrap-key-file ({}): credentials {other} and {} would share one bootstrap key, and one would delete it under the other; give each credential its own key file",
+                    file.display(),
+                    other_file.display(),
+                    cred.name
+                ),
+            });
+        }
+        seen.push((&cred.name, file, here));
+    }
+    Ok(())
+}
+
+/// True when two files the daemon reads are one file: the same resolved
+/// place (or symlink target), or the same (device, inode).
+pub fn same_input(a: &crate::fsread::Location, b: &crate::fsread::Location) -> bool {
+    let places = |l: &crate::fsread::Location| {
+        let mut v = vec![l.place.clone()];
+        if let Some((p, _)) = &l.target {
+            v.push(p.clone());
+        }
+        v
+    };
+    let nodes = |l: &crate::fsread::Location| {
+        let mut v = vec![l.node];
+        if let Some((_, n)) = &l.target {
+            v.push(*n);
+        }
+        v.into_iter().flatten().collect::<Vec<_>>()
+    };
+    let (pb, nb) = (places(b), nodes(b));
+    places(a).iter().any(|p| pb.contains(p)) || nodes(a).iter().any(|n| nb.contains(n))
+}
+
+/// True when `new` is `old` renamed, as far as its access key goes: both
+/// hold access keys, and they name the same `bootstrap-key-file` (any
+/// spelling) or log in as the same agent. Such a rename keeps the key
+/// state (see `daemon`).
+pub fn same_key_source(old: &CredentialConfig, new: &CredentialConfig) -> bool {
+    let (Some(a), Some(b)) = (old.key(), new.key()) else {
+        return false;
+    };
+    match (&a.bootstrap_key_file, &b.bootstrap_key_file) {
+        (Some(fa), Some(fb)) => same_input(
+            &crate::fsread::Location::of_input(fa),
+            &crate::fsread::Location::of_input(fb),
+        ),
+        (None, None) => old
+            .login
+            .as_ref()
+            .zip(new.login.as_ref())
+            .is_some_and(|(la, lb)| la.username == lb.username),
+        _ => false,
+    }
 }
 
 /// Every file the daemon reads, with the config key that names it: an

@@ -54,6 +54,9 @@ pub enum DaemonError {
 struct Task {
     commands: mpsc::UnboundedSender<Command>,
     cancel: CancellationToken,
+    /// Ends when the credential's task has stopped (a renamed credential's
+    /// successor waits for it before taking its key state over).
+    done: tokio::task::JoinHandle<()>,
 }
 
 struct Daemon {
@@ -270,6 +273,18 @@ pub async fn run_with_events(
 
 impl Daemon {
     fn spawn(&mut self, cfg: CredentialConfig) {
+        self.spawn_after(cfg, None);
+    }
+
+    /// Starts a credential; with `renamed_from`, first waits for that
+    /// (cancelled) credential's task to stop and takes its key state over
+    /// (`keys/{old}.json` becomes `keys/{new}.json`), so a rename keeps the
+    /// current key and the deletions still owed.
+    fn spawn_after(
+        &mut self,
+        cfg: CredentialConfig,
+        renamed_from: Option<(String, tokio::task::JoinHandle<()>)>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = self.cancel.child_token();
         let name = cfg.name.clone();
@@ -277,15 +292,38 @@ impl Daemon {
         let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
         self.board.register(&name);
-        self.tracker.spawn(
+        let done = self.tracker.spawn(
             async move {
+                if let Some((old, done)) = renamed_from {
+                    let _ = done.await;
+                    let (dir, new) = (state_dir.clone(), cfg.name.clone());
+                    let moved = tokio::task::spawn_blocking(move || {
+                        crate::keystate::migrate(&dir, &old, &new).map(|m| (m, old))
+                    })
+                    .await;
+                    match moved {
+                        Ok(Ok((true, old))) => {
+                            info!(renamed_from = %old, "credential renamed: its key state (the current key and the deletions still owed) is kept")
+                        }
+                        Ok(Ok((false, _))) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot take the key state of the renamed credential over"),
+                        Err(e) => warn!(error = %e, "cannot take the key state of the renamed credential over"),
+                    }
+                }
                 let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
                 cred.adopt_from_disk(crate::now()).await;
                 credential::run(cred, rx, task_cancel).await;
             }
             .instrument(info_span!("credential", name = %name)),
         );
-        self.tasks.insert(name, Task { commands: tx, cancel });
+        self.tasks.insert(
+            name,
+            Task {
+                commands: tx,
+                cancel,
+                done,
+            },
+        );
     }
 
     /// Loads the config again and reconciles. `forced` (SIGHUP) reloads
@@ -311,11 +349,16 @@ impl Daemon {
         let path = self.config.path.clone();
         let validate_path = path.clone();
         // Validation looks at the filesystem (output paths, ca-file): blocking pool.
+        let before = self.config.clone();
         let validated = blocking(&path, move || {
             text.and_then(|t| Config::from_file_text(&t, &validate_path).map(|c| (c, t)))
+                .map(|(c, t)| {
+                    let renames = renames(&before, &c);
+                    (c, t, renames)
+                })
         })
         .await;
-        let (new, text) = match validated {
+        let (new, text, renames) = match validated {
             Ok(loaded) => loaded,
             Err(e) => {
                 error!(error = %e, "config reload failed; keeping the last good config");
@@ -344,11 +387,12 @@ impl Daemon {
             warn!("{w}");
         }
         self.config_text = Some(text);
-        self.reconcile(new, api_changed);
+        self.reconcile(new, api_changed, renames);
         true
     }
 
-    fn reconcile(&mut self, new: Config, api_changed: bool) {
+    fn reconcile(&mut self, new: Config, api_changed: bool, renames: Vec<(String, String)>) {
+        let mut renamed: BTreeMap<String, (String, tokio::task::JoinHandle<()>)> = BTreeMap::new();
         let (mut added, mut changed, mut removed) = (0, 0, 0);
         let old: BTreeMap<String, CredentialConfig> = self
             .config
@@ -363,7 +407,12 @@ impl Daemon {
                 task.cancel.cancel();
                 self.board.remove(name);
                 self.metrics.forget(name);
-                info!(credential = %name, "credential removed from the config; its files are left in place");
+                if let Some((_, new_name)) = renames.iter().find(|(old, _)| old == name) {
+                    info!(credential = %name, renamed_to = %new_name, "credential renamed in the config");
+                    renamed.insert(new_name.clone(), (name.clone(), task.done));
+                } else {
+                    info!(credential = %name, "credential removed from the config; its files are left in place");
+                }
                 removed += 1;
             }
         }
@@ -389,7 +438,7 @@ impl Daemon {
                     }
                 }
                 _ => {
-                    self.spawn(cfg.clone());
+                    self.spawn_after(cfg.clone(), renamed.remove(&cfg.name));
                     added += 1;
                 }
             }
@@ -400,6 +449,31 @@ impl Daemon {
         info!(added, changed, removed, "config reloaded");
         self.config = new;
     }
+}
+
+/// Access-key credentials renamed from `old` to `new` (old name, new name):
+/// one that is gone and one that is new, with the same bootstrap key file
+/// (any spelling) or the same agent login. Each pairs at most once.
+fn renames(old: &Config, new: &Config) -> Vec<(String, String)> {
+    let gone: Vec<&CredentialConfig> = old
+        .credentials
+        .iter()
+        .filter(|c| c.key().is_some() && !new.credentials.iter().any(|n| n.name == c.name))
+        .collect();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for added in new
+        .credentials
+        .iter()
+        .filter(|c| c.key().is_some() && !old.credentials.iter().any(|o| o.name == c.name))
+    {
+        if let Some(before) = gone
+            .iter()
+            .find(|g| !pairs.iter().any(|(o, _)| *o == g.name) && crate::config::same_key_source(g, added))
+        {
+            pairs.push((before.name.clone(), added.name.clone()));
+        }
+    }
+    pairs
 }
 
 /// Runs blocking filesystem work on the blocking pool, so the runtime

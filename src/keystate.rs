@@ -287,6 +287,36 @@ pub fn path(state_dir: &Path, credential: &str) -> PathBuf {
     state_dir.join("keys").join(format!("{credential}.json"))
 }
 
+/// Takes the state of a renamed credential over: `keys/{old}.json` is
+/// renamed to `keys/{new}.json` (atomic; the directory is fsynced; the
+/// inode, and so the file's identity, is kept). True if it was moved;
+/// false when there is no old state or the new name has one already
+/// (then the old file is left alone, and a warning says so).
+pub fn migrate(state_dir: &Path, old: &str, new: &str) -> Result<bool, StateError> {
+    let (from, to) = (path(state_dir, old), path(state_dir, new));
+    if std::fs::symlink_metadata(&from).is_err() {
+        return Ok(false);
+    }
+    if std::fs::symlink_metadata(&to).is_ok() {
+        tracing::warn!(
+            old = %from.display(),
+            new = %to.display(),
+            "the renamed credential already has a key state; the old one is left in place and its keys are not looked after"
+        );
+        return Ok(false);
+    }
+    std::fs::rename(&from, &to).map_err(|source| StateError::Read {
+        path: from.clone(),
+        source,
+    })?;
+    if let Some(dir) = to.parent()
+        && let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all())
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    }
+    Ok(true)
+}
+
 /// Reads the state, or `None` when there is no file yet. A file that is
 /// not a regular file (a FIFO would block), too large or not valid is an
 /// error: the daemon must not silently start over and lose track of keys.

@@ -1050,6 +1050,7 @@ pub fn load_where_it_lives(path: &Path, credential: &str) -> Result<KeyState, St
                 let old_id = state.installation_id.clone();
                 let dropped = state.pending_deletions.len();
                 state.start_over_as_new_installation();
+                keystate::save(path, &state)?;
                 warn!(
                     state_file = %path.display(),
                     reason = %why,
@@ -1058,7 +1059,6 @@ pub fn load_where_it_lives(path: &Path, credential: &str) -> Result<KeyState, St
                     dropped_pending_deletions = dropped,
                     "the key state was not written here, so this is a new installation: keys of the old one (the current key included, once replaced) are never deleted by this one but left to expire, since the original host may still use them"
                 );
-                keystate::save(path, &state)?;
             } else if (state.machine_id.is_none() && machine.is_some()) || state.file_id.0.is_none() {
                 state.machine_id = state.machine_id.or(machine);
                 keystate::save(path, &state)?;
