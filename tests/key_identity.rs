@@ -211,6 +211,49 @@ fn a_cloned_state_dir_starts_a_new_installation_and_never_deletes_the_other_host
     assert_no_keys(&db.log(), &s);
 }
 
+#[test]
+fn a_key_with_this_installations_name_but_no_recorded_nonce_is_never_swept() {
+    let s = key_standin();
+    let t = TestDir::new();
+    let (_, boot) = bootstrap(&s, &t, 365);
+    t.write_config(
+        &s.base_url(),
+        &key_cred("grace = \"1s\"", &output("mcp.env", "env")),
+    );
+    let mut d = t.daemon();
+    let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
+    stop(&mut d, Signal::SIGTERM);
+    // A key of the same name this installation never made (a clone that
+    // kept machine id and inode, e.g. a VM snapshot started twice; or by
+    // hand), and one whose creation was recorded by the clone, not here.
+    let name = key_name_of(&t);
+    let (twin_id, _) = s.create_key(&name, 86_400 * 365);
+    // The start-up sweep runs and leaves it alone.
+    let d = daemon_with(&t, "voipbin_tokend=debug", &[]);
+    d.wait_log("reusing the key in the key state", 1, WAIT);
+    s.script_key_creations([Fault::Close]);
+    d.signal(Signal::SIGUSR1);
+    // A lost answer: the orphan with the recorded nonce is swept, the twin not.
+    let k2 = wait_env_key(&t, "mcp.env", &[&boot, &k1], &d);
+    wait_for(
+        WAIT,
+        "the orphan deleted",
+        || {
+            s.keys()
+                .iter()
+                .any(|k| k.name == name && k.tm_delete.is_some() && k.token_prefix != k1[..11])
+        },
+        || format!("{:#?}\n{}", s.keys(), d.log()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        key_named(&s.keys(), &twin_id).tm_delete.is_none(),
+        "a key without this installation's nonce is not its orphan\n{}",
+        d.log()
+    );
+    assert!(key_by_secret(&s, &k2).tm_delete.is_none());
+}
+
 // ---------------------------------------------------------------------------
 // Item 7: whose id is it?
 
