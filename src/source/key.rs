@@ -403,17 +403,23 @@ pub async fn delete_checked(
         );
         return Ok(DeleteOutcome::Refused);
     }
+    // A pending deletion has its time; an orphan of the sweep has none.
+    let what = if p.delete_after.is_some() {
+        "replaced key"
+    } else {
+        "key"
+    };
     match client.delete(auth, &p.id).await {
         Ok(Deleted::Now) => {
-            info!(key_id = %p.id, prefix = %p.prefix, "key deleted");
+            info!(key_id = %p.id, prefix = %p.prefix, "{what} deleted");
             Ok(DeleteOutcome::Deleted)
         }
         Ok(Deleted::AlreadyGone) => {
-            info!(key_id = %p.id, prefix = %p.prefix, "the key to delete was already gone");
+            info!(key_id = %p.id, prefix = %p.prefix, "{what} was already gone");
             Ok(DeleteOutcome::AlreadyGone)
         }
         Err(e) => {
-            warn!(key_id = %p.id, prefix = %p.prefix, error = %e, "cannot delete the key; will retry");
+            warn!(key_id = %p.id, prefix = %p.prefix, error = %e, "cannot delete the {what}; will retry");
             Err(e)
         }
     }
