@@ -308,9 +308,9 @@ pub async fn verify_created(
             "the new key (id {id}, prefix {prefix}) was refused (HTTP 401) when tested{}",
             crate::api::rid(&request_id)
         ))),
-        Err(e @ (KeyError::NotFound { .. } | KeyError::Gone { .. })) => Err(RotateError::NotBelieved(
-            format!("looking the new key up by its id {id} answers: {e}"),
-        )),
+        Err(e @ (KeyError::NotFound { .. } | KeyError::Gone { .. } | KeyError::BadRequest { .. })) => Err(
+            RotateError::NotBelieved(format!("looking the new key up by its id {id} answers: {e}")),
+        ),
         Err(e) => Err(RotateError::Api(e)),
     }
 }
@@ -1462,5 +1462,32 @@ mod tests {
                 .unwrap(),
             DeleteOutcome::Deleted
         );
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_key_missing_from_a_list_cut_short_is_not_called_unlisted() {
+        let f = Fixture::new();
+        // The bootstrap key is the oldest of 150: on the second page, which
+        // a server alternating its page tokens never gives.
+        for i in 0..149 {
+            f.server.create_key(&format!("k{i}"), 86_400);
+        }
+        f.server
+            .set_key_list_paging(crate::standin::ListPaging::AlternatingTokens);
+        let e = adopt_bootstrap(&f.client(), f.boot.clone(), crate::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BootstrapError::ListCutShort(_)), "{e}");
+        assert!(f.server.key_list_requests() <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_creation_answer_with_an_id_that_is_no_uuid_is_not_believed() {
+        let f = Fixture::new();
+        let mut state = f.bootstrapped().await;
+        f.server
+            .script_key_creations([Fault::KeyAnswerId("not-a-uuid".into())]);
+        let e = rotate_once(&f, &mut state).await.unwrap_err();
+        assert!(matches!(e, RotateError::NotBelieved(_)), "{e}");
     }
 }
