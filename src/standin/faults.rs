@@ -63,6 +63,10 @@ pub enum Fault {
     /// removes that claim. For odd claims: `iat` ten years ago, `iat` after
     /// the expiry, an expiry in year 9999, another `agent`.
     Claims(serde_json::Value),
+    /// Key creations only: make the key as asked (it lives), but answer
+    /// with a `tm_expire` an hour in the past (a server that lies in its
+    /// answer, not in its database).
+    ExpiredAnswer,
 }
 
 impl Fault {
@@ -113,5 +117,6 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::ServerDateSkew(_) => "server-date-skew",
         Fault::Close => "close",
         Fault::Claims(_) => "claims",
+        Fault::ExpiredAnswer => "expired-answer",
     }
 }

@@ -86,6 +86,7 @@ pub(super) struct KeyStore {
     post_script: VecDeque<Fault>,
     requests: u64,
     last_create: Option<SystemTime>,
+    delete_script: VecDeque<Fault>,
 }
 
 impl KeyStore {
@@ -282,8 +283,17 @@ pub(super) async fn route(
             None => keys.script.pop_front(),
         }
     };
+    // Faults for deletions only take precedence for a DELETE.
+    let fault = match (req.method() == Method::DELETE)
+        .then(|| inner.keys().delete_script.pop_front())
+        .flatten()
+    {
+        Some(f) => Some(f),
+        None => fault,
+    };
     let mut drop_after = false;
     let mut create_expired = false;
+    let mut answer_expired = false;
     match fault {
         Some(Fault::Status {
             status,
@@ -293,6 +303,7 @@ pub(super) async fn route(
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Close) => drop_after = true,
         Some(Fault::Expired) => create_expired = true,
+        Some(Fault::ExpiredAnswer) => answer_expired = true,
         _ => {}
     }
 
@@ -317,7 +328,7 @@ pub(super) async fn route(
     let method = req.method().clone();
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
-        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired).await,
+        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired, answer_expired).await,
         (m, id) if id.starts_with('/') && !id[1..].contains('/') => {
             one(inner, m, &id[1..], req, request_id).await
         }
@@ -338,7 +349,13 @@ async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn create(inner: &Inner, req: Request<Incoming>, request_id: &str, expired: bool) -> Response<Payload> {
+async fn create(
+    inner: &Inner,
+    req: Request<Incoming>,
+    request_id: &str,
+    expired: bool,
+    answer_expired: bool,
+) -> Response<Payload> {
     let Some(body) = read_json(req).await.filter(|v| v.is_object()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -367,6 +384,9 @@ async fn create(inner: &Inner, req: Request<Incoming>, request_id: &str, expired
             k.info.tm_expire = past;
         }
         info.tm_expire = past;
+    }
+    if answer_expired {
+        info.tm_expire = SystemTime::now() - Duration::from_secs(3600);
     }
     let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
@@ -558,5 +578,22 @@ impl StandIn {
         if let Some(user) = self.inner.state().users.get_mut(username) {
             user.permission = permission;
         }
+    }
+
+    /// Appends faults for key deletions only (`DELETE`), e.g. one 401
+    /// (`Fault::status(401)`) for the next deletion.
+    pub fn script_key_deletions(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().delete_script.extend(faults);
+    }
+
+    /// Live keys (not deleted, not expired) named `name`.
+    pub fn live_keys_named(&self, name: &str) -> usize {
+        let now = SystemTime::now();
+        self.inner
+            .keys()
+            .keys
+            .iter()
+            .filter(|k| k.info.name == name && k.info.tm_delete.is_none() && k.info.tm_expire > now)
+            .count()
     }
 }

@@ -510,6 +510,8 @@ pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut 
         }
         Fault::Close => return Err(DropConnection),
         Fault::Claims(extra) => answer_login_with(inner, name, password.as_deref(), now, Some(&extra)),
+        // A key-creation fault: a login answers normally.
+        Fault::ExpiredAnswer => answer_login(inner, name, password.as_deref(), now),
     };
     Ok(response)
 }
