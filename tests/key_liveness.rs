@@ -167,10 +167,7 @@ fn a_held_key_deleted_while_stopped_does_not_spin_answers_health_and_a_fresh_boo
     let s = key_standin();
     let t = TestDir::new();
     let (boot_id, boot) = bootstrap(&s, &t, 365);
-    let (port, cfg) = with_health(&key_cred(
-        "renew-at = 0.9",
-        &output("mcp.env", "env"),
-    ));
+    let (port, cfg) = with_health(&key_cred("renew-at = 0.9", &output("mcp.env", "env")));
     // Days of key life: the next rotation is far away, as in the field.
     let cfg = cfg.replace("lifetime = \"1d\"", "lifetime = \"30d\"");
     t.write_config(&s.base_url(), &cfg);
@@ -230,10 +227,7 @@ fn one_delete_answered_401_does_not_spin_answers_health_and_sigterm_stops_at_onc
     let (boot_id, boot) = bootstrap(&s, &t, 365);
     // The bootstrap key's deletion (after the grace) is answered 401.
     s.script_key_deletions([Fault::status(401)]);
-    let (port, cfg) = with_health(&key_cred(
-        "renew-at = 0.9",
-        &output("mcp.env", "env"),
-    ));
+    let (port, cfg) = with_health(&key_cred("renew-at = 0.9", &output("mcp.env", "env")));
     let cfg = cfg.replace("lifetime = \"1d\"", "lifetime = \"30d\"");
     t.write_config(&s.base_url(), &cfg);
     let mut d = t.daemon();
@@ -248,10 +242,7 @@ fn one_delete_answered_401_does_not_spin_answers_health_and_sigterm_stops_at_onc
     wait_for(
         WAIT,
         "only the current key alive",
-        || {
-            s.live_keys_named(&name) == 1
-                && key_named(&s.keys(), &boot_id).tm_delete.is_some()
-        },
+        || s.live_keys_named(&name) == 1 && key_named(&s.keys(), &boot_id).tm_delete.is_some(),
         || format!("{:#?}\n{}", s.keys(), d.log()),
     );
     assert_eq!(env_key(&t, "mcp.env").unwrap(), k2);
@@ -271,7 +262,8 @@ fn sigterm_stops_a_daemon_holding_a_refused_key_at_once() {
     let (boot_id, boot) = bootstrap(&s, &t, 365);
     t.write_config(
         &s.base_url(),
-        &key_cred("renew-at = 0.9", &output("mcp.env", "env")).replace("lifetime = \"1d\"", "lifetime = \"30d\""),
+        &key_cred("renew-at = 0.9", &output("mcp.env", "env"))
+            .replace("lifetime = \"1d\"", "lifetime = \"30d\""),
     );
     let mut d = t.daemon();
     wait_env_key(&t, "mcp.env", &[&boot], &d);
@@ -301,10 +293,7 @@ fn a_key_refused_while_running_makes_readyz_503_and_status_refused_until_a_worki
     let s = key_standin();
     let t = TestDir::new();
     let (boot_id, boot) = bootstrap(&s, &t, 365);
-    let (port, cfg) = with_health(&key_cred(
-        "renew-at = 0.9",
-        &output("mcp.env", "env"),
-    ));
+    let (port, cfg) = with_health(&key_cred("renew-at = 0.9", &output("mcp.env", "env")));
     t.write_config(
         &s.base_url(),
         &cfg.replace("lifetime = \"1d\"", "lifetime = \"30d\""),
@@ -412,7 +401,11 @@ fn the_replaced_keys_grace_starts_only_once_every_output_holds_the_successor() {
 
 /// Runs a daemon until k1 replaced the bootstrap key, saves the state file,
 /// rotates to k2 and stops. Returns (k1, k1 id, k2, the saved older state).
-fn rotate_twice_keeping_the_first_state(s: &StandIn, t: &TestDir, grace: &str) -> (String, String, String, String) {
+fn rotate_twice_keeping_the_first_state(
+    s: &StandIn,
+    t: &TestDir,
+    grace: &str,
+) -> (String, String, String, String) {
     let (boot_id, boot) = bootstrap(s, t, 365);
     t.write_config(
         &s.base_url(),
@@ -480,9 +473,13 @@ fn a_restored_older_state_does_not_publish_its_dead_key_over_the_working_output_
     let made = posts(&s);
 
     let d = t.daemon();
+    assert_output_stays(&t, &k2, 4, &d);
     d.wait_log("keeping the working key", 1, WAIT);
-    assert_output_stays(&t, &k2, 3, &d);
-    assert_eq!(state_json(&t)["current"]["id"], k2_id.as_str(), "the kept key is current");
+    assert_eq!(
+        state_json(&t)["current"]["id"],
+        k2_id.as_str(),
+        "the kept key is current"
+    );
     assert_eq!(posts(&s), made, "no key made: the output's key works");
     assert!(key_named(&s.keys(), &k2_id).tm_delete.is_none());
     d.wait_log("every credential has a fresh token on disk", 1, WAIT);
@@ -498,8 +495,8 @@ fn a_restored_older_state_whose_key_still_lives_keeps_the_newer_output_key_and_d
     std::fs::write(t.path("state/keys/mcp.json"), older).unwrap();
 
     let d = t.daemon();
+    assert_output_stays(&t, &k2, 4, &d);
     d.wait_log("keeping the working key", 1, WAIT);
-    assert_output_stays(&t, &k2, 3, &d);
     let state = state_json(&t);
     assert_eq!(state["current"]["id"], k2_id.as_str());
     assert!(
@@ -539,7 +536,8 @@ fn keys_answered_already_expired_are_deleted_at_once_and_do_not_pile_up() {
     let (_, boot) = bootstrap(&s, &t, 365);
     t.write_config(
         &s.base_url(),
-        &key_cred("renew-at = 0.9", &output("mcp.env", "env")).replace("lifetime = \"1d\"", "lifetime = \"30d\""),
+        &key_cred("renew-at = 0.9", &output("mcp.env", "env"))
+            .replace("lifetime = \"1d\"", "lifetime = \"30d\""),
     );
     // Every creation for a while: a live key, answered as expired.
     s.script_key_creations(std::iter::repeat_n(Fault::ExpiredAnswer, 1000));
@@ -585,7 +583,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).output();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
     }
 }
 
@@ -612,7 +613,8 @@ fn keys_made_while_the_state_cannot_be_saved_are_deleted_at_once_and_do_not_pile
     };
     t.write_config(
         &s.base_url(),
-        &key_cred("renew-at = 0.9", &output("mcp.env", "env")).replace("lifetime = \"1d\"", "lifetime = \"30d\""),
+        &key_cred("renew-at = 0.9", &output("mcp.env", "env"))
+            .replace("lifetime = \"1d\"", "lifetime = \"30d\""),
     );
     let d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
@@ -636,7 +638,11 @@ fn keys_made_while_the_state_cannot_be_saved_are_deleted_at_once_and_do_not_pile
         s.keys(),
         d.log()
     );
-    assert_eq!(env_key(&t, "mcp.env").unwrap(), k1, "the saved key stays published");
+    assert_eq!(
+        env_key(&t, "mcp.env").unwrap(),
+        k1,
+        "the saved key stays published"
+    );
     wait_for(
         WAIT,
         "only the published key alive",

@@ -139,8 +139,8 @@ pub async fn rotate(
     let skew = skew_seconds(created.server_skew);
     // A believable answer (ours by name, a new id; keyapi checked that the
     // prefix is the key's): if the key is not used, it is deleted by its id.
-    let believable = created.object.name == state.key_name()
-        && !state.known_ids().any(|id| id == created.object.id);
+    let believable =
+        created.object.name == state.key_name() && !state.known_ids().any(|id| id == created.object.id);
     let unused = UnusedKey {
         id: created.object.id.clone(),
         prefix: prefix_of(created.key.expose()).to_string(),
@@ -628,7 +628,11 @@ impl KeySource {
         let Some(state) = self.state.as_ref() else {
             return 0;
         };
-        let current: usize = state.current.as_ref().filter(|c| c.expires_at() > now).map_or(0, |_| 1);
+        let current: usize = state
+            .current
+            .as_ref()
+            .filter(|c| c.expires_at() > now)
+            .map_or(0, |_| 1);
         let left = state.left_to_expire.iter().filter(|l| l.tm_expire > now).count();
         current
             .saturating_add(state.pending_deletions.len())
@@ -912,7 +916,9 @@ impl KeySource {
             Err(RotateError::Unusable { key, reason }) => {
                 // Deleted at once (see `rotate`); known, so no sweep needed.
                 self.discard.push(key);
-                Err(super::Failure::transient(format!("creating the next key: {reason}")))
+                Err(super::Failure::transient(format!(
+                    "creating the next key: {reason}"
+                )))
             }
             Err(e) => {
                 self.sweep_due = true;
