@@ -337,6 +337,11 @@ pub struct KeySource {
     /// Keys the server made that will not be used, not yet deleted: nothing
     /// is created until they are.
     discard: Vec<UnusedKey>,
+    /// The key the credential holds (and the outputs have) was refused or
+    /// found deleted; cleared once a new key is made or a working one kept.
+    /// Unlike `dead`, adopting the bootstrap file's key does not clear it:
+    /// the outputs still hold the refused key until the next is made.
+    held_refused: bool,
     /// Creations whose answer may have been lost since the last successful
     /// sweep: each may have made a live key (counted against the cap).
     maybe_orphans: usize,
@@ -357,6 +362,7 @@ impl KeySource {
             housekeeping_retry_at: None,
             discard: Vec::new(),
             maybe_orphans: 0,
+            held_refused: false,
         }
     }
 
@@ -618,6 +624,7 @@ impl KeySource {
             .await
             .map_err(|e| super::Failure::transient(format!("key state: {e}")))?;
         self.dead = false;
+        self.held_refused = false;
         Ok(Some(Self::held_of(&adopted, &ctx.cfg.renewal)))
     }
 
@@ -868,6 +875,7 @@ impl KeySource {
         match result {
             Ok(created) => {
                 self.dead = false;
+                self.held_refused = false;
                 let current = self
                     .state
                     .as_ref()
@@ -884,6 +892,7 @@ impl KeySource {
             Err(RotateError::Api(KeyError::Unauthorized { request_id })) => {
                 if self.bootstrap_mode() {
                     self.dead = true;
+                    self.held_refused = true;
                     Err(super::Failure::rejected(format!(
                         "the held key was refused (HTTP 401: deleted or expired); write a fresh key made on the admin page into bootstrap-key-file {}{}",
                         self.cfg
@@ -1054,6 +1063,7 @@ impl KeySource {
             if matches!(e, KeyError::Unauthorized { .. }) {
                 if this.bootstrap_mode() {
                     this.dead = true;
+                    this.held_refused = true;
                 } else {
                     this.agent = None;
                 }
@@ -1074,6 +1084,7 @@ impl KeySource {
                     Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
                         warn!(key_id = %id, "the held key was deleted out of band; making a new one now");
                         self.dead = true;
+                        self.held_refused = true;
                         self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every));
                         return Ok(super::Housekept::RenewNow);
                     }
@@ -1142,7 +1153,7 @@ impl KeySource {
     /// The held key was refused (401) or found deleted, and no working
     /// key has replaced it yet: not ready.
     pub fn refused(&self) -> bool {
-        self.dead && self.state.as_ref().is_some_and(|s| s.current.is_some())
+        self.held_refused
     }
 
     pub fn status(&self) -> KeyStatus {
