@@ -659,19 +659,16 @@ pub async fn run(
     let mut in_a_row = 0u32;
     loop {
         let now = crate::now();
-        let (step, at) = cred.next_step(now);
+        let (step, mut at) = cred.next_step(now);
         if at <= now {
             in_a_row = in_a_row.saturating_add(1);
             if in_a_row > MAX_STEPS_IN_A_ROW {
+                // A pause that still obeys commands and cancellation.
                 warn!(step = ?step, "steps keep falling due at once; pausing a second");
-                in_a_row = 0;
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(STEP_PAUSE) => {}
-                }
-                continue;
+                at = schedule::after(now, STEP_PAUSE);
             }
+        }
+        if at <= now {
             if step == Step::Renew {
                 let renewed = cred.renew(&cancel).await;
                 if cancel.is_cancelled() {
