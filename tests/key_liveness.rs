@@ -218,6 +218,8 @@ fn a_held_key_deleted_while_stopped_does_not_spin_answers_health_and_a_fresh_boo
         || d.log(),
     );
     stop(&mut d, Signal::SIGTERM);
+    assert_no_keys(&d.log(), &s);
+    assert_no_keys(&t.read("state/status.json").unwrap_or_default(), &s);
 }
 
 #[test]
@@ -483,6 +485,7 @@ fn a_restored_older_state_does_not_publish_its_dead_key_over_the_working_output_
     assert_eq!(posts(&s), made, "no key made: the output's key works");
     assert!(key_named(&s.keys(), &k2_id).tm_delete.is_none());
     d.wait_log("every credential has a fresh token on disk", 1, WAIT);
+    assert_no_keys(&d.log(), &s);
 }
 
 #[test]
@@ -696,4 +699,93 @@ fn forced_rotations_stop_at_the_cap_on_live_keys() {
         .find(|l| l.contains("live keys"))
         .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
     assert!(line.contains("ERROR") && line.contains("mcp"), "{line}");
+}
+
+/// No key made by the server appears in `text` past its public prefix.
+fn assert_no_keys(text: &str, s: &StandIn) {
+    for key in s.issued_keys() {
+        assert!(
+            !text.contains(&key[11..]),
+            "a key (beyond its prefix) appears in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn with_an_agent_login_a_restored_older_state_keeps_the_working_output_key() {
+    let s = key_standin();
+    let t = TestDir::new();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nusername = \"{USER}\"\npassword-file = \"password\"\n\
+             lifetime = \"30d\"\ngrace = \"1s\"\nretry-min = \"100ms\"\nretry-max = \"1s\"\n\n{}",
+            output("mcp.env", "env")
+        ),
+    );
+    let mut d = t.daemon();
+    let k1 = wait_env_key(&t, "mcp.env", &[], &d);
+    let k1_id = state_json(&t)["current"]["id"].as_str().unwrap().to_owned();
+    let older = t.read("state/keys/mcp.json").unwrap();
+    d.signal(Signal::SIGUSR1);
+    let k2 = wait_env_key(&t, "mcp.env", &[&k1], &d);
+    let k2_id = state_json(&t)["current"]["id"].as_str().unwrap().to_owned();
+    wait_for(
+        WAIT,
+        "k1 deleted after its grace",
+        || key_named(&s.keys(), &k1_id).tm_delete.is_some(),
+        || d.log(),
+    );
+    stop(&mut d, Signal::SIGTERM);
+    std::fs::write(t.path("state/keys/mcp.json"), older).unwrap();
+    let made = posts(&s);
+
+    let mut d = t.daemon();
+    assert_output_stays(&t, &k2, 4, &d);
+    d.wait_log("keeping the working key", 1, WAIT);
+    assert_eq!(state_json(&t)["current"]["id"], k2_id.as_str());
+    assert_eq!(posts(&s), made, "no key made: the output's key works");
+    assert!(key_named(&s.keys(), &k2_id).tm_delete.is_none());
+    stop(&mut d, Signal::SIGTERM);
+    assert_no_keys(&d.log(), &s);
+}
+
+#[test]
+fn a_refused_key_stays_not_ready_until_a_successor_reaches_the_outputs() {
+    let s = key_standin();
+    let t = TestDir::new();
+    let (boot_id, boot) = bootstrap(&s, &t, 365);
+    let (port, cfg) = with_health(&key_cred("renew-at = 0.9", &output("mcp.env", "env")));
+    t.write_config(
+        &s.base_url(),
+        &cfg.replace("lifetime = \"1d\"", "lifetime = \"30d\""),
+    );
+    let d = t.daemon();
+    let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
+    let k1_id = state_json(&t)["current"]["id"].as_str().unwrap().to_owned();
+    wait_for(
+        WAIT,
+        "the bootstrap key deleted",
+        || key_named(&s.keys(), &boot_id).tm_delete.is_some(),
+        || d.log(),
+    );
+    assert!(s.delete_key(&k1_id));
+    d.signal(Signal::SIGUSR1);
+    d.wait_log("HTTP 401", 1, WAIT);
+    // A fresh bootstrap key is adopted, but making its successor fails a
+    // few times: the outputs still hold the refused key, so not ready.
+    s.script_key_creations(std::iter::repeat_n(Fault::status(503), 6));
+    let (_, fresh) = s.create_key("made again on the admin page", 86_400 * 365);
+    write_key_file(&t, &fresh);
+    d.signal(Signal::SIGUSR1);
+    d.wait_log("HTTP 503", 1, WAIT);
+    assert_eq!(env_key(&t, "mcp.env").unwrap(), k1);
+    assert_eq!(http_code(port, "/readyz"), Some(503), "{}", d.log());
+    wait_env_key(&t, "mcp.env", &[&k1, &fresh], &d);
+    wait_for(
+        WAIT,
+        "/readyz 200 once the successor is written",
+        || http_code(port, "/readyz") == Some(200),
+        || d.log(),
+    );
 }

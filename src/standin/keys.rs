@@ -26,7 +26,10 @@
 //! acts; `Close` acts and then drops the connection (a `POST` whose answer
 //! was lost: the key exists, the client never saw it); `Expired` on a
 //! `POST` creates a key whose `tm_expire` is already past (a server that
-//! lies); any other fault is ignored for key calls.
+//! lies); `ExpiredAnswer` on a `POST` makes a live key but answers it
+//! already expired (a server that lies in its answer only);
+//! [`StandIn::script_key_deletions`] queues faults for `DELETE`s only (e.g.
+//! one 401); any other fault is ignored for key calls.
 
 use super::body::Payload;
 use super::server::*;
