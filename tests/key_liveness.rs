@@ -789,3 +789,47 @@ fn a_refused_key_stays_not_ready_until_a_successor_reaches_the_outputs() {
         || d.log(),
     );
 }
+
+#[test]
+fn a_refused_state_key_never_overwrites_a_working_key_in_the_outputs_nor_is_that_key_deleted() {
+    let s = key_standin();
+    let t = TestDir::new();
+    let (boot_id, boot) = bootstrap(&s, &t, 365);
+    t.write_config(
+        &s.base_url(),
+        &key_cred("renew-at = 0.9", &output("mcp.env", "env"))
+            .replace("lifetime = \"1d\"", "lifetime = \"30d\""),
+    );
+    let mut d = t.daemon();
+    wait_env_key(&t, "mcp.env", &[&boot], &d);
+    let k1_id = state_json(&t)["current"]["id"].as_str().unwrap().to_owned();
+    wait_for(
+        WAIT,
+        "the bootstrap key deleted",
+        || key_named(&s.keys(), &boot_id).tm_delete.is_some(),
+        || d.log(),
+    );
+    stop(&mut d, Signal::SIGTERM);
+    // While stopped: the state's key is deleted, and someone put a working
+    // hand-made key into the output.
+    assert!(s.delete_key(&k1_id));
+    let (hand_id, hand) = s.create_key("my script's key", 86_400 * 365);
+    std::fs::write(t.path("mcp.env"), format!("VOIPBIN_API_KEY={hand}\n")).unwrap();
+
+    let d = t.daemon();
+    assert_output_stays(&t, &hand, 4, &d);
+    d.wait_log("HTTP 401", 1, WAIT);
+    // A fresh bootstrap key: the next key replaces it in the output; the
+    // hand-made key itself is left alone on the server.
+    let (_, fresh) = s.create_key("made again on the admin page", 86_400 * 365);
+    write_key_file(&t, &fresh);
+    d.signal(Signal::SIGUSR1);
+    wait_env_key(&t, "mcp.env", &[&hand, &fresh], &d);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        key_named(&s.keys(), &hand_id).tm_delete.is_none(),
+        "the hand-made key was deleted\n{}",
+        d.log()
+    );
+    assert_no_keys(&d.log(), &s);
+}

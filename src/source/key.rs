@@ -499,11 +499,11 @@ impl KeySource {
     ///   (a restored older state must not replace it).
     /// - Else the state's key is alive: it is published (a kill between
     ///   saving a new key and writing it).
-    /// - The state's key is refused and the output's key is live but not
-    ///   this installation's: it is kept and replaced at once, like a
-    ///   bootstrap key.
-    /// - Neither is known to work: nothing is published; the renewal path
-    ///   (bootstrap-key-file, or the agent) makes the next key.
+    /// - The state's key is refused (or gone) and the output's key is not a
+    ///   live key of this installation: nothing is published, nothing is
+    ///   made current (so the output's key is never deleted); the renewal
+    ///   path (bootstrap-key-file, or the agent) makes the next key, which
+    ///   then replaces it in the outputs.
     ///
     /// A call that fails otherwise (network, 5xx) decides nothing: the
     /// state is trusted, as before.
@@ -561,9 +561,10 @@ impl KeySource {
                         Restart::Output(as_current(o, Origin::Created))
                     }
                     _ if state_live => Restart::State,
-                    // Only an agent gets here: the state's key is gone.
-                    Some(o) => Restart::Output(as_current(o, Origin::Bootstrap)),
-                    None => Restart::Neither,
+                    // Only an agent gets here: the state's key is gone, and
+                    // the outputs' key is not this installation's (never
+                    // made current, so never deleted).
+                    _ => Restart::Neither,
                 }
             }
             Err(KeyError::Unauthorized { .. }) if bootstrap => {
@@ -571,8 +572,10 @@ impl KeySource {
                 match client.list(KeyAuth::Key(&out_key)).await {
                     Ok(listed) => match found(&listed) {
                         Some(o) if o.name == name => Restart::Output(as_current(o, Origin::Created)),
-                        Some(o) => Restart::Output(as_current(o, Origin::Bootstrap)),
-                        None => Restart::Neither,
+                        // Not this installation's: not made current (it
+                        // would be deleted once replaced); left in place
+                        // until the next key is made.
+                        _ => Restart::Neither,
                     },
                     Err(e) => {
                         warn!(output_prefix = %out_prefix, error = %e, "the key in the outputs does not work either; the outputs are left as they are");
