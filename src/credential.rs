@@ -69,6 +69,11 @@ pub struct CredentialStatus {
     /// An access key's id, prefix and pending deletions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyStatus>,
+    /// The held secret was refused by the server (an access key answered
+    /// 401, or found deleted) and nothing working replaced it yet: not
+    /// fresh, not ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 impl CredentialStatus {
@@ -85,6 +90,7 @@ impl CredentialStatus {
             renewals_ok: 0,
             renewals_failed: 0,
             key: None,
+            refused: false,
         }
     }
 
@@ -99,6 +105,7 @@ impl CredentialStatus {
             None if self.failures > 0 => "failing",
             None => "pending",
             Some(e) if e <= now => "expired",
+            Some(_) if self.refused => "refused",
             Some(_) if !self.fresh => "unwritten",
             Some(_) if self.failures > 0 => "retrying",
             Some(_) => "fresh",
@@ -303,9 +310,12 @@ impl Credential {
         }
     }
 
-    /// Holds an unexpired token and every output has it.
+    /// Holds an unexpired token the server did not refuse, and every
+    /// output has it.
     pub fn is_fresh(&self, now: OffsetDateTime) -> bool {
-        self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now)) && !self.stale.iter().any(|s| *s)
+        self.held.as_ref().is_some_and(|h| !h.validity.is_expired(now))
+            && !self.stale.iter().any(|s| *s)
+            && !self.source.refused()
     }
 
     /// Takes a new config for this credential. The held token is kept
@@ -591,6 +601,7 @@ impl Credential {
             renewals_ok: self.renewals_ok,
             renewals_failed: self.renewals_failed,
             key: self.source.key_status(),
+            refused: self.held.is_some() && self.source.refused(),
         }
     }
 
@@ -642,9 +653,21 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     cancel: CancellationToken,
 ) {
+    // Steps done in a row without a sleep: a step that neither makes
+    // progress nor moves its time forward would otherwise spin (no
+    // watchdog, no health answers); past the limit, a pause.
+    let mut in_a_row = 0u32;
     loop {
         let now = crate::now();
-        let (step, at) = cred.next_step(now);
+        let (step, mut at) = cred.next_step(now);
+        if at <= now {
+            in_a_row = in_a_row.saturating_add(1);
+            if in_a_row > MAX_STEPS_IN_A_ROW {
+                // A pause that still obeys commands and cancellation.
+                warn!(step = ?step, "steps keep falling due at once; pausing a second");
+                at = schedule::after(now, STEP_PAUSE);
+            }
+        }
         if at <= now {
             if step == Step::Renew {
                 let renewed = cred.renew(&cancel).await;
@@ -673,8 +696,11 @@ pub async fn run(
             if cancel.is_cancelled() {
                 break;
             }
+            // Let the other tasks (health, signals) run between steps.
+            tokio::task::yield_now().await;
             continue;
         }
+        in_a_row = 0;
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -692,6 +718,11 @@ pub async fn run(
     }
     debug!("credential task stopped");
 }
+
+/// Steps due at once in a row before [`run`] pauses (a start does about
+/// five: write, housekeep, renew, write, housekeep).
+const MAX_STEPS_IN_A_ROW: u32 = 20;
+const STEP_PAUSE: Duration = Duration::from_secs(1);
 
 /// A reload taken from the queue, to apply after the new secret is written.
 type Reload = (Box<CredentialConfig>, Arc<Api>);

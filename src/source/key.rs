@@ -32,7 +32,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::keyapi::{Created, Deleted, KeyAuth, KeyClient, KeyError, KeyObject, prefix_of};
 use crate::keystate::{self, CurrentKey, KeyState, LeftToExpire, Origin, PendingDeletion, StateError};
@@ -40,6 +40,16 @@ use crate::secret::Secret;
 
 /// Server clock offsets below this are Date-header noise and ignored.
 const SKEW_IGNORED: time::Duration = time::Duration::seconds(5);
+
+/// No key is created while this installation already has this many live
+/// keys of a credential (current, awaiting deletion, left to expire, made
+/// but not used, possibly made by a lost answer): a loop that rotates too
+/// often stops here instead of filling the account.
+pub const MAX_LIVE_KEYS: usize = 5;
+
+/// Housekeeping that could do nothing is not tried again sooner than this
+/// (nor sooner than `retry-min`).
+const HOUSEKEEPING_FLOOR: Duration = Duration::from_secs(1);
 
 /// What `rotate` may fail with.
 #[derive(Debug, thiserror::Error)]
@@ -50,15 +60,34 @@ pub enum RotateError {
     Expired(String),
     #[error("the new key could not be saved, so it was not used: {0}")]
     Persist(#[source] StateError),
+    /// The nonce could not be saved before the creation: nothing was asked
+    /// of the server (so a state that cannot be saved makes no keys).
+    #[error("the key state cannot be saved, so no key was made: {0}")]
+    CannotRecord(#[source] StateError),
     /// The creation answer does not describe a new key of this
     /// installation (another name, an id already known, a lookup that
     /// disagrees): nothing is deleted by its id.
     #[error("the server's answer to the key creation is not believed: {0}")]
     NotBelieved(String),
     /// The answer is believable, but the new key does not work (401 when
-    /// tested): the key exists and should be deleted at once.
+    /// tested): the key exists and is deleted at once (as [`Self::Unusable`]).
     #[error("the new key does not work: {0}")]
-    Unusable(String),
+    Refused(String),
+    /// The server made a key (a believable answer: this installation's
+    /// name, an id not known before, the prefix of the key received) that
+    /// will not be used: it is deleted at once by its id.
+    #[error("{reason}")]
+    Unusable {
+        key: UnusedKey,
+        reason: Box<RotateError>,
+    },
+}
+
+/// A key the server made that will not be used (id and public prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusedKey {
+    pub id: String,
+    pub prefix: String,
 }
 
 /// Why a bootstrap key could not be adopted.
@@ -195,7 +224,7 @@ pub async fn rotate(
         });
         save_blocking(state_path, &next)
             .await
-            .map_err(RotateError::Persist)?;
+            .map_err(RotateError::CannotRecord)?;
         *state = next;
     }
     let name = state.key_name();
@@ -214,6 +243,17 @@ pub async fn rotate(
         )));
     }
     let skew = skew_seconds(created.server_skew);
+    // From here the answer is believable (ours by name, a new id; keyapi
+    // checked that the prefix is the key's): a key that is not used is
+    // deleted by its id.
+    let unused = UnusedKey {
+        id: created.object.id.clone(),
+        prefix: prefix_of(created.key.expose()).to_string(),
+    };
+    let unusable = |reason: RotateError| RotateError::Unusable {
+        key: unused.clone(),
+        reason: Box::new(reason),
+    };
     let mut created = created;
     // A server that claims a longer life than was asked for is not
     // believed: the key is treated as living what was asked.
@@ -228,11 +268,16 @@ pub async fn rotate(
     }
     let expires_here = created.object.tm_expire - time::Duration::seconds(skew);
     if expires_here <= now() {
-        return Err(RotateError::Expired(crate::token::rfc3339(
+        return Err(unusable(RotateError::Expired(crate::token::rfc3339(
             created.object.tm_expire,
-        )));
+        ))));
     }
-    verify_created(client, &created, &name).await?;
+    verify_created(client, &created, &name)
+        .await
+        .map_err(|e| match e {
+            RotateError::Refused(_) => unusable(e),
+            e => e,
+        })?;
 
     let mut next = state.clone();
     next.creations.retain(|c| c.nonce != nonce);
@@ -268,7 +313,7 @@ pub async fn rotate(
     }
     save_blocking(state_path, &next)
         .await
-        .map_err(RotateError::Persist)?;
+        .map_err(|e| unusable(RotateError::Persist(e)))?;
     *state = next;
     Ok(created)
 }
@@ -277,7 +322,7 @@ pub async fn rotate(
 /// its id, authenticated with the new key itself. It proves the key works
 /// and that the id is the key received (the name asked for, the prefix of
 /// the secret received). A 401 means the key does not work
-/// ([`RotateError::Unusable`]); an unknown id or a mismatch means the
+/// ([`RotateError::Refused`]); an unknown id or a mismatch means the
 /// answer is not believed ([`RotateError::NotBelieved`]); any other failure
 /// is returned as is (the key is then an orphan for the sweep).
 pub async fn verify_created(
@@ -304,7 +349,7 @@ pub async fn verify_created(
                 Ok(())
             }
         }
-        Err(KeyError::Unauthorized { request_id }) => Err(RotateError::Unusable(format!(
+        Err(KeyError::Unauthorized { request_id }) => Err(RotateError::Refused(format!(
             "the new key (id {id}, prefix {prefix}) was refused (HTTP 401) when tested{}",
             crate::api::rid(&request_id)
         ))),
@@ -519,6 +564,17 @@ pub struct KeySource {
     next_lookup: Option<OffsetDateTime>,
     housekeeping_failures: u32,
     housekeeping_retry_at: Option<OffsetDateTime>,
+    /// Keys the server made that will not be used, not yet deleted: nothing
+    /// is created until they are.
+    discard: Vec<UnusedKey>,
+    /// The key the credential holds (and the outputs have) was refused or
+    /// found deleted; cleared once a new key is made or a working one kept.
+    /// Unlike `dead`, adopting the bootstrap file's key does not clear it:
+    /// the outputs still hold the refused key until the next is made.
+    held_refused: bool,
+    /// Creations whose answer may have been lost since the last successful
+    /// sweep: each may have made a live key (counted against the cap).
+    maybe_orphans: usize,
 }
 
 impl KeySource {
@@ -534,6 +590,9 @@ impl KeySource {
             next_lookup: None,
             housekeeping_failures: 0,
             housekeeping_retry_at: None,
+            discard: Vec::new(),
+            maybe_orphans: 0,
+            held_refused: false,
         }
     }
 
@@ -608,6 +667,30 @@ impl KeySource {
         now: OffsetDateTime,
     ) -> Result<Option<super::Held>, super::Failure> {
         self.ensure_state(ctx).await?;
+        // The outputs hold another key than the state (a state restored
+        // from a backup, a kill between saving and writing): one call says
+        // which of them to hold.
+        let state_key = self
+            .state
+            .as_ref()
+            .and_then(|s| s.current.clone())
+            .filter(|c| c.expires_at() > now);
+        if let Some(current) = state_key {
+            let outputs = ctx.cfg.outputs.clone();
+            let on_disk = tokio::task::spawn_blocking(move || keys_in_outputs(&outputs))
+                .await
+                .unwrap_or_default();
+            if let Some(other) = on_disk.into_iter().find(|k| *k != current.key) {
+                match self.check_against_outputs(ctx, &current, other, now).await {
+                    Restart::State => {}
+                    Restart::Output(adopted) => return self.adopt_output_key(ctx, current, adopted).await,
+                    Restart::Neither => {
+                        self.dead = self.bootstrap_mode();
+                        return Ok(None);
+                    }
+                }
+            }
+        }
         let state = self.state.as_ref().expect("loaded above");
         match &state.current {
             Some(current) if current.expires_at() > now => {
@@ -628,6 +711,215 @@ impl KeySource {
             }
             None => Ok(None),
         }
+    }
+
+    /// At start, the outputs hold `out_key`, not the state's key: one call
+    /// (a list, authenticated with the state's key, or the agent's token)
+    /// tells whether the state's key is alive and what the output's key is.
+    ///
+    /// - The output's key is live, this installation's, and newer than the
+    ///   state's key, or the state's key is dead: the output's key is kept
+    ///   (a restored older state must not replace it).
+    /// - Else the state's key is alive: it is published (a kill between
+    ///   saving a new key and writing it).
+    /// - The state's key is refused (or gone) and the output's key is not a
+    ///   live key of this installation: nothing is published, nothing is
+    ///   made current (so the output's key is never deleted); the renewal
+    ///   path (bootstrap-key-file, or the agent) makes the next key, which
+    ///   then replaces it in the outputs.
+    ///
+    /// A call that fails otherwise (network, 5xx) decides nothing: the
+    /// state is trusted, as before.
+    async fn check_against_outputs(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        current: &CurrentKey,
+        out_key: Secret,
+        now: OffsetDateTime,
+    ) -> Restart {
+        let client = KeyClient::new(&ctx.api.client);
+        let name = self.state.as_ref().map(|s| s.key_name()).unwrap_or_default();
+        // A key named by an earlier installation of this credential (the
+        // state was restored, so this is a new installation): kept in use,
+        // but inherited, so it is left to expire once replaced, never deleted.
+        let family = format!("voipbin-tokend/{}/", ctx.cfg.name);
+        let inherited_name = |o: &KeyObject| o.name != name && o.name.starts_with(&family);
+        let bootstrap = self.bootstrap_mode();
+        let out_prefix = prefix_of(out_key.expose()).to_string();
+        info!(
+            key_id = %current.id,
+            prefix = %prefix_of(current.key.expose()),
+            output_prefix = %out_prefix,
+            "the outputs hold another key than the key state; checking which one works"
+        );
+        let listed = if bootstrap {
+            client.list(KeyAuth::Key(&current.key)).await
+        } else {
+            match self.agent_token(ctx).await {
+                Ok(token) => client.list(KeyAuth::Bearer(&token)).await,
+                Err(f) => {
+                    warn!(error = %f.message, "cannot log in to check the key in the key state; using it");
+                    return Restart::State;
+                }
+            }
+        };
+        let live = |k: &KeyObject| k.tm_delete.is_none() && k.tm_expire > now;
+        let found = |listed: &[KeyObject]| {
+            listed
+                .iter()
+                .find(|k| k.token_prefix == out_prefix && live(k))
+                .cloned()
+        };
+        let as_current = |o: KeyObject, origin: Origin| CurrentKey {
+            inherited: inherited_name(&o),
+            id: o.id,
+            key: out_key.clone(),
+            tm_create: o.tm_create,
+            tm_expire: o.tm_expire,
+            server_skew_seconds: 0,
+            obtained_at: now,
+            origin,
+        };
+        match listed {
+            Ok(listed) => {
+                // Listed with the state's key: it works. With the agent's
+                // token: it works if listed live.
+                let state_live = bootstrap || listed.iter().any(|k| k.id == current.id && live(k));
+                match found(&listed) {
+                    Some(o)
+                        if (o.name == name || inherited_name(&o))
+                            && (!state_live || o.tm_create > current.tm_create) =>
+                    {
+                        Restart::Output(as_current(o, Origin::Created))
+                    }
+                    _ if state_live => Restart::State,
+                    // Only an agent gets here: the state's key is gone, and
+                    // the outputs' key is not this installation's (never
+                    // made current, so never deleted).
+                    _ => Restart::Neither,
+                }
+            }
+            Err(KeyError::Unauthorized { .. }) if bootstrap => {
+                warn!(key_id = %current.id, "the key in the key state was refused (HTTP 401); it is not published");
+                match client.list(KeyAuth::Key(&out_key)).await {
+                    Ok(listed) => match found(&listed) {
+                        Some(o) if o.name == name || inherited_name(&o) => {
+                            Restart::Output(as_current(o, Origin::Created))
+                        }
+                        // Not this installation's: not made current (it
+                        // would be deleted once replaced); left in place
+                        // until the next key is made.
+                        _ => Restart::Neither,
+                    },
+                    Err(e) => {
+                        warn!(output_prefix = %out_prefix, error = %e, "the key in the outputs does not work either; the outputs are left as they are");
+                        Restart::Neither
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot check the key in the key state; using it");
+                Restart::State
+            }
+        }
+    }
+
+    /// Makes the outputs' key current (saved); the state's key becomes a
+    /// deletion whose grace starts once the outputs hold the kept key.
+    async fn adopt_output_key(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        replaced: CurrentKey,
+        adopted: CurrentKey,
+    ) -> Result<Option<super::Held>, super::Failure> {
+        warn!(
+            key_id = %adopted.id,
+            prefix = %prefix_of(adopted.key.expose()),
+            replaced_key_id = %replaced.id,
+            "keeping the working key the outputs hold, not the key state's (a state restored from a backup?)"
+        );
+        let delete_replaced = self.cfg.delete_replaced;
+        let state = self.state.as_mut().expect("loaded");
+        state.pending_deletions.retain(|p| p.id != adopted.id);
+        state.left_to_expire.retain(|l| l.id != adopted.id);
+        let prefix = prefix_of(replaced.key.expose()).to_string();
+        // An inherited key is never deleted by this installation.
+        if delete_replaced && !replaced.inherited {
+            state.pending_deletions.push(PendingDeletion {
+                id: replaced.id,
+                prefix,
+                delete_after: None,
+                bootstrap: replaced.origin == Origin::Bootstrap,
+            });
+        } else {
+            state.left_to_expire.push(LeftToExpire {
+                id: replaced.id,
+                prefix,
+                tm_expire: replaced.tm_expire,
+            });
+        }
+        state.current = Some(adopted.clone());
+        self.save(ctx)
+            .await
+            .map_err(|e| super::Failure::transient(format!("key state: {e}")))?;
+        self.dead = false;
+        self.held_refused = false;
+        Ok(Some(Self::held_of(&adopted, &ctx.cfg.renewal)))
+    }
+
+    /// Live keys of this installation for this credential, as far as known:
+    /// the state's, the unused ones not yet deleted, and those lost answers
+    /// may have made since the last sweep.
+    fn live_keys(&self, now: OffsetDateTime) -> usize {
+        let Some(state) = self.state.as_ref() else {
+            return 0;
+        };
+        let current: usize = state
+            .current
+            .as_ref()
+            .filter(|c| c.expires_at() > now)
+            .map_or(0, |_| 1);
+        let left = state.left_to_expire.iter().filter(|l| l.tm_expire > now).count();
+        current
+            .saturating_add(state.pending_deletions.len())
+            .saturating_add(left)
+            .saturating_add(self.discard.len())
+            .saturating_add(self.maybe_orphans)
+    }
+
+    /// Deletes the keys made but not used; true when none is left.
+    async fn delete_discarded(&mut self, ctx: &super::Ctx<'_>, auth: KeyAuth<'_>) -> bool {
+        let client = KeyClient::new(&ctx.api.client);
+        while let Some(u) = self.discard.first().cloned() {
+            let p = PendingDeletion {
+                id: u.id.clone(),
+                prefix: u.prefix.clone(),
+                delete_after: None,
+                bootstrap: false,
+            };
+            let Some(state) = self.state.as_ref() else {
+                return true;
+            };
+            match delete_checked(&client, auth, state, &p).await {
+                Ok(outcome) => {
+                    let label = match outcome {
+                        DeleteOutcome::Deleted => "success",
+                        DeleteOutcome::AlreadyGone => "already_gone",
+                        DeleteOutcome::Refused => "refused",
+                    };
+                    ctx.metrics.key_deleted(&ctx.cfg.name, label);
+                    if outcome == DeleteOutcome::Deleted {
+                        info!(key_id = %u.id, prefix = %u.prefix, "deleted a key the server made that is not used");
+                    }
+                    self.discard.remove(0);
+                }
+                Err(_) => {
+                    ctx.metrics.key_deleted(&ctx.cfg.name, "failure");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// The agent's login token for key calls, logging in when there is
@@ -676,11 +968,13 @@ impl KeySource {
                     && self.cfg.delete_replaced
                     && !old.inherited
                 {
-                    // A dead key: deleting it confirms it is gone (404/409).
+                    // Deleting it confirms it is gone (404/409); its grace
+                    // starts once the outputs hold the successor, as a
+                    // refusal may have been a lie.
                     state.pending_deletions.push(PendingDeletion {
                         prefix: prefix_of(old.key.expose()).to_string(),
                         id: old.id,
-                        delete_after: Some(crate::now()),
+                        delete_after: None,
                         bootstrap: old.origin == Origin::Bootstrap,
                     });
                 }
@@ -732,16 +1026,68 @@ impl KeySource {
             self.agent_token(ctx).await?
         };
         let bootstrap = self.bootstrap_mode();
-        match self.create_with(ctx, &auth_secret).await {
+        let auth = if bootstrap {
+            KeyAuth::Key(&auth_secret)
+        } else {
+            KeyAuth::Bearer(&auth_secret)
+        };
+        // A key made but not used is deleted before anything new is made.
+        if !self.discard.is_empty() && !self.delete_discarded(ctx, auth).await {
+            let u = self.discard.first().cloned().expect("not empty");
+            return Err(super::Failure::transient(format!(
+                "a key the server made that is not used (id {}, prefix {}) is not deleted yet; no key is made before it is",
+                u.id, u.prefix
+            )));
+        }
+        // The cap: a lost answer may have made a key; a sweep tells.
+        if self.live_keys(now) >= MAX_LIVE_KEYS && self.maybe_orphans > 0 {
+            let client = KeyClient::new(&ctx.api.client);
+            let state = self.state.as_mut().expect("loaded");
+            match sweep(&client, auth, state, now).await {
+                Ok(n) => {
+                    for _ in 0..n {
+                        ctx.metrics.key_deleted(&ctx.cfg.name, "success");
+                    }
+                    self.maybe_orphans = 0;
+                    self.sweep_due = false;
+                }
+                Err(e) => {
+                    return Err(super::Failure {
+                        kind: e.kind(),
+                        message: format!("sweeping for orphaned keys before making another: {e}"),
+                    });
+                }
+            }
+        }
+        let live = self.live_keys(now);
+        if live >= MAX_LIVE_KEYS {
+            let message = format!(
+                "credential {} already has {live} live keys (the most is {MAX_LIVE_KEYS}); no key is made until replaced keys are deleted or expire",
+                ctx.cfg.name
+            );
+            error!(credential = %ctx.cfg.name, live, "{message}");
+            return Err(super::Failure::rejected(message));
+        }
+        let (result, used) = match self.create_with(ctx, &auth_secret).await {
             Err(RotateError::Api(KeyError::Unauthorized { .. })) if !bootstrap => {
                 // A stale login token: log in again, once, at once.
                 self.agent = None;
                 let token = self.agent_token(ctx).await?;
-                let result = self.create_with(ctx, &token).await;
-                self.outcome(ctx, result)
+                (self.create_with(ctx, &token).await, token)
             }
-            result => self.outcome(ctx, result),
+            result => (result, auth_secret.clone()),
+        };
+        let outcome = self.outcome(ctx, result);
+        // A key made that will not be used is deleted at once.
+        if !self.discard.is_empty() {
+            let auth = if bootstrap {
+                KeyAuth::Key(&used)
+            } else {
+                KeyAuth::Bearer(&used)
+            };
+            self.delete_discarded(ctx, auth).await;
         }
+        outcome
     }
 
     /// One creation, authenticated with `secret` (a key, or the agent's token).
@@ -774,6 +1120,8 @@ impl KeySource {
     ) -> Result<super::Held, super::Failure> {
         match result {
             Ok(created) => {
+                self.dead = false;
+                self.held_refused = false;
                 let current = self
                     .state
                     .as_ref()
@@ -790,6 +1138,7 @@ impl KeySource {
             Err(RotateError::Api(KeyError::Unauthorized { request_id })) => {
                 if self.bootstrap_mode() {
                     self.dead = true;
+                    self.held_refused = true;
                     Err(super::Failure::rejected(format!(
                         "the held key was refused (HTTP 401: deleted or expired); write a fresh key made on the admin page into bootstrap-key-file {}{}",
                         self.cfg
@@ -812,14 +1161,26 @@ impl KeySource {
                 // whose answer we never saw: sweep for orphans.
                 if !matches!(e, KeyError::BadRequest { .. } | KeyError::Forbidden { .. }) {
                     self.sweep_due = true;
+                    self.maybe_orphans = self.maybe_orphans.saturating_add(1);
                 }
                 Err(super::Failure {
                     kind: e.kind(),
                     message: format!("creating the next key: {e}"),
                 })
             }
+            Err(e @ RotateError::CannotRecord(_)) => {
+                Err(super::Failure::transient(format!("creating the next key: {e}")))
+            }
+            Err(RotateError::Unusable { key, reason }) => {
+                // Deleted at once (see `rotate`); known, so no sweep needed.
+                self.discard.push(key);
+                Err(super::Failure::transient(format!(
+                    "creating the next key: {reason}"
+                )))
+            }
             Err(e) => {
                 self.sweep_due = true;
+                self.maybe_orphans = self.maybe_orphans.saturating_add(1);
                 Err(super::Failure::transient(format!("creating the next key: {e}")))
             }
         }
@@ -856,10 +1217,15 @@ impl KeySource {
         self.housekeeping_retry_at = None;
     }
 
-    /// When housekeeping is next due: a sweep, a deletion, a lookup.
+    /// When housekeeping is next due: a sweep, a deletion, a lookup. None
+    /// with a dead held key (self-rotation): every call would be refused;
+    /// the renewal path takes over.
     pub fn housekeeping_at(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
         let state = self.state.as_ref()?;
         state.current.as_ref()?;
+        if self.bootstrap_mode() && self.dead {
+            return None;
+        }
         let candidates = [
             self.sweep_due.then_some(now),
             next_deletion(state),
@@ -888,6 +1254,14 @@ impl KeySource {
             Ok(_) => {
                 self.housekeeping_failures = 0;
                 self.housekeeping_retry_at = None;
+                // A pass either did what was due or moves it forward: never
+                // due again at once (a loop that never sleeps).
+                let after = crate::now();
+                if self.housekeeping_at(after).is_some_and(|at| at <= after) {
+                    let floor = ctx.cfg.renewal.retry_min.max(HOUSEKEEPING_FLOOR);
+                    warn!("key housekeeping is still due after a pass; trying again later");
+                    self.housekeeping_retry_at = Some(crate::schedule::after(after, floor));
+                }
             }
             Err(kind) => {
                 self.housekeeping_failures = self.housekeeping_failures.saturating_add(1);
@@ -900,6 +1274,11 @@ impl KeySource {
                 self.housekeeping_retry_at = Some(crate::schedule::after(crate::now(), delay));
             }
         }
+        // The held key was refused: housekeeping cannot go on with it; the
+        // renewal path (bootstrap-key-file, with its backoff) takes over.
+        if self.bootstrap_mode() && self.dead {
+            return super::Housekept::RenewNow;
+        }
         outcome.unwrap_or(super::Housekept::Failed)
     }
 
@@ -911,7 +1290,8 @@ impl KeySource {
         let secret = if self.bootstrap_mode() {
             match self.state.as_ref().and_then(|s| s.current.as_ref()) {
                 Some(c) if !self.dead => c.key.clone(),
-                _ => return Ok(super::Housekept::Done),
+                Some(_) => return Ok(super::Housekept::RenewNow),
+                None => return Ok(super::Housekept::Done),
             }
         } else {
             match self.agent_token(ctx).await {
@@ -932,6 +1312,7 @@ impl KeySource {
             if matches!(e, KeyError::Unauthorized { .. }) {
                 if this.bootstrap_mode() {
                     this.dead = true;
+                    this.held_refused = true;
                 } else {
                     this.agent = None;
                 }
@@ -951,6 +1332,8 @@ impl KeySource {
                     Ok(_) => self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every)),
                     Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
                         warn!(key_id = %id, "the held key was deleted out of band; making a new one now");
+                        self.dead = true;
+                        self.held_refused = true;
                         self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every));
                         return Ok(super::Housekept::RenewNow);
                     }
@@ -979,6 +1362,7 @@ impl KeySource {
                         ctx.metrics.key_deleted(&ctx.cfg.name, "success");
                     }
                     self.sweep_due = false;
+                    self.maybe_orphans = 0;
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot sweep for orphaned keys; will retry");
@@ -1026,6 +1410,12 @@ impl KeySource {
             }
         }
         result
+    }
+
+    /// The held key was refused (401) or found deleted, and no working
+    /// key has replaced it yet: not ready.
+    pub fn refused(&self) -> bool {
+        self.held_refused
     }
 
     pub fn status(&self) -> KeyStatus {
@@ -1077,6 +1467,58 @@ pub fn load_where_it_lives(path: &Path, credential: &str) -> Result<KeyState, St
             Ok(state)
         }
     }
+}
+
+/// Which key to hold at start when the outputs hold another than the state.
+enum Restart {
+    /// The state's key (as before).
+    State,
+    /// The outputs' key, looked up (made current).
+    Output(CurrentKey),
+    /// Neither is known to work: publish nothing, make the next key.
+    Neither,
+}
+
+/// The keys the outputs hold (distinct, in output order): the first
+/// key-shaped word of each readable output.
+fn keys_in_outputs(outputs: &[crate::config::OutputConfig]) -> Vec<Secret> {
+    let mut found: Vec<Secret> = Vec::new();
+    for out in outputs {
+        let Ok(bytes) = crate::fsread::read_bounded(&out.path, crate::fsread::MAX_OUTPUT, "output") else {
+            continue;
+        };
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        if let Some(key) = find_key(text) {
+            let key = Secret::new(key.to_string());
+            if !found.contains(&key) {
+                found.push(key);
+            }
+        }
+    }
+    found
+}
+
+/// The first `vb_` and 32 letters or digits standing alone in `text`.
+fn find_key(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text.get(from..)?.find("vb_") {
+        let start = from + at;
+        let end = start + 35;
+        let before_ok = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+        let after_ok = bytes.get(end).is_none_or(|b| !b.is_ascii_alphanumeric());
+        if let Some(candidate) = text.get(start..end)
+            && before_ok
+            && after_ok
+            && crate::keyapi::is_key_shaped(candidate)
+        {
+            return Some(candidate);
+        }
+        from = start + 3;
+    }
+    None
 }
 
 /// Reads a key file: no blocking on a FIFO, a regular file of at most
@@ -1278,7 +1720,15 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(e, RotateError::Expired(_)), "{e}");
+        // Believable (this installation's name, a new id): deleted at once
+        // by the caller, so it carries the id.
+        match &e {
+            RotateError::Unusable { key, reason } => {
+                assert!(matches!(**reason, RotateError::Expired(_)), "{e}");
+                assert!(f.server.keys().iter().any(|k| k.id == key.id));
+            }
+            other => panic!("not unusable: {other}"),
+        }
         assert!(state.current.is_none());
     }
 
@@ -1300,6 +1750,24 @@ mod tests {
         .unwrap();
         let current = state.current.unwrap();
         assert_eq!(current.tm_expire - current.tm_create, time::Duration::days(1));
+    }
+
+    #[test]
+    fn a_key_is_found_in_every_output_format_and_only_standing_alone() {
+        let k = "vb_0123456789abcdefABCDEF0123456789";
+        for text in [
+            k.to_string(),
+            format!("VOIPBIN_API_KEY={k}\nVOIPBIN_API_KEY_EXPIRES_AT=x\n"),
+            format!("export VOIPBIN_API_KEY='{k}'\n"),
+            format!("{{\"token\":\"{k}\"}}"),
+            format!("xvb_1 vb_short {k}"),
+        ] {
+            assert_eq!(find_key(&text), Some(k), "{text}");
+        }
+        assert_eq!(find_key(&format!("{k}0")), None);
+        assert_eq!(find_key(&format!("a{k}")), None);
+        assert_eq!(find_key("vb_"), None);
+        assert_eq!(find_key("é vb_ü"), None);
     }
 
     #[test]
@@ -1393,7 +1861,12 @@ mod tests {
         let mut state = f.bootstrapped().await;
         f.server.script_key_creations([Fault::KeyAnswerWrongToken]);
         let e = rotate_once(&f, &mut state).await.unwrap_err();
-        assert!(matches!(e, RotateError::Unusable(_)), "{e}");
+        match &e {
+            RotateError::Unusable { reason, .. } => {
+                assert!(matches!(**reason, RotateError::Refused(_)), "{e}")
+            }
+            other => panic!("not unusable: {other}"),
+        }
         assert_eq!(state.current.as_ref().unwrap().id, f.boot_id);
         let on_disk = keystate::load(&f.path()).unwrap().unwrap();
         assert_eq!(on_disk.current.as_ref().unwrap().id, f.boot_id);

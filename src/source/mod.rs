@@ -257,4 +257,12 @@ impl Source {
             Source::Key(s) => Some(s.status()),
         }
     }
+
+    /// The held secret was refused by the server and not replaced yet.
+    pub fn refused(&self) -> bool {
+        match self {
+            Source::Login(_) => false,
+            Source::Key(s) => s.refused(),
+        }
+    }
 }

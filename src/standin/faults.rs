@@ -74,6 +74,10 @@ pub enum Fault {
     /// `token` is another secret with the same prefix, one the server does
     /// not accept (a key that does not work).
     KeyAnswerWrongToken,
+    /// Key creations only: make the key as asked (it lives), but answer
+    /// with a `tm_expire` an hour in the past (a server that lies in its
+    /// answer, not in its database).
+    ExpiredAnswer,
 }
 
 impl Fault {
@@ -127,5 +131,6 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::KeyAnswerId(_) => "key-answer-id",
         Fault::KeyAnswerName(_) => "key-answer-name",
         Fault::KeyAnswerWrongToken => "key-answer-wrong-token",
+        Fault::ExpiredAnswer => "expired-answer",
     }
 }

@@ -26,7 +26,10 @@
 //! acts; `Close` acts and then drops the connection (a `POST` whose answer
 //! was lost: the key exists, the client never saw it); `Expired` on a
 //! `POST` creates a key whose `tm_expire` is already past (a server that
-//! lies); any other fault is ignored for key calls.
+//! lies); `ExpiredAnswer` on a `POST` makes a live key but answers it
+//! already expired (a server that lies in its answer only);
+//! [`StandIn::script_key_deletions`] queues faults for `DELETE`s only (e.g.
+//! one 401); any other fault is ignored for key calls.
 
 use super::body::Payload;
 use super::server::*;
@@ -88,6 +91,7 @@ pub(super) struct KeyStore {
     last_create: Option<SystemTime>,
     paging: ListPaging,
     list_requests: u64,
+    delete_script: VecDeque<Fault>,
 }
 
 /// How the stand-in pages its key list ([`StandIn::set_key_list_paging`]).
@@ -299,6 +303,14 @@ pub(super) async fn route(
             None => keys.script.pop_front(),
         }
     };
+    // Faults for deletions only take precedence for a DELETE.
+    let fault = match (req.method() == Method::DELETE)
+        .then(|| inner.keys().delete_script.pop_front())
+        .flatten()
+    {
+        Some(f) => Some(f),
+        None => fault,
+    };
     let mut drop_after = false;
     let mut create_expired = false;
     let mut lie = AnswerLie::default();
@@ -314,6 +326,7 @@ pub(super) async fn route(
         Some(Fault::KeyAnswerId(id)) => lie.id = Some(id),
         Some(Fault::KeyAnswerName(name)) => lie.name = Some(name),
         Some(Fault::KeyAnswerWrongToken) => lie.wrong_token = true,
+        Some(Fault::ExpiredAnswer) => lie.expired = true,
         _ => {}
     }
 
@@ -365,6 +378,8 @@ struct AnswerLie {
     id: Option<String>,
     name: Option<String>,
     wrong_token: bool,
+    /// `tm_expire` an hour in the past (the stored key lives).
+    expired: bool,
 }
 
 async fn create(
@@ -415,6 +430,9 @@ async fn create(
     } else {
         secret
     };
+    if lie.expired {
+        info.tm_expire = SystemTime::now() - Duration::from_secs(3600);
+    }
     let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }
@@ -650,5 +668,22 @@ impl StandIn {
     /// Requests for the key list (`GET /v1.0/accesskeys`) answered so far.
     pub fn key_list_requests(&self) -> u64 {
         self.inner.keys().list_requests
+    }
+
+    /// Appends faults for key deletions only (`DELETE`), e.g. one 401
+    /// (`Fault::status(401)`) for the next deletion.
+    pub fn script_key_deletions(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().delete_script.extend(faults);
+    }
+
+    /// Live keys (not deleted, not expired) named `name`.
+    pub fn live_keys_named(&self, name: &str) -> usize {
+        let now = SystemTime::now();
+        self.inner
+            .keys()
+            .keys
+            .iter()
+            .filter(|k| k.info.name == name && k.info.tm_delete.is_none() && k.info.tm_expire > now)
+            .count()
     }
 }

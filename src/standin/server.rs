@@ -513,6 +513,8 @@ pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut 
         Fault::KeyAnswerId(_) | Fault::KeyAnswerName(_) | Fault::KeyAnswerWrongToken => {
             answer_login(inner, name, password.as_deref(), now)
         }
+        // A key-creation fault: a login answers normally.
+        Fault::ExpiredAnswer => answer_login(inner, name, password.as_deref(), now),
     };
     Ok(response)
 }
