@@ -200,6 +200,25 @@ fn once(path: &Path, force: bool) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // The state directory's lock: a `once` never works on access keys
+    // behind a running daemon's back (see `beside`).
+    let lock = match crate::daemon::lock_state_dir_as(&config.state_dir, crate::daemon::ONCE_ROLE) {
+        Ok(lock) => lock,
+        Err(crate::daemon::DaemonError::Locked { holder, .. }) => {
+            if config.credentials.iter().any(|c| c.key().is_some()) {
+                return crate::beside::once_via_daemon(&config, holder, force);
+            }
+            tracing::info!(
+                pid = holder,
+                "a running daemon holds the state directory; login tokens are renewed beside it"
+            );
+            None
+        }
+        Err(e) => return fatal(e),
+    };
+    if lock.is_some() {
+        crate::daemon::remove_state_temps(&config.state_dir);
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fatal(format!("cannot start the runtime: {e}")),

@@ -56,6 +56,14 @@ pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// Reads and parses `{state dir}/status.json` (bounded, non-blocking).
+pub fn read(state_dir: &Path) -> Result<StatusFile, String> {
+    let p = path(state_dir);
+    let text = crate::fsread::read_bounded(&p, crate::fsread::MAX_CONFIG, "status file")
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&text).map_err(|e| format!("{} is not a status file: {e}", p.display()))
+}
+
 /// What tells one process from a later one with the same pid: the boot it
 /// started in and its start time (clock ticks after boot, field 22 of
 /// `/proc/<pid>/stat`).

@@ -260,6 +260,43 @@ pub async fn sweep(
     Ok(deleted)
 }
 
+/// The key state as re-read from disk (`disk`) merged with the one in
+/// memory, so that a state written by anything else is not overwritten
+/// and nothing either knows is forgotten: the file's view wins (its
+/// current key, its pending deletions and their times), and every key only
+/// memory knows is kept: memory's current key, if the file names another
+/// one and does not know it, becomes a pending deletion without a time
+/// (its grace starts once the file's key is in every output). `None` when
+/// the file belongs to another credential or installation: memory is kept.
+pub fn merge_reread(memory: &KeyState, disk: KeyState) -> Option<KeyState> {
+    if disk.installation_id != memory.installation_id || disk.credential != memory.credential {
+        return None;
+    }
+    let mut merged = disk;
+    let current_id = merged.current.as_ref().map(|c| c.id.clone());
+    if let Some(mine) = &memory.current
+        && current_id.as_deref() != Some(mine.id.as_str())
+        && !merged.known_ids().any(|id| id == mine.id)
+    {
+        merged.pending_deletions.push(PendingDeletion {
+            id: mine.id.clone(),
+            prefix: prefix_of(mine.key.expose()).to_string(),
+            delete_after: None,
+        });
+    }
+    for p in &memory.pending_deletions {
+        if !merged.known_ids().any(|id| id == p.id) {
+            merged.pending_deletions.push(p.clone());
+        }
+    }
+    for l in &memory.left_to_expire {
+        if !merged.known_ids().any(|id| id == l.id) {
+            merged.left_to_expire.push(l.clone());
+        }
+    }
+    Some(merged)
+}
+
 // ---------------------------------------------------------------------------
 // The source a credential drives.
 
@@ -338,6 +375,51 @@ impl KeySource {
 
     fn state_path(ctx: &super::Ctx<'_>) -> std::path::PathBuf {
         keystate::path(ctx.state_dir, &ctx.cfg.name)
+    }
+
+    /// Re-reads the key state file before a rotation or a deletion (see
+    /// [`merge_reread`]). True if the current key changed under us: the
+    /// outputs may not hold it, so the caller renews.
+    async fn reread_state(&mut self, ctx: &super::Ctx<'_>) -> bool {
+        let Some(memory) = self.state.clone() else {
+            return false;
+        };
+        let path = Self::state_path(ctx);
+        let loaded = tokio::task::spawn_blocking(move || keystate::load(&path)).await;
+        let disk = match loaded {
+            Ok(Ok(Some(disk))) if disk == memory => return false,
+            Ok(Ok(Some(disk))) => disk,
+            Ok(Ok(None)) => {
+                warn!("the key state file is gone; writing it again from memory");
+                if let Err(e) = self.save(ctx).await {
+                    warn!(error = %e, "cannot save the key state");
+                }
+                return false;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot re-read the key state file; keeping the state in memory");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        let Some(merged) = merge_reread(&memory, disk.clone()) else {
+            warn!("the key state file now belongs to another installation; keeping the state in memory");
+            return false;
+        };
+        let changed = merged.current.as_ref().map(|c| &c.id) != memory.current.as_ref().map(|c| &c.id);
+        info!(
+            current_changed = changed,
+            "the key state file was changed by another process; took its view"
+        );
+        let save = merged != disk;
+        self.state = Some(merged);
+        if changed {
+            self.dead = false;
+        }
+        if save && let Err(e) = self.save(ctx).await {
+            warn!(error = %e, "cannot save the key state");
+        }
+        changed
     }
 
     async fn save(&self, ctx: &super::Ctx<'_>) -> Result<(), StateError> {
@@ -493,6 +575,8 @@ impl KeySource {
         _held: Option<&super::Held>,
     ) -> Result<super::Held, super::Failure> {
         self.ensure_state(ctx).await?;
+        // A state written by another process is neither overwritten nor forgotten.
+        self.reread_state(ctx).await;
         let now = crate::now();
         let auth_secret = if self.bootstrap_mode() {
             let usable = self
@@ -685,6 +769,11 @@ impl KeySource {
         ctx: &super::Ctx<'_>,
         now: OffsetDateTime,
     ) -> Result<super::Housekept, crate::schedule::FailureKind> {
+        // A state written by another process is neither overwritten nor
+        // forgotten; a current key the outputs may not hold is renewed first.
+        if self.reread_state(ctx).await {
+            return Ok(super::Housekept::RenewNow);
+        }
         let secret = if self.bootstrap_mode() {
             match self.state.as_ref().and_then(|s| s.current.as_ref()) {
                 Some(c) if !self.dead => c.key.clone(),
