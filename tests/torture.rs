@@ -1,0 +1,286 @@
+//! `kill -9` torture: a self-rotating access-key credential killed about a
+//! hundred times at random moments, many of them during rotations (a key
+//! "day" lasts a few seconds at the stand-in, SIGUSR1 forces rotations, key
+//! creations are slowed down at random so kills land mid-request). After
+//! each restart: the output holds a live key, the key state parses and is
+//! the same installation, no temp file of a dead process is left. All
+//! along: no key was deleted while an output still held it. At the end,
+//! after a clean start and its sweep: the live keys of this installation
+//! are the current one and those pending deletion; a clean stop leaves no
+//! temp file. `TORTURE_SEED` replays a run; `TORTURE_KILLS` changes the
+//! number of kills (default 100).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use nix::sys::signal::Signal;
+use voipbin_tokend::keystate::{self, KeyState};
+
+/// A key "day" lasts this many seconds: with renew-at 0.5 a key is
+/// rotated every 2 s on its own.
+const DAY_SECS: f64 = 4.0;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn env_key(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("VOIPBIN_API_KEY="))
+        .filter(|k| k.starts_with("vb_") && k.len() == 35)
+        .map(str::to_owned)
+}
+
+/// Every key seen in the output, with the time just before the last read
+/// that still found it there.
+#[derive(Default)]
+struct Seen {
+    last_seen: HashMap<String, SystemTime>,
+    order: Vec<String>,
+}
+
+/// Reads the output every couple of milliseconds until `stop`.
+fn watch_output(path: std::path::PathBuf, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let before = SystemTime::now();
+            if let Some(key) = std::fs::read_to_string(&path).ok().as_deref().and_then(env_key) {
+                let mut s = seen.lock().unwrap();
+                if !s.last_seen.contains_key(&key) {
+                    s.order.push(key.clone());
+                }
+                s.last_seen.insert(key, before);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+/// Temp files (`.{name}.tmp-{pid}-{random}`) in `dir` not of process `pid`.
+fn stale_temps(dir: &std::path::Path, pid: Option<i32>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+        .filter(|n| {
+            let owner = n
+                .rsplit_once(".tmp-")
+                .and_then(|(_, rest)| rest.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            pid.is_none() || owner != pid
+        })
+        .collect()
+}
+
+fn live(s: &StandIn, key: &str) -> bool {
+    let now = SystemTime::now();
+    s.keys()
+        .iter()
+        .any(|k| k.token_prefix == key[..11] && k.tm_delete.is_none() && k.tm_expire > now)
+}
+
+fn load_state(t: &TestDir) -> KeyState {
+    keystate::load(&t.path("state/keys/mcp.json"))
+        .unwrap_or_else(|e| panic!("the key state does not parse: {e}"))
+        .expect("a key state file")
+}
+
+#[test]
+fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_leave_nothing_behind() {
+    let seed = std::env::var("TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let kills: usize = std::env::var("TORTURE_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    eprintln!("torture: seed {seed} (TORTURE_SEED={seed} replays it)");
+
+    let s = standin(Duration::from_secs(3600));
+    s.set_key_time_scale(DAY_SECS / 86_400.0);
+    let t = TestDir::new();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let (_, boot) = s.create_key("made on the admin page", 365 * 86_400);
+        let p = t.path("boot.key");
+        std::fs::write(&p, format!("{boot}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::create_dir(t.path("out")).unwrap();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
+             lifetime = \"1d\"\ngrace = \"300ms\"\nrenew-at = 0.5\njitter = 0.1\n\
+             retry-min = \"100ms\"\nretry-max = \"500ms\"\n\n{}",
+            output("out/mcp.env", "env")
+        ),
+    );
+    let out = t.path("out/mcp.env");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watcher = watch_output(out.clone(), seen.clone(), stop_watch.clone());
+    let temp_dirs = [t.path("state"), t.path("state/keys"), t.path("state/tokens"), t.path("out")];
+
+    let started = Instant::now();
+    let mut installation: Option<String> = None;
+    let mut during_rotation = 0;
+    let mut last_log = String::new();
+    let check_restart = |d: &Daemon, installation: &mut Option<String>, last_log: &str| {
+        // This daemon has started and published (its signal handlers are in).
+        d.wait_log("every credential has a fresh token on disk", 1, WAIT);
+        // The output holds a key the server takes.
+        let mut key = String::new();
+        wait_for(
+            WAIT,
+            "a live key in the output after a restart",
+            || {
+                key = std::fs::read_to_string(&out).ok().as_deref().and_then(env_key).unwrap_or_default();
+                !key.is_empty() && live(&s, &key)
+            },
+            || format!("--- previous run ---\n{last_log}--- this run ---\n{}", d.log()),
+        );
+        // The state parses, is the same installation, and knows the key.
+        let state = load_state(&t);
+        match installation {
+            Some(id) => assert_eq!(&state.installation_id, id, "the installation id changed"),
+            None => *installation = Some(state.installation_id.clone()),
+        }
+        // Temp files of killed processes are gone (the running one may be
+        // writing its own right now).
+        for dir in &temp_dirs {
+            let left = stale_temps(dir, Some(d.pid()));
+            assert!(left.is_empty(), "temp files left in {}: {left:?}\n{}", dir.display(), d.log());
+        }
+    };
+
+    for round in 0..kills {
+        let mut d = t.daemon();
+        check_restart(&d, &mut installation, &last_log);
+        let output_key = || std::fs::read_to_string(&out).ok().as_deref().and_then(env_key);
+        let before = output_key();
+        // Most rounds force a rotation, half of those with a slow creation
+        // so that the kill lands while the request is at the server.
+        let forced = rng.f64() < 0.8;
+        if forced {
+            if rng.f64() < 0.8 {
+                s.script_key_creations([Fault::Delay(Duration::from_millis(rng.u64(50..400)))]);
+            }
+            d.signal(Signal::SIGUSR1);
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..if forced { 400 } else { 600 })));
+
+        // During a rotation: a request to the key API is in flight after a
+        // forced rotation, or a key of this installation newer than the
+        // one in the output exists (made, not yet published).
+        let recorded = s
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/v1.0/accesskeys"))
+            .count() as u64;
+        let in_flight = s.key_requests() > recorded;
+        let published = output_key();
+        let name = format!("voipbin-tokend/mcp/{}", installation.as_deref().unwrap_or(""));
+        let keys = s.keys();
+        let published_at = published
+            .as_deref()
+            .and_then(|k| keys.iter().find(|i| i.token_prefix == k[..11]))
+            .map(|i| i.tm_create);
+        let unpublished = keys
+            .iter()
+            .any(|k| k.name == name && published_at.is_none_or(|p| k.tm_create > p) && k.tm_delete.is_none());
+        d.signal(Signal::SIGKILL);
+        d.wait_exit(WAIT);
+        if (forced && in_flight && published == before) || unpublished {
+            during_rotation += 1;
+        }
+        last_log = d.log();
+        // The state parses after every kill.
+        load_state(&t);
+        // Now and then leave the machine off for a moment (deletions fall due).
+        if round % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
+        }
+    }
+
+    // A final clean start: its sweep leaves only the current key and those
+    // pending deletion alive; a clean stop leaves no temp file.
+    // Creations slowed down before the last kill reach the server first.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut d = t.daemon();
+    check_restart(&d, &mut installation, &last_log);
+    let name = format!("voipbin-tokend/mcp/{}", installation.as_deref().unwrap());
+    let extra = std::cell::RefCell::new(Vec::new());
+    wait_for(
+        WAIT,
+        "only the current key and those pending deletion alive",
+        || {
+            let state = load_state(&t);
+            let known: Vec<&str> = state.known_ids().collect();
+            let now = SystemTime::now();
+            *extra.borrow_mut() = s
+                .keys()
+                .into_iter()
+                .filter(|k| k.name == name && k.tm_delete.is_none() && k.tm_expire > now)
+                .filter(|k| !known.contains(&k.id.as_str()))
+                .map(|k| k.id)
+                .collect::<Vec<_>>();
+            extra.borrow().is_empty()
+        },
+        || format!("orphans alive: {:?}\n{}", extra.borrow(), d.log()),
+    );
+    stop(&mut d, Signal::SIGTERM);
+    stop_watch.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    let state = load_state(&t);
+    let final_key = std::fs::read_to_string(&out).ok().as_deref().and_then(env_key).unwrap();
+    assert!(live(&s, &final_key), "the output's key is live after the clean stop");
+    assert_eq!(
+        state.current.as_ref().map(|c| c.key.expose().to_owned()),
+        Some(final_key.clone()),
+        "the output holds the state's key"
+    );
+    for dir in &temp_dirs {
+        let left = stale_temps(dir, None);
+        assert!(left.is_empty(), "temp files left in {}: {left:?}", dir.display());
+    }
+
+    // No key was deleted while the output still held it: every read that
+    // found a key started before the key's deletion.
+    let seen = seen.lock().unwrap();
+    let keys = s.keys();
+    for key in &seen.order {
+        let info = keys
+            .iter()
+            .find(|k| k.token_prefix == key[..11])
+            .expect("an output key the server made");
+        if let Some(deleted) = info.tm_delete {
+            let last = seen.last_seen[key];
+            assert!(
+                last < deleted,
+                "key {} ({}) was deleted {:?} before the output last held it",
+                info.id,
+                &key[..11],
+                last.duration_since(deleted).unwrap_or_default()
+            );
+        }
+    }
+    let made = keys.iter().filter(|k| k.name == name).count();
+    let deleted = keys.iter().filter(|k| k.tm_delete.is_some()).count();
+    eprintln!(
+        "torture: {kills} kills, {during_rotation} during rotations, {made} keys made, {deleted} keys deleted, {} keys published, {:.1}s (seed {seed})",
+        seen.order.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        during_rotation * 5 >= kills,
+        "too few kills during rotations ({during_rotation} of {kills}) for the test to mean much"
+    );
+}
