@@ -161,8 +161,19 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
         }
     };
 
+    let mut early = 0;
     for round in 0..kills {
         let mut d = t.daemon();
+        // Some kills land while the daemon starts (adopting, sweeping).
+        if round > 0 && rng.f64() < 0.15 {
+            std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
+            d.signal(Signal::SIGKILL);
+            d.wait_exit(WAIT);
+            early += 1;
+            last_log = d.log();
+            load_state(&t);
+            continue;
+        }
         check_restart(&d, &mut installation, &last_log);
         let output_key = || std::fs::read_to_string(&out).ok().as_deref().and_then(env_key);
         let before = output_key();
@@ -275,7 +286,7 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     let made = keys.iter().filter(|k| k.name == name).count();
     let deleted = keys.iter().filter(|k| k.tm_delete.is_some()).count();
     eprintln!(
-        "torture: {kills} kills, {during_rotation} during rotations, {made} keys made, {deleted} keys deleted, {} keys published, {:.1}s (seed {seed})",
+        "torture: {kills} kills, {during_rotation} during rotations, {early} during start-up, {made} keys made, {deleted} keys deleted, {} keys published, {:.1}s (seed {seed})",
         seen.order.len(),
         started.elapsed().as_secs_f64()
     );
