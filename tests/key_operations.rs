@@ -339,3 +339,106 @@ fn temp_files_left_in_the_state_dir_by_a_kill_are_removed_at_start_and_their_key
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     assert!(!t.path(temps[1]).exists());
 }
+
+// ---------------------------------------------------------------------------
+// Item 15: failing deletions are visible.
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    s
+}
+
+#[test]
+fn a_failing_deletion_shows_as_overdue_in_status_and_the_metric_and_clears_once_done() {
+    let s = key_standin(120.0);
+    let t = TestDir::new();
+    let (boot_id, boot) = bootstrap(&s, &t, 365);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "[health]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+            key_cred("renew-at = 0.9", &output("mcp.env", "env"))
+        ),
+    );
+    // Every deletion fails: the bootstrap key, replaced at once, stays.
+    s.set_fail_deletes(Some(500));
+    let d = t.daemon();
+    wait_env_key(&t, "mcp.env", &[boot.trim()], &d);
+    let gauge = "voipbin_tokend_access_keys_deletion_overdue{credential=\"mcp\"} 1";
+    wait_for(
+        WAIT,
+        "the overdue deletion in the metric",
+        || http_get(port, "/metrics").contains(gauge),
+        || format!("{}\n{}", http_get(port, "/metrics"), d.log()),
+    );
+    wait_for(
+        WAIT,
+        "the failure in the status file",
+        || t.read("state/status.json").is_some_and(|s| s.contains("deletion_failures")),
+        || d.log(),
+    );
+
+    // Text: exit 0 (the credential is fresh), with a warning line naming
+    // the key, how late it is and why.
+    let out = t.run(&["status", "-c", "config.toml"]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("WARNING") && l.contains("overdue"))
+        .unwrap_or_else(|| panic!("a warning line in:\n{text}"));
+    assert!(line.contains(&boot_id), "{line}");
+    assert!(line.contains("500"), "names the last error: {line}");
+    assert!(line.contains("failed attempt"), "{line}");
+
+    // JSON: the same, per credential.
+    let out = t.run(&["status", "-c", "config.toml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let overdue = &v["credentials"][0]["overdue_deletions"];
+    assert_eq!(overdue[0]["id"], boot_id.as_str(), "{v:#}");
+    assert!(overdue[0]["overdue_seconds"].as_i64().unwrap() >= 0);
+    assert!(overdue[0]["failures"].as_u64().unwrap() >= 1);
+    assert!(overdue[0]["last_error"].as_str().unwrap().contains("500"));
+    for text in [both(&out), http_get(port, "/metrics")] {
+        for key in s.issued_keys() {
+            assert!(!text.contains(&key[11..]), "no key in:\n{text}");
+        }
+    }
+
+    // The server deletes again: the deletion is done, nothing is overdue.
+    s.set_fail_deletes(None);
+    wait_for(
+        WAIT,
+        "the bootstrap key deleted",
+        || s.keys().iter().any(|k| k.id == boot_id && k.tm_delete.is_some()),
+        || d.log(),
+    );
+    let gauge0 = "voipbin_tokend_access_keys_deletion_overdue{credential=\"mcp\"} 0";
+    wait_for(
+        WAIT,
+        "the metric back at 0",
+        || http_get(port, "/metrics").contains(gauge0),
+        || http_get(port, "/metrics"),
+    );
+    wait_for(
+        WAIT,
+        "no overdue deletion in status",
+        || {
+            let out = t.run(&["status", "-c", "config.toml"]);
+            out.status.code() == Some(0) && !both(&out).contains("WARNING")
+        },
+        || d.log(),
+    );
+}

@@ -310,6 +310,56 @@ pub struct KeyStatus {
     pub key_prefix: Option<String>,
     pub pending_deletions: Vec<PendingDeletion>,
     pub left_to_expire: usize,
+    /// Pending deletions whose last attempt failed, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletion_failures: Vec<DeletionFailure>,
+}
+
+/// A replaced key whose deletion failed (and is retried). No secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeletionFailure {
+    pub id: String,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// The last error (status, reason, request id; never a key).
+    pub error: String,
+}
+
+/// A deletion this late without having failed is overdue all the same.
+pub const OVERDUE_MARGIN: time::Duration = time::Duration::minutes(5);
+
+/// A pending deletion that is overdue: past its time, and failing or late
+/// by more than [`OVERDUE_MARGIN`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverdueDeletion {
+    pub id: String,
+    pub prefix: String,
+    pub overdue_seconds: i64,
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// The overdue deletions of `status` as of `now`.
+pub fn overdue_deletions(status: &KeyStatus, now: OffsetDateTime) -> Vec<OverdueDeletion> {
+    status
+        .pending_deletions
+        .iter()
+        .filter_map(|p| {
+            let at = p.delete_after.filter(|at| *at < now)?;
+            let late = now - at;
+            let failed = status.deletion_failures.iter().find(|f| f.id == p.id);
+            if failed.is_none() && late <= OVERDUE_MARGIN {
+                return None;
+            }
+            Some(OverdueDeletion {
+                id: p.id.clone(),
+                prefix: p.prefix.clone(),
+                overdue_seconds: late.whole_seconds(),
+                failures: failed.map_or(0, |f| f.failures),
+                last_error: failed.map(|f| f.error.clone()),
+            })
+        })
+        .collect()
 }
 
 /// An access-key credential's source: the key state, the agent's login
@@ -328,6 +378,9 @@ pub struct KeySource {
     next_lookup: Option<OffsetDateTime>,
     housekeeping_failures: u32,
     housekeeping_retry_at: Option<OffsetDateTime>,
+    /// Deletions that failed, by key id (shown by `status`, counted in the
+    /// overdue metric); forgotten when the key is deleted.
+    deletion_failures: Vec<DeletionFailure>,
 }
 
 impl KeySource {
@@ -343,6 +396,7 @@ impl KeySource {
             next_lookup: None,
             housekeeping_failures: 0,
             housekeeping_retry_at: None,
+            deletion_failures: Vec::new(),
         }
     }
 
@@ -745,6 +799,8 @@ impl KeySource {
         now: OffsetDateTime,
     ) -> super::Housekept {
         let outcome = self.housekeep_once(ctx, now).await;
+        let overdue = overdue_deletions(&self.status(), crate::now()).len();
+        ctx.metrics.key_deletions_overdue(&ctx.cfg.name, overdue);
         match &outcome {
             Ok(_) => {
                 self.housekeeping_failures = 0;
@@ -855,6 +911,7 @@ impl KeySource {
                         "already_gone"
                     };
                     ctx.metrics.key_deleted(&ctx.cfg.name, label);
+                    self.deletion_failures.retain(|f| f.id != p.id);
                     let state = self.state.as_mut().expect("loaded");
                     state.pending_deletions.retain(|q| q.id != p.id);
                     if let Err(e) = self.save(ctx).await {
@@ -863,6 +920,7 @@ impl KeySource {
                 }
                 Err(e) => {
                     ctx.metrics.key_deleted(&ctx.cfg.name, "failure");
+                    self.deletion_failed(&p.id, &e);
                     result = Err(fail(self, &e));
                     break;
                 }
@@ -889,6 +947,28 @@ impl KeySource {
             key_prefix: current.map(|c| prefix_of(c.key.expose()).to_string()),
             pending_deletions: state.map(|s| s.pending_deletions.clone()).unwrap_or_default(),
             left_to_expire: state.map_or(0, |s| s.left_to_expire.len()),
+            deletion_failures: self
+                .deletion_failures
+                .iter()
+                .filter(|f| state.is_some_and(|s| s.pending_deletions.iter().any(|p| p.id == f.id)))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Records a failed deletion of `id` for `status` and the metric.
+    fn deletion_failed(&mut self, id: &str, e: &KeyError) {
+        let error = e.to_string();
+        match self.deletion_failures.iter_mut().find(|f| f.id == id) {
+            Some(f) => {
+                f.failures = f.failures.saturating_add(1);
+                f.error = error;
+            }
+            None => self.deletion_failures.push(DeletionFailure {
+                id: id.to_string(),
+                failures: 1,
+                error,
+            }),
         }
     }
 }

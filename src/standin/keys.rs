@@ -86,6 +86,9 @@ pub(super) struct KeyStore {
     post_script: VecDeque<Fault>,
     requests: u64,
     last_create: Option<SystemTime>,
+    /// [`StandIn::set_fail_deletes`]: every `DELETE` answered with this
+    /// status, the key left alive.
+    fail_deletes: Option<u16>,
 }
 
 impl KeyStore {
@@ -315,6 +318,19 @@ pub(super) async fn route(
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix(ACCESSKEYS_PATH).unwrap_or("");
     let method = req.method().clone();
+    let failing = inner.keys().fail_deletes;
+    if method == Method::DELETE
+        && let Some(status) = failing
+    {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(error(
+            status,
+            "INTERNAL",
+            "DELETE_FAILED",
+            "the access key could not be deleted",
+            request_id,
+        ));
+    }
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
         (Method::POST, "" | "/") => create(inner, req, request_id, create_expired).await,
@@ -558,5 +574,11 @@ impl StandIn {
         if let Some(user) = self.inner.state().users.get_mut(username) {
             user.permission = permission;
         }
+    }
+
+    /// Every `DELETE /v1.0/accesskeys/{id}` from now on is answered with
+    /// `status` (for example 500) and deletes nothing; `None`: normal again.
+    pub fn set_fail_deletes(&self, status: Option<u16>) {
+        self.inner.keys().fail_deletes = status;
     }
 }
