@@ -104,15 +104,16 @@ pub fn once_via_daemon(config: &Config, holder: Option<u32>, force: bool) -> Exi
         );
         return ExitCode::SUCCESS;
     }
-    let failed_before: BTreeMap<String, u64> =
-        before.iter().map(|c| (c.name.clone(), c.renewals_failed)).collect();
+    let failed_before: BTreeMap<String, u64> = before
+        .iter()
+        .map(|c| (c.name.clone(), c.renewals_failed))
+        .collect();
     let asked = crate::now();
-    let signalled = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH).and_then(|p| {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGUSR1,
-        )
-    });
+    let signalled = i32::try_from(pid)
+        .map_err(|_| nix::errno::Errno::ESRCH)
+        .and_then(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGUSR1)
+        });
     if let Err(e) = signalled {
         return fail(format!(
             "a voipbin-tokend (pid {pid}) holds the lock on state directory {} and cannot be sent SIGUSR1 ({e}); `once` does not make access keys beside a running daemon",

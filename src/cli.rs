@@ -64,7 +64,8 @@ pub enum Command {
     #[command(
         after_help = "Example (cron, ExecStartPre=, an init container):\n  voipbin-tokend once -c /etc/voipbin-tokend/config.toml\n\n\
         Logs in only for credentials whose outputs lack a token that is not yet due; --force always logs in.\n\
-        Each credential gets one login attempt."
+        Each credential gets one login attempt. Beside a running daemon with the same state directory,\n\
+        a config with access keys makes no key itself: it asks the daemon (SIGUSR1) and waits for it."
     )]
     Once {
         #[command(flatten)]

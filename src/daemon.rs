@@ -181,9 +181,7 @@ fn held_by_once(dir: &std::path::Path) -> bool {
 /// A `once` pass holds the state directory: the daemon waits for it to end
 /// (bounded: a `once` beside a daemon waits at most a minute itself), so
 /// that `once` then `run` started together both work.
-fn wait_for_once(
-    dir: &std::path::Path,
-) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
+fn wait_for_once(dir: &std::path::Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
     info!(dir = %dir.display(), "a `once` pass holds the state directory; waiting for it to end");
     let start = std::time::Instant::now();
     loop {

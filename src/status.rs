@@ -188,7 +188,8 @@ pub fn command(state_dir: &Path, json: bool) -> ExitCode {
                 v["state"] = c.state(now).into();
                 if let Some(k) = &c.key {
                     v["overdue_deletions"] =
-                        serde_json::to_value(crate::source::key::overdue_deletions(k, now)).unwrap_or_default();
+                        serde_json::to_value(crate::source::key::overdue_deletions(k, now))
+                            .unwrap_or_default();
                 }
                 v
             })

@@ -102,7 +102,10 @@ fn once_beside_a_running_daemon_asks_it_to_rotate_and_never_deletes_the_key_it_h
     wait_for(
         WAIT,
         "the status file with the key",
-        || t.read("state/status.json").is_some_and(|s| s.contains("\"fresh\": true")),
+        || {
+            t.read("state/status.json")
+                .is_some_and(|s| s.contains("\"fresh\": true"))
+        },
         || d.log(),
     );
 
@@ -233,7 +236,11 @@ fn a_key_state_written_by_another_process_is_taken_before_a_rotation_not_overwri
     wait_for(
         WAIT,
         "the bootstrap key's deletion done",
-        || state_json(&t)["pending_deletions"].as_array().is_some_and(|p| p.is_empty()),
+        || {
+            state_json(&t)["pending_deletions"]
+                .as_array()
+                .is_some_and(|p| p.is_empty())
+        },
         || d.log(),
     );
 
@@ -385,7 +392,10 @@ fn a_failing_deletion_shows_as_overdue_in_status_and_the_metric_and_clears_once_
     wait_for(
         WAIT,
         "the failure in the status file",
-        || t.read("state/status.json").is_some_and(|s| s.contains("deletion_failures")),
+        || {
+            t.read("state/status.json")
+                .is_some_and(|s| s.contains("deletion_failures"))
+        },
         || d.log(),
     );
 

@@ -42,7 +42,11 @@ struct Seen {
 }
 
 /// Reads the output every couple of milliseconds until `stop`.
-fn watch_output(path: std::path::PathBuf, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn watch_output(
+    path: std::path::PathBuf,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             let before = SystemTime::now();
@@ -127,7 +131,12 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop_watch = Arc::new(AtomicBool::new(false));
     let watcher = watch_output(out.clone(), seen.clone(), stop_watch.clone());
-    let temp_dirs = [t.path("state"), t.path("state/keys"), t.path("state/tokens"), t.path("out")];
+    let temp_dirs = [
+        t.path("state"),
+        t.path("state/keys"),
+        t.path("state/tokens"),
+        t.path("out"),
+    ];
 
     let started = Instant::now();
     let mut installation: Option<String> = None;
@@ -142,7 +151,11 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
             WAIT,
             "a live key in the output after a restart",
             || {
-                key = std::fs::read_to_string(&out).ok().as_deref().and_then(env_key).unwrap_or_default();
+                key = std::fs::read_to_string(&out)
+                    .ok()
+                    .as_deref()
+                    .and_then(env_key)
+                    .unwrap_or_default();
                 !key.is_empty() && live(&s, &key)
             },
             || format!("--- previous run ---\n{last_log}--- this run ---\n{}", d.log()),
@@ -157,7 +170,12 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
         // writing its own right now).
         for dir in &temp_dirs {
             let left = stale_temps(dir, Some(d.pid()));
-            assert!(left.is_empty(), "temp files left in {}: {left:?}\n{}", dir.display(), d.log());
+            assert!(
+                left.is_empty(),
+                "temp files left in {}: {left:?}\n{}",
+                dir.display(),
+                d.log()
+            );
         }
     };
 
@@ -251,8 +269,15 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     stop_watch.store(true, Ordering::SeqCst);
     watcher.join().unwrap();
     let state = load_state(&t);
-    let final_key = std::fs::read_to_string(&out).ok().as_deref().and_then(env_key).unwrap();
-    assert!(live(&s, &final_key), "the output's key is live after the clean stop");
+    let final_key = std::fs::read_to_string(&out)
+        .ok()
+        .as_deref()
+        .and_then(env_key)
+        .unwrap();
+    assert!(
+        live(&s, &final_key),
+        "the output's key is live after the clean stop"
+    );
     assert_eq!(
         state.current.as_ref().map(|c| c.key.expose().to_owned()),
         Some(final_key.clone()),

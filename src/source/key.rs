@@ -1179,6 +1179,88 @@ mod tests {
         assert_eq!(current.tm_expire - current.tm_create, time::Duration::days(1));
     }
 
+    fn current(id: &str) -> CurrentKey {
+        CurrentKey {
+            id: id.into(),
+            key: Secret::new(format!("vb_{id:0<32}")),
+            tm_create: crate::now(),
+            tm_expire: crate::now() + time::Duration::days(1),
+            server_skew_seconds: 0,
+            obtained_at: crate::now(),
+            origin: Origin::Created,
+        }
+    }
+
+    #[test]
+    fn a_reread_state_wins_but_forgets_nothing_memory_knows() {
+        let mut memory = KeyState::new("mcp");
+        memory.current = Some(current("a"));
+        memory.pending_deletions.push(PendingDeletion {
+            id: "p".into(),
+            prefix: "vb_pppppppp".into(),
+            delete_after: Some(crate::now()),
+        });
+        // Another process rotated: b is current, a pending with a time.
+        let mut disk = memory.clone();
+        disk.current = Some(current("b"));
+        disk.pending_deletions = vec![PendingDeletion {
+            id: "a".into(),
+            prefix: "vb_aaaaaaaa".into(),
+            delete_after: Some(crate::now()),
+        }];
+        let merged = merge_reread(&memory, disk.clone()).unwrap();
+        assert_eq!(merged.current.as_ref().unwrap().id, "b");
+        let ids: Vec<&str> = merged.pending_deletions.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["a", "p"], "the file's entries first, then memory's");
+
+        // The file does not know memory's current key: it is kept, pending
+        // deletion without a time (its grace starts once b is published).
+        disk.pending_deletions.clear();
+        let merged = merge_reread(&memory, disk.clone()).unwrap();
+        let a = merged.pending_deletions.iter().find(|p| p.id == "a").unwrap();
+        assert_eq!(a.delete_after, None);
+
+        // Another installation's file: memory is kept.
+        let other = KeyState::new("mcp");
+        assert!(merge_reread(&memory, other).is_none());
+    }
+
+    #[test]
+    fn a_deletion_is_overdue_once_it_failed_or_is_late_by_the_margin() {
+        let now = crate::now();
+        let pending = |id: &str, ago: i64| PendingDeletion {
+            id: id.into(),
+            prefix: "vb_12345678".into(),
+            delete_after: Some(now - time::Duration::seconds(ago)),
+        };
+        let status = KeyStatus {
+            key_id: None,
+            key_prefix: None,
+            pending_deletions: vec![
+                pending("failed", 3),
+                pending("late", 301),
+                pending("due", 3),
+                pending("future", -60),
+                PendingDeletion {
+                    delete_after: None,
+                    ..pending("unpublished", 0)
+                },
+            ],
+            left_to_expire: 0,
+            deletion_failures: vec![DeletionFailure {
+                id: "failed".into(),
+                failures: 2,
+                error: "HTTP 500".into(),
+            }],
+        };
+        let overdue = overdue_deletions(&status, now);
+        let ids: Vec<&str> = overdue.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["failed", "late"]);
+        assert_eq!(overdue[0].failures, 2);
+        assert_eq!(overdue[0].last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(overdue[1].overdue_seconds, 301);
+    }
+
     #[test]
     fn orphans_skip_known_expired_deleted_and_foreign_keys() {
         let state = KeyState::new("mcp");
