@@ -203,7 +203,14 @@ fn once(path: &Path, force: bool) -> ExitCode {
     }
     // The state directory's lock: a `once` never works on access keys
     // behind a running daemon's back (see `beside`).
-    let lock = match crate::daemon::lock_state_dir_as(&config.state_dir, crate::daemon::ONCE_ROLE) {
+    let locked = match crate::daemon::lock_state_dir_as(&config.state_dir, crate::daemon::ONCE_ROLE) {
+        // Another `once` pass: this one waits for it to end.
+        Err(crate::daemon::DaemonError::Locked { .. }) if crate::daemon::held_by_once(&config.state_dir) => {
+            crate::daemon::wait_for_once(&config.state_dir, crate::daemon::ONCE_ROLE)
+        }
+        other => other,
+    };
+    let lock = match locked {
         Ok(lock) => lock,
         Err(crate::daemon::DaemonError::Locked { holder, .. }) => {
             if config.credentials.iter().any(|c| c.key().is_some()) {

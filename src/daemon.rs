@@ -173,20 +173,24 @@ pub fn lock_state_dir_as(
 }
 
 /// True if the lock file names a `once` pass as its holder.
-fn held_by_once(dir: &std::path::Path) -> bool {
+pub fn held_by_once(dir: &std::path::Path) -> bool {
     crate::fsread::read_bounded(&dir.join("lock"), 64, "lock file")
         .is_ok_and(|t| String::from_utf8_lossy(&t).split_whitespace().nth(1) == Some(ONCE_ROLE))
 }
 
 /// A `once` pass holds the state directory: the daemon waits for it to end
 /// (bounded: a `once` beside a daemon waits at most a minute itself), so
-/// that `once` then `run` started together both work.
-fn wait_for_once(dir: &std::path::Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
+/// that `once` then `run` started together both work. Takes the lock as
+/// `role` (see [`lock_state_dir_as`]).
+pub fn wait_for_once(
+    dir: &std::path::Path,
+    role: &str,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
     info!(dir = %dir.display(), "a `once` pass holds the state directory; waiting for it to end");
     let start = std::time::Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        match lock_state_dir(dir) {
+        match lock_state_dir_as(dir, role) {
             Err(DaemonError::Locked { .. })
                 if held_by_once(dir) && start.elapsed() < crate::beside::WAIT + Duration::from_secs(30) => {}
             other => return other,
@@ -235,7 +239,7 @@ pub async fn run(
     raise_fd_limit();
     let lock = match lock_state_dir(&config.state_dir) {
         Err(DaemonError::Locked { .. }) if held_by_once(&config.state_dir) => {
-            wait_for_once(&config.state_dir)?
+            wait_for_once(&config.state_dir, "")?
         }
         locked => locked?,
     };

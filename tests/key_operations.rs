@@ -222,6 +222,47 @@ fn a_daemon_started_while_once_holds_the_lock_waits_for_it_and_runs() {
 }
 
 #[test]
+fn two_once_passes_started_together_take_turns_and_make_one_key() {
+    let s = key_standin(120.0);
+    let t = TestDir::new();
+    bootstrap(&s, &t, 365);
+    t.write_config(
+        &s.base_url(),
+        &key_cred("renew-at = 0.9", &output("mcp.env", "env")),
+    );
+    s.script_keys([Fault::Delay(Duration::from_millis(1000))]);
+    let spawn = || {
+        t.command(&["once", "-c", "config.toml"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    wait_for(
+        WAIT,
+        "the first once holding the lock",
+        || t.read("state/lock").is_some_and(|l| l.contains("once")),
+        String::new,
+    );
+    let second = spawn();
+    let (a, b) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    assert_eq!(a.status.code(), Some(0), "{}", both(&a));
+    assert_eq!(b.status.code(), Some(0), "{}", both(&b));
+    assert_eq!(
+        posts(&s),
+        1,
+        "the second pass found the first's key: {}",
+        both(&b)
+    );
+    let k = env_key(&t, "mcp.env").unwrap();
+    assert_eq!(state_json(&t)["current"]["key"], k.as_str());
+}
+
+#[test]
 fn a_key_state_written_by_another_process_is_taken_before_a_rotation_not_overwritten() {
     let s = key_standin(120.0);
     let t = TestDir::new();
