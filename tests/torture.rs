@@ -198,13 +198,17 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
         // Most rounds force a rotation, half of those with a slow creation
         // so that the kill lands while the request is at the server.
         let forced = rng.f64() < 0.8;
+        let mut window = 600;
         if forced {
+            window = 300;
             if rng.f64() < 0.8 {
-                s.script_key_creations([Fault::Delay(Duration::from_millis(rng.u64(50..400)))]);
+                let delay = rng.u64(50..400);
+                s.script_key_creations([Fault::Delay(Duration::from_millis(delay))]);
+                window = delay + 80;
             }
             d.signal(Signal::SIGUSR1);
         }
-        std::thread::sleep(Duration::from_millis(rng.u64(0..if forced { 400 } else { 600 })));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..window)));
 
         // During a rotation: a request to the key API is in flight after a
         // forced rotation, or a key of this installation newer than the
