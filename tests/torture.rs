@@ -1,7 +1,8 @@
 //! `kill -9` torture: a self-rotating access-key credential killed about a
 //! hundred times at random moments, many of them during rotations (a key
 //! "day" lasts a few seconds at the stand-in, SIGUSR1 forces rotations, key
-//! creations are slowed down at random so kills land mid-request). After
+//! creations are slowed down at random, before or after the key is made,
+//! so kills land mid-request and leave orphans). After
 //! each restart: the output holds a live key, the key state parses and is
 //! the same installation, no temp file of a dead process is left. All
 //! along: no key was deleted while an output still held it. At the end,
@@ -201,9 +202,16 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
         let mut window = 600;
         if forced {
             window = 300;
-            if rng.f64() < 0.8 {
+            let slow = rng.f64();
+            if slow < 0.8 {
+                // Slowed before the key is made, or after (an orphan if the
+                // kill lands before the answer).
                 let delay = rng.u64(50..400);
-                s.script_key_creations([Fault::Delay(Duration::from_millis(delay))]);
+                if slow < 0.4 {
+                    s.script_key_creations([Fault::Delay(Duration::from_millis(delay))]);
+                } else {
+                    s.set_create_answer_delay(Some(Duration::from_millis(delay)));
+                }
                 window = delay + 80;
             }
             d.signal(Signal::SIGUSR1);
@@ -231,6 +239,7 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
             .any(|k| k.name == name && published_at.is_none_or(|p| k.tm_create > p) && k.tm_delete.is_none());
         d.signal(Signal::SIGKILL);
         d.wait_exit(WAIT);
+        s.set_create_answer_delay(None);
         if (forced && in_flight && published == before) || unpublished {
             during_rotation += 1;
         }
@@ -313,9 +322,13 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
         }
     }
     let made = keys.iter().filter(|k| k.name == name).count();
+    let never_published = keys
+        .iter()
+        .filter(|k| k.name == name && !seen.order.iter().any(|key| key[..11] == k.token_prefix))
+        .count();
     let deleted = keys.iter().filter(|k| k.tm_delete.is_some()).count();
     eprintln!(
-        "torture: {kills} kills, {during_rotation} during rotations, {early} during start-up, {made} keys made, {deleted} keys deleted, {} keys published, {:.1}s (seed {seed})",
+        "torture: {kills} kills, {during_rotation} during rotations, {early} during start-up, {made} keys made ({never_published} never published: orphans or lost answers), {deleted} keys deleted, {} keys published, {:.1}s (seed {seed})",
         seen.order.len(),
         started.elapsed().as_secs_f64()
     );

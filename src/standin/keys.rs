@@ -89,6 +89,9 @@ pub(super) struct KeyStore {
     /// [`StandIn::set_fail_deletes`]: every `DELETE` answered with this
     /// status, the key left alive.
     fail_deletes: Option<u16>,
+    /// [`StandIn::set_create_answer_delay`]: a `POST` makes the key, then
+    /// waits this long before answering.
+    create_answer_delay: Option<Duration>,
 }
 
 impl KeyStore {
@@ -333,7 +336,14 @@ pub(super) async fn route(
     }
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
-        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired).await,
+        (Method::POST, "" | "/") => {
+            let answer = create(inner, req, request_id, create_expired).await;
+            let delay = inner.keys().create_answer_delay;
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            answer
+        }
         (m, id) if id.starts_with('/') && !id[1..].contains('/') => {
             one(inner, m, &id[1..], req, request_id).await
         }
@@ -580,5 +590,12 @@ impl StandIn {
     /// `status` (for example 500) and deletes nothing; `None`: normal again.
     pub fn set_fail_deletes(&self, status: Option<u16>) {
         self.inner.keys().fail_deletes = status;
+    }
+
+    /// From now on a key creation (`POST`) makes the key and then waits
+    /// `delay` before answering: a client that dies meanwhile leaves a key
+    /// it never saw (an orphan). `None`: answer at once again.
+    pub fn set_create_answer_delay(&self, delay: Option<Duration>) {
+        self.inner.keys().create_answer_delay = delay;
     }
 }
