@@ -23,8 +23,11 @@ use nix::sys::signal::Signal;
 use voipbin_tokend::keystate::{self, KeyState};
 
 /// A key "day" lasts this many seconds: with renew-at 0.5 a key is
-/// rotated every 2 s on its own.
-const DAY_SECS: f64 = 4.0;
+/// rotated every 4 s on its own.
+const DAY_SECS: f64 = 8.0;
+/// A key with less life than this left when a start is checked may expire
+/// before that start's sweep: the sweep need not delete it.
+const SWEEP_TIME: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(30);
 
 fn env_key(text: &str) -> Option<String> {
@@ -89,6 +92,27 @@ fn live(s: &StandIn, key: &str) -> bool {
         .any(|k| k.token_prefix == key[..11] && k.tm_delete.is_none() && k.tm_expire > now)
 }
 
+/// Keys of installation `name` not deleted, made before `made_before`,
+/// still to live after `live_after` (so the daemon's sweep, which leaves
+/// expired keys alone, had to delete them), that the key state does not know.
+fn unswept(
+    s: &StandIn,
+    t: &TestDir,
+    name: &str,
+    made_before: SystemTime,
+    live_after: SystemTime,
+) -> Vec<String> {
+    let state = load_state(t);
+    let known: Vec<&str> = state.known_ids().collect();
+    s.keys()
+        .into_iter()
+        .filter(|k| k.name == name && k.tm_delete.is_none())
+        .filter(|k| k.tm_create < made_before && k.tm_expire > live_after)
+        .filter(|k| !known.contains(&k.id.as_str()))
+        .map(|k| k.id)
+        .collect()
+}
+
 fn load_state(t: &TestDir) -> KeyState {
     keystate::load(&t.path("state/keys/mcp.json"))
         .unwrap_or_else(|e| panic!("the key state does not parse: {e}"))
@@ -143,45 +167,61 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     let mut installation: Option<String> = None;
     let mut during_rotation = 0;
     let mut last_log = String::new();
-    let check_restart = |d: &Daemon, installation: &mut Option<String>, last_log: &str| {
-        // This daemon has started and published (its signal handlers are in).
-        d.wait_log("every credential has a fresh token on disk", 1, WAIT);
-        // The output holds a key the server takes.
-        let mut key = String::new();
-        wait_for(
-            WAIT,
-            "a live key in the output after a restart",
-            || {
-                key = std::fs::read_to_string(&out)
-                    .ok()
-                    .as_deref()
-                    .and_then(env_key)
-                    .unwrap_or_default();
-                !key.is_empty() && live(&s, &key)
-            },
-            || format!("--- previous run ---\n{last_log}--- this run ---\n{}", d.log()),
-        );
-        // The state parses, is the same installation, and knows the key.
-        let state = load_state(&t);
-        match installation {
-            Some(id) => assert_eq!(&state.installation_id, id, "the installation id changed"),
-            None => *installation = Some(state.installation_id.clone()),
-        }
-        // Temp files of killed processes are gone (the running one may be
-        // writing its own right now).
-        for dir in &temp_dirs {
-            let left = stale_temps(dir, Some(d.pid()));
-            assert!(
-                left.is_empty(),
-                "temp files left in {}: {left:?}\n{}",
-                dir.display(),
-                d.log()
+    let check_restart =
+        |d: &Daemon, spawned: SystemTime, installation: &mut Option<String>, last_log: &str| {
+            // This daemon has started and published (its signal handlers are in).
+            d.wait_log("every credential has a fresh token on disk", 1, WAIT);
+            // The output holds a key the server takes.
+            let mut key = String::new();
+            wait_for(
+                WAIT,
+                "a live key in the output after a restart",
+                || {
+                    key = std::fs::read_to_string(&out)
+                        .ok()
+                        .as_deref()
+                        .and_then(env_key)
+                        .unwrap_or_default();
+                    !key.is_empty() && live(&s, &key)
+                },
+                || format!("--- previous run ---\n{last_log}--- this run ---\n{}", d.log()),
             );
-        }
-    };
+            // The state parses, is the same installation, and knows the key.
+            let state = load_state(&t);
+            match installation {
+                Some(id) => assert_eq!(&state.installation_id, id, "the installation id changed"),
+                None => *installation = Some(state.installation_id.clone()),
+            }
+            // Temp files of killed processes are gone (the running one may be
+            // writing its own right now).
+            for dir in &temp_dirs {
+                let left = stale_temps(dir, Some(d.pid()));
+                assert!(
+                    left.is_empty(),
+                    "temp files left in {}: {left:?}\n{}",
+                    dir.display(),
+                    d.log()
+                );
+            }
+            // No orphan survives the start's sweep: every key of this
+            // installation made before this start, live for a while yet (the
+            // sweep leaves expired keys alone), is deleted or known to the state.
+            let name = format!("voipbin-tokend/mcp/{}", installation.as_deref().unwrap_or(""));
+            let live_after = SystemTime::now() + SWEEP_TIME;
+            wait_for(
+                WAIT,
+                "the start's sweep to delete the orphans made before it",
+                || unswept(&s, &t, &name, spawned, live_after).is_empty(),
+                || {
+                    let left = unswept(&s, &t, &name, spawned, live_after);
+                    format!("orphans alive: {left:?}\n{}", d.log())
+                },
+            );
+        };
 
     let mut early = 0;
     for round in 0..kills {
+        let spawned = SystemTime::now();
         let mut d = t.daemon();
         // Some kills land while the daemon starts (adopting, sweeping).
         if round > 0 && rng.f64() < 0.15 {
@@ -193,7 +233,7 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
             load_state(&t);
             continue;
         }
-        check_restart(&d, &mut installation, &last_log);
+        check_restart(&d, spawned, &mut installation, &last_log);
         let output_key = || std::fs::read_to_string(&out).ok().as_deref().and_then(env_key);
         let before = output_key();
         // Most rounds force a rotation, half of those with a slow creation
@@ -256,27 +296,22 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     // pending deletion alive; a clean stop leaves no temp file.
     // Creations slowed down before the last kill reach the server first.
     std::thread::sleep(Duration::from_millis(400));
+    let spawned = SystemTime::now();
     let mut d = t.daemon();
-    check_restart(&d, &mut installation, &last_log);
+    check_restart(&d, spawned, &mut installation, &last_log);
     let name = format!("voipbin-tokend/mcp/{}", installation.as_deref().unwrap());
-    let extra = std::cell::RefCell::new(Vec::new());
+    // Every live key of this installation, whenever made, is the current
+    // one or pending deletion (a rotation saves its key at once).
+    let live_after = SystemTime::now() + SWEEP_TIME;
+    let far = SystemTime::now() + Duration::from_secs(3600);
     wait_for(
-        WAIT,
+        Duration::from_secs(2),
         "only the current key and those pending deletion alive",
+        || unswept(&s, &t, &name, far, live_after).is_empty(),
         || {
-            let state = load_state(&t);
-            let known: Vec<&str> = state.known_ids().collect();
-            let now = SystemTime::now();
-            *extra.borrow_mut() = s
-                .keys()
-                .into_iter()
-                .filter(|k| k.name == name && k.tm_delete.is_none() && k.tm_expire > now)
-                .filter(|k| !known.contains(&k.id.as_str()))
-                .map(|k| k.id)
-                .collect::<Vec<_>>();
-            extra.borrow().is_empty()
+            let left = unswept(&s, &t, &name, far, live_after);
+            format!("keys alive the state does not know: {left:?}\n{}", d.log())
         },
-        || format!("orphans alive: {:?}\n{}", extra.borrow(), d.log()),
     );
     stop(&mut d, Signal::SIGTERM);
     stop_watch.store(true, Ordering::SeqCst);
