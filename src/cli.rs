@@ -64,7 +64,8 @@ pub enum Command {
     #[command(
         after_help = "Example (cron, ExecStartPre=, an init container):\n  voipbin-tokend once -c /etc/voipbin-tokend/config.toml\n\n\
         Logs in only for credentials whose outputs lack a token that is not yet due; --force always logs in.\n\
-        Each credential gets one login attempt."
+        Each credential gets one login attempt. Beside a running daemon with the same state directory,\n\
+        a config with access keys makes no key itself: it asks the daemon (SIGUSR1) and waits for it."
     )]
     Once {
         #[command(flatten)]
@@ -199,6 +200,32 @@ fn once(path: &Path, force: bool) -> ExitCode {
     };
     for w in &config.warnings {
         tracing::warn!("{w}");
+    }
+    // The state directory's lock: a `once` never works on access keys
+    // behind a running daemon's back (see `beside`).
+    let locked = match crate::daemon::lock_state_dir_as(&config.state_dir, crate::daemon::ONCE_ROLE) {
+        // Another `once` pass: this one waits for it to end.
+        Err(crate::daemon::DaemonError::Locked { .. }) if crate::daemon::held_by_once(&config.state_dir) => {
+            crate::daemon::wait_for_once(&config.state_dir, crate::daemon::ONCE_ROLE)
+        }
+        other => other,
+    };
+    let lock = match locked {
+        Ok(lock) => lock,
+        Err(crate::daemon::DaemonError::Locked { holder, .. }) => {
+            if config.credentials.iter().any(|c| c.key().is_some()) {
+                return crate::beside::once_via_daemon(&config, holder, force);
+            }
+            tracing::info!(
+                pid = holder,
+                "a running daemon holds the state directory; login tokens are renewed beside it"
+            );
+            None
+        }
+        Err(e) => return fatal(e),
+    };
+    if lock.is_some() {
+        crate::daemon::remove_state_temps(&config.state_dir);
     }
     let rt = match runtime() {
         Ok(rt) => rt,

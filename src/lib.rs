@@ -6,6 +6,7 @@
 //! fresh token atomically to the files that other programs read.
 //!
 //! # Layout
+//! - [`beside`]: `once` beside a running daemon: asks it (SIGUSR1) and waits.
 //! - [`cli`]: command-line definitions and dispatch to the commands.
 //! - [`config`]: TOML -> validated [`config::Config`]; every error names the file and key.
 //! - [`fsread`]: reading files safely (never blocking, bounded, regular files only) and resolving paths.
@@ -32,6 +33,7 @@
 //! - [`logging`]: tracing set-up (text or JSON to stderr).
 
 pub mod api;
+pub mod beside;
 pub mod cli;
 pub mod config;
 pub mod credential;

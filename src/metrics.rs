@@ -48,6 +48,7 @@ pub struct Metrics {
     write_failures: Family<CredentialLabel, Counter>,
     hooks: Family<HookLabel, Counter>,
     keys_deleted: Family<ResultLabel, Counter>,
+    deletions_overdue: Family<CredentialLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +122,12 @@ impl Metrics {
             "Replaced or orphaned access keys deleted, by result: success, already_gone, failure",
             keys_deleted.clone(),
         );
+        let deletions_overdue = Family::<CredentialLabel, Gauge>::default();
+        registry.register(
+            "access_keys_deletion_overdue",
+            "Replaced access keys whose deletion is overdue (it failed, or is late by more than 5 minutes)",
+            deletions_overdue.clone(),
+        );
         // Series that alerts look for exist from the start, at 0.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabel { result });
@@ -135,6 +142,7 @@ impl Metrics {
             write_failures,
             hooks,
             keys_deleted,
+            deletions_overdue,
         }
     }
 
@@ -209,6 +217,14 @@ impl Metrics {
     pub fn forget(&self, credential: &str) {
         self.token_expiry.remove(&label(credential));
         self.last_renewal.remove(&label(credential));
+        self.deletions_overdue.remove(&label(credential));
+    }
+
+    /// How many of an access-key credential's deletions are overdue.
+    pub fn key_deletions_overdue(&self, credential: &str, count: usize) {
+        self.deletions_overdue
+            .get_or_create(&label(credential))
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format.

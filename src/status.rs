@@ -56,6 +56,14 @@ pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// Reads and parses `{state dir}/status.json` (bounded, non-blocking).
+pub fn read(state_dir: &Path) -> Result<StatusFile, String> {
+    let p = path(state_dir);
+    let text = crate::fsread::read_bounded(&p, crate::fsread::MAX_CONFIG, "status file")
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&text).map_err(|e| format!("{} is not a status file: {e}", p.display()))
+}
+
 /// What tells one process from a later one with the same pid: the boot it
 /// started in and its start time (clock ticks after boot, field 22 of
 /// `/proc/<pid>/stat`).
@@ -136,6 +144,18 @@ fn print_key(k: &crate::source::key::KeyStatus, now: OffsetDateTime) {
             k.left_to_expire
         );
     }
+    for o in crate::source::key::overdue_deletions(k, now) {
+        let why = match &o.last_error {
+            Some(e) => format!("{} failed attempt(s), last: {e}", o.failures),
+            None => "not attempted yet".into(),
+        };
+        println!(
+            "  WARNING: the deletion of replaced key {} ({}...) is overdue by {} ({why})",
+            o.id,
+            o.prefix,
+            short_duration(std::time::Duration::from_secs(o.overdue_seconds.unsigned_abs()))
+        );
+    }
 }
 
 /// The `status` command: 0 if the daemon runs and every credential is fresh.
@@ -166,6 +186,11 @@ pub fn command(state_dir: &Path, json: bool) -> ExitCode {
             .map(|c| {
                 let mut v = serde_json::to_value(c).unwrap_or_default();
                 v["state"] = c.state(now).into();
+                if let Some(k) = &c.key {
+                    v["overdue_deletions"] =
+                        serde_json::to_value(crate::source::key::overdue_deletions(k, now))
+                            .unwrap_or_default();
+                }
                 v
             })
             .collect();

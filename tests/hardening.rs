@@ -343,7 +343,7 @@ fn a_second_daemon_on_the_same_state_dir_exits_1_naming_the_dir_and_the_holder()
     );
     assert!(t.read("b.token").is_none(), "the second daemon wrote nothing");
 
-    // `once` does not take the lock: a one-off pass next to the daemon is fine.
+    // `once` with only login tokens runs next to the daemon (tests/key_operations.rs: with keys it asks the daemon).
     let out = t.run(&["once", "-c", t.path("other.toml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
 

@@ -533,6 +533,60 @@ pub async fn sweep(
     Ok(deleted)
 }
 
+/// The key state as re-read from disk (`disk`) merged with the one in
+/// memory, so that a state written by anything else is not overwritten
+/// and nothing either knows is forgotten: the file's view wins (its
+/// current key, its pending deletions and their times), and every key only
+/// memory knows is kept: memory's current key, if the file names another
+/// one and does not know it, becomes a pending deletion without a time
+/// (its grace starts once the file's key is in every output). `None` when
+/// the file belongs to another credential or installation: memory is kept.
+pub fn merge_reread(memory: &KeyState, disk: KeyState) -> Option<KeyState> {
+    if disk.installation_id != memory.installation_id || disk.credential != memory.credential {
+        return None;
+    }
+    let mut merged = disk;
+    let current_id = merged.current.as_ref().map(|c| c.id.clone());
+    if let Some(mine) = &memory.current
+        && current_id.as_deref() != Some(mine.id.as_str())
+        && !merged.known_ids().any(|id| id == mine.id)
+    {
+        let prefix = prefix_of(mine.key.expose()).to_string();
+        if mine.inherited {
+            // Never deleted by this installation: left to expire.
+            merged.left_to_expire.push(LeftToExpire {
+                id: mine.id.clone(),
+                prefix,
+                tm_expire: mine.tm_expire,
+            });
+        } else {
+            merged.pending_deletions.push(PendingDeletion {
+                id: mine.id.clone(),
+                prefix,
+                delete_after: None,
+                bootstrap: mine.origin == Origin::Bootstrap,
+            });
+        }
+    }
+    for p in &memory.pending_deletions {
+        if !merged.known_ids().any(|id| id == p.id) {
+            merged.pending_deletions.push(p.clone());
+        }
+    }
+    for l in &memory.left_to_expire {
+        if !merged.known_ids().any(|id| id == l.id) {
+            merged.left_to_expire.push(l.clone());
+        }
+    }
+    // Creations memory recorded (their keys may be orphans to sweep).
+    for c in &memory.creations {
+        if !merged.creations.iter().any(|d| d.nonce == c.nonce) {
+            merged.creations.push(c.clone());
+        }
+    }
+    Some(merged)
+}
+
 // ---------------------------------------------------------------------------
 // The source a credential drives.
 
@@ -546,6 +600,56 @@ pub struct KeyStatus {
     pub key_prefix: Option<String>,
     pub pending_deletions: Vec<PendingDeletion>,
     pub left_to_expire: usize,
+    /// Pending deletions whose last attempt failed, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletion_failures: Vec<DeletionFailure>,
+}
+
+/// A replaced key whose deletion failed (and is retried). No secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeletionFailure {
+    pub id: String,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// The last error (status, reason, request id; never a key).
+    pub error: String,
+}
+
+/// A deletion this late without having failed is overdue all the same.
+pub const OVERDUE_MARGIN: time::Duration = time::Duration::minutes(5);
+
+/// A pending deletion that is overdue: past its time, and failing or late
+/// by more than [`OVERDUE_MARGIN`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverdueDeletion {
+    pub id: String,
+    pub prefix: String,
+    pub overdue_seconds: i64,
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// The overdue deletions of `status` as of `now`.
+pub fn overdue_deletions(status: &KeyStatus, now: OffsetDateTime) -> Vec<OverdueDeletion> {
+    status
+        .pending_deletions
+        .iter()
+        .filter_map(|p| {
+            let at = p.delete_after.filter(|at| *at < now)?;
+            let late = now - at;
+            let failed = status.deletion_failures.iter().find(|f| f.id == p.id);
+            if failed.is_none() && late <= OVERDUE_MARGIN {
+                return None;
+            }
+            Some(OverdueDeletion {
+                id: p.id.clone(),
+                prefix: p.prefix.clone(),
+                overdue_seconds: late.whole_seconds(),
+                failures: failed.map_or(0, |f| f.failures),
+                last_error: failed.map(|f| f.error.clone()),
+            })
+        })
+        .collect()
 }
 
 /// An access-key credential's source: the key state, the agent's login
@@ -575,6 +679,9 @@ pub struct KeySource {
     /// Creations whose answer may have been lost since the last successful
     /// sweep: each may have made a live key (counted against the cap).
     maybe_orphans: usize,
+    /// Deletions that failed, by key id (shown by `status`, counted in the
+    /// overdue metric); forgotten when the key is deleted.
+    deletion_failures: Vec<DeletionFailure>,
 }
 
 impl KeySource {
@@ -593,6 +700,7 @@ impl KeySource {
             discard: Vec::new(),
             maybe_orphans: 0,
             held_refused: false,
+            deletion_failures: Vec::new(),
         }
     }
 
@@ -618,6 +726,51 @@ impl KeySource {
 
     fn state_path(ctx: &super::Ctx<'_>) -> std::path::PathBuf {
         keystate::path(ctx.state_dir, &ctx.cfg.name)
+    }
+
+    /// Re-reads the key state file before a rotation or a deletion (see
+    /// [`merge_reread`]). True if the current key changed under us: the
+    /// outputs may not hold it, so the caller renews.
+    async fn reread_state(&mut self, ctx: &super::Ctx<'_>) -> bool {
+        let Some(memory) = self.state.clone() else {
+            return false;
+        };
+        let path = Self::state_path(ctx);
+        let loaded = tokio::task::spawn_blocking(move || keystate::load(&path)).await;
+        let disk = match loaded {
+            Ok(Ok(Some(disk))) if disk == memory => return false,
+            Ok(Ok(Some(disk))) => disk,
+            Ok(Ok(None)) => {
+                warn!("the key state file is gone; writing it again from memory");
+                if let Err(e) = self.save(ctx).await {
+                    warn!(error = %e, "cannot save the key state");
+                }
+                return false;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot re-read the key state file; keeping the state in memory");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        let Some(merged) = merge_reread(&memory, disk.clone()) else {
+            warn!("the key state file now belongs to another installation; keeping the state in memory");
+            return false;
+        };
+        let changed = merged.current.as_ref().map(|c| &c.id) != memory.current.as_ref().map(|c| &c.id);
+        info!(
+            current_changed = changed,
+            "the key state file was changed by another process; took its view"
+        );
+        let save = merged != disk;
+        self.state = Some(merged);
+        if changed {
+            self.dead = false;
+        }
+        if save && let Err(e) = self.save(ctx).await {
+            warn!(error = %e, "cannot save the key state");
+        }
+        changed
     }
 
     async fn save(&self, ctx: &super::Ctx<'_>) -> Result<(), StateError> {
@@ -1010,6 +1163,8 @@ impl KeySource {
         _held: Option<&super::Held>,
     ) -> Result<super::Held, super::Failure> {
         self.ensure_state(ctx).await?;
+        // A state written by another process is neither overwritten nor forgotten.
+        self.reread_state(ctx).await;
         let now = crate::now();
         let auth_secret = if self.bootstrap_mode() {
             let usable = self
@@ -1250,6 +1405,8 @@ impl KeySource {
         now: OffsetDateTime,
     ) -> super::Housekept {
         let outcome = self.housekeep_once(ctx, now).await;
+        let overdue = overdue_deletions(&self.status(), crate::now()).len();
+        ctx.metrics.key_deletions_overdue(&ctx.cfg.name, overdue);
         match &outcome {
             Ok(_) => {
                 self.housekeeping_failures = 0;
@@ -1287,6 +1444,11 @@ impl KeySource {
         ctx: &super::Ctx<'_>,
         now: OffsetDateTime,
     ) -> Result<super::Housekept, crate::schedule::FailureKind> {
+        // A state written by another process is neither overwritten nor
+        // forgotten; a current key the outputs may not hold is renewed first.
+        if self.reread_state(ctx).await {
+            return Ok(super::Housekept::RenewNow);
+        }
         let secret = if self.bootstrap_mode() {
             match self.state.as_ref().and_then(|s| s.current.as_ref()) {
                 Some(c) if !self.dead => c.key.clone(),
@@ -1386,6 +1548,7 @@ impl KeySource {
                         DeleteOutcome::Refused => "refused",
                     };
                     ctx.metrics.key_deleted(&ctx.cfg.name, label);
+                    self.deletion_failures.retain(|f| f.id != p.id);
                     let state = self.state.as_mut().expect("loaded");
                     state.pending_deletions.retain(|q| q.id != p.id);
                     if let Err(e) = self.save(ctx).await {
@@ -1394,6 +1557,7 @@ impl KeySource {
                 }
                 Err(e) => {
                     ctx.metrics.key_deleted(&ctx.cfg.name, "failure");
+                    self.deletion_failed(&p.id, &e);
                     result = Err(fail(self, &e));
                     break;
                 }
@@ -1426,6 +1590,28 @@ impl KeySource {
             key_prefix: current.map(|c| prefix_of(c.key.expose()).to_string()),
             pending_deletions: state.map(|s| s.pending_deletions.clone()).unwrap_or_default(),
             left_to_expire: state.map_or(0, |s| s.left_to_expire.len()),
+            deletion_failures: self
+                .deletion_failures
+                .iter()
+                .filter(|f| state.is_some_and(|s| s.pending_deletions.iter().any(|p| p.id == f.id)))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Records a failed deletion of `id` for `status` and the metric.
+    fn deletion_failed(&mut self, id: &str, e: &KeyError) {
+        let error = e.to_string();
+        match self.deletion_failures.iter_mut().find(|f| f.id == id) {
+            Some(f) => {
+                f.failures = f.failures.saturating_add(1);
+                f.error = error;
+            }
+            None => self.deletion_failures.push(DeletionFailure {
+                id: id.to_string(),
+                failures: 1,
+                error,
+            }),
         }
     }
 }
@@ -1750,6 +1936,92 @@ mod tests {
         .unwrap();
         let current = state.current.unwrap();
         assert_eq!(current.tm_expire - current.tm_create, time::Duration::days(1));
+    }
+
+    fn current(id: &str) -> CurrentKey {
+        CurrentKey {
+            id: id.into(),
+            key: Secret::new(format!("vb_{id:0<32}")),
+            tm_create: crate::now(),
+            tm_expire: crate::now() + time::Duration::days(1),
+            server_skew_seconds: 0,
+            obtained_at: crate::now(),
+            origin: Origin::Created,
+            inherited: false,
+        }
+    }
+
+    #[test]
+    fn a_reread_state_wins_but_forgets_nothing_memory_knows() {
+        let mut memory = KeyState::new("mcp");
+        memory.current = Some(current("a"));
+        memory.pending_deletions.push(PendingDeletion {
+            id: "p".into(),
+            prefix: "vb_pppppppp".into(),
+            delete_after: Some(crate::now()),
+            bootstrap: false,
+        });
+        // Another process rotated: b is current, a pending with a time.
+        let mut disk = memory.clone();
+        disk.current = Some(current("b"));
+        disk.pending_deletions = vec![PendingDeletion {
+            id: "a".into(),
+            prefix: "vb_aaaaaaaa".into(),
+            delete_after: Some(crate::now()),
+            bootstrap: false,
+        }];
+        let merged = merge_reread(&memory, disk.clone()).unwrap();
+        assert_eq!(merged.current.as_ref().unwrap().id, "b");
+        let ids: Vec<&str> = merged.pending_deletions.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["a", "p"], "the file's entries first, then memory's");
+
+        // The file does not know memory's current key: it is kept, pending
+        // deletion without a time (its grace starts once b is published).
+        disk.pending_deletions.clear();
+        let merged = merge_reread(&memory, disk.clone()).unwrap();
+        let a = merged.pending_deletions.iter().find(|p| p.id == "a").unwrap();
+        assert_eq!(a.delete_after, None);
+
+        // Another installation's file: memory is kept.
+        let other = KeyState::new("mcp");
+        assert!(merge_reread(&memory, other).is_none());
+    }
+
+    #[test]
+    fn a_deletion_is_overdue_once_it_failed_or_is_late_by_the_margin() {
+        let now = crate::now();
+        let pending = |id: &str, ago: i64| PendingDeletion {
+            id: id.into(),
+            prefix: "vb_12345678".into(),
+            delete_after: Some(now - time::Duration::seconds(ago)),
+            bootstrap: false,
+        };
+        let status = KeyStatus {
+            key_id: None,
+            key_prefix: None,
+            pending_deletions: vec![
+                pending("failed", 3),
+                pending("late", 301),
+                pending("due", 3),
+                pending("future", -60),
+                PendingDeletion {
+                    delete_after: None,
+                    ..pending("unpublished", 0)
+                },
+            ],
+            left_to_expire: 0,
+            deletion_failures: vec![DeletionFailure {
+                id: "failed".into(),
+                failures: 2,
+                error: "HTTP 500".into(),
+            }],
+        };
+        let overdue = overdue_deletions(&status, now);
+        let ids: Vec<&str> = overdue.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["failed", "late"]);
+        assert_eq!(overdue[0].failures, 2);
+        assert_eq!(overdue[0].last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(overdue[1].overdue_seconds, 301);
     }
 
     #[test]

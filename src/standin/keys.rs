@@ -92,6 +92,12 @@ pub(super) struct KeyStore {
     paging: ListPaging,
     list_requests: u64,
     delete_script: VecDeque<Fault>,
+    /// [`StandIn::set_fail_deletes`]: every `DELETE` answered with this
+    /// status, the key left alive.
+    fail_deletes: Option<u16>,
+    /// [`StandIn::set_create_answer_delay`]: a `POST` makes the key, then
+    /// waits this long before answering.
+    create_answer_delay: Option<Duration>,
 }
 
 /// How the stand-in pages its key list ([`StandIn::set_key_list_paging`]).
@@ -349,9 +355,29 @@ pub(super) async fn route(
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix(ACCESSKEYS_PATH).unwrap_or("");
     let method = req.method().clone();
+    let failing = inner.keys().fail_deletes;
+    if method == Method::DELETE
+        && let Some(status) = failing
+    {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(error(
+            status,
+            "INTERNAL",
+            "DELETE_FAILED",
+            "the access key could not be deleted",
+            request_id,
+        ));
+    }
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
-        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired, lie).await,
+        (Method::POST, "" | "/") => {
+            let answer = create(inner, req, request_id, create_expired, lie).await;
+            let delay = inner.keys().create_answer_delay;
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            answer
+        }
         (m, id) if id.starts_with('/') && !id[1..].contains('/') => {
             one(inner, m, &id[1..], req, request_id).await
         }
@@ -685,5 +711,18 @@ impl StandIn {
             .iter()
             .filter(|k| k.info.name == name && k.info.tm_delete.is_none() && k.info.tm_expire > now)
             .count()
+    }
+
+    /// Every `DELETE /v1.0/accesskeys/{id}` from now on is answered with
+    /// `status` (for example 500) and deletes nothing; `None`: normal again.
+    pub fn set_fail_deletes(&self, status: Option<u16>) {
+        self.inner.keys().fail_deletes = status;
+    }
+
+    /// From now on a key creation (`POST`) makes the key and then waits
+    /// `delay` before answering: a client that dies meanwhile leaves a key
+    /// it never saw (an orphan). `None`: answer at once again.
+    pub fn set_create_answer_delay(&self, delay: Option<Duration>) {
+        self.inner.keys().create_answer_delay = delay;
     }
 }
