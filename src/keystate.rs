@@ -69,14 +69,22 @@ impl std::fmt::Debug for CurrentKey {
 }
 
 impl CurrentKey {
-    /// The expiry in our clock.
+    /// The recorded skew, if believable: one beyond
+    /// [`crate::token::MAX_SKEW`] (an edited or corrupt state file) is
+    /// taken as zero.
+    pub fn skew(&self) -> time::Duration {
+        crate::token::believable_skew(time::Duration::seconds(self.server_skew_seconds))
+            .unwrap_or(time::Duration::ZERO)
+    }
+
+    /// The expiry in our clock (saturating: the state file may say 9999).
     pub fn expires_at(&self) -> OffsetDateTime {
-        self.tm_expire - time::Duration::seconds(self.server_skew_seconds)
+        self.tm_expire.saturating_sub(self.skew())
     }
 
     /// The creation time in our clock.
     pub fn created_at(&self) -> OffsetDateTime {
-        self.tm_create - time::Duration::seconds(self.server_skew_seconds)
+        self.tm_create.saturating_sub(self.skew())
     }
 }
 

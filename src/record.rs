@@ -35,6 +35,8 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The recorded skew as is (any i64 of milliseconds is a valid
+    /// duration); callers bound it with [`crate::token::believable_skew`].
     pub fn server_skew(&self) -> time::Duration {
         time::Duration::milliseconds(self.server_skew_ms)
     }

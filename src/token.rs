@@ -28,6 +28,18 @@ pub const IMPLAUSIBLE_LIFETIME: time::Duration = time::Duration::days(70);
 /// noise left over after the server's skew was taken out).
 pub const IAT_SKEW_ALLOWANCE: time::Duration = time::Duration::seconds(60);
 
+/// A server clock offset (from its `Date` header, or recorded in a state
+/// file) larger than this is not believed: a server whose clock is off by
+/// more than a day, or a `Date` of 1970, is a bug, and trusting it would
+/// move every time it states by as much. Such a skew is ignored (taken as
+/// zero) with a warning.
+pub const MAX_SKEW: time::Duration = time::Duration::days(1);
+
+/// `skew` if it is believable (see [`MAX_SKEW`]), else `None`.
+pub fn believable_skew(skew: time::Duration) -> Option<time::Duration> {
+    (skew.abs() <= MAX_SKEW).then_some(skew)
+}
+
 /// A token larger than this is refused (a real one is well under 16 KiB).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -176,7 +188,9 @@ impl Validity {
     ///   [`IMPLAUSIBLE_LIFETIME`] before it; otherwise the lifetime starts
     ///   at `obtained_at`.
     pub fn new(claims: Claims, obtained_at: OffsetDateTime) -> Validity {
-        let default_expiry = obtained_at + DEFAULT_LIFETIME;
+        // Saturating: `obtained_at` may come from a file (year 9999), and
+        // nothing from outside may panic the daemon.
+        let default_expiry = obtained_at.saturating_add(DEFAULT_LIFETIME);
         let (expires_at, expiry_ignored) = match claims.expires_at {
             Some(e) if e - obtained_at > IMPLAUSIBLE_LIFETIME => (default_expiry, true),
             Some(e) => (e, false),
@@ -185,7 +199,7 @@ impl Validity {
         let (issued_at, iat_ignored) = match claims.issued_at {
             Some(iat)
                 if iat < expires_at
-                    && iat <= obtained_at + IAT_SKEW_ALLOWANCE
+                    && iat <= obtained_at.saturating_add(IAT_SKEW_ALLOWANCE)
                     && obtained_at - iat <= IMPLAUSIBLE_LIFETIME =>
             {
                 (iat, false)

@@ -63,6 +63,16 @@ pub enum Fault {
     /// removes that claim. For odd claims: `iat` ten years ago, `iat` after
     /// the expiry, an expiry in year 9999, another `agent`.
     Claims(serde_json::Value),
+    /// Key calls only (`POST /v1.0/accesskeys`): create the key normally,
+    /// but answer with these `tm_create` and `tm_expire` strings instead of
+    /// the real ones (a server that lies about a key's times; the stored
+    /// key keeps its real times). Ignored by logins.
+    KeyTimes {
+        /// The `tm_create` to answer, e.g. `9999-12-31T23:59:59.000000Z`.
+        tm_create: String,
+        /// The `tm_expire` to answer.
+        tm_expire: String,
+    },
 }
 
 impl Fault {
@@ -113,5 +123,6 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::ServerDateSkew(_) => "server-date-skew",
         Fault::Close => "close",
         Fault::Claims(_) => "claims",
+        Fault::KeyTimes { .. } => "key-times",
     }
 }

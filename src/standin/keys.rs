@@ -284,6 +284,7 @@ pub(super) async fn route(
     };
     let mut drop_after = false;
     let mut create_expired = false;
+    let mut times = None;
     match fault {
         Some(Fault::Status {
             status,
@@ -293,6 +294,7 @@ pub(super) async fn route(
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Close) => drop_after = true,
         Some(Fault::Expired) => create_expired = true,
+        Some(Fault::KeyTimes { tm_create, tm_expire }) => times = Some((tm_create, tm_expire)),
         _ => {}
     }
 
@@ -317,7 +319,13 @@ pub(super) async fn route(
     let method = req.method().clone();
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
-        (Method::POST, "" | "/") => create(inner, req, request_id, create_expired).await,
+        (Method::POST, "" | "/") => {
+            let mut answer = create(inner, req, request_id, create_expired).await;
+            if let Some((tm_create, tm_expire)) = times {
+                answer = with_times(answer, &tm_create, &tm_expire);
+            }
+            answer
+        }
         (m, id) if id.starts_with('/') && !id[1..].contains('/') => {
             one(inner, m, &id[1..], req, request_id).await
         }
@@ -369,6 +377,23 @@ async fn create(inner: &Inner, req: Request<Incoming>, request_id: &str, expired
         info.tm_expire = past;
     }
     let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
+    json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// A 200 creation answer with its `tm_create`/`tm_expire` replaced
+/// ([`Fault::KeyTimes`]); any other answer as it is.
+fn with_times(answer: Response<Payload>, tm_create: &str, tm_expire: &str) -> Response<Payload> {
+    if answer.status() != StatusCode::OK {
+        return answer;
+    }
+    let Payload::Full(Some(bytes)) = answer.into_body() else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+    };
+    v["tm_create"] = tm_create.into();
+    v["tm_expire"] = tm_expire.into();
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }
 
@@ -558,5 +583,13 @@ impl StandIn {
         if let Some(user) = self.inner.state().users.get_mut(username) {
             user.permission = permission;
         }
+    }
+
+    /// Every answer (logins and key calls) from now on carries a `Date`
+    /// header this many seconds off real time (`None`: the real time). A
+    /// fault that sets its own `Date` ([`Fault::ServerDateSkew`]) wins.
+    /// Only the header lies: keys, tokens and their times are real.
+    pub fn set_date_offset(&self, seconds: Option<i64>) {
+        self.inner.state().date_offset = seconds;
     }
 }
