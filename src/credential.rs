@@ -193,7 +193,21 @@ pub struct Credential {
     hooks: Vec<Option<Hook>>,
     /// The `once` command: a failure is not retried, so no retry is announced.
     one_shot: bool,
+    /// When the last renewal succeeded (monotonic): a renew-now request
+    /// within [`ANSWERED_BY_LAST_RENEWAL`] of it is answered by it.
+    last_renewed: Option<std::time::Instant>,
+    /// Access keys: a forced rotation (SIGUSR1) waits until then; set when
+    /// one starts, cleared by a due rotation (so the first forced one after
+    /// a start or a due rotation is not delayed).
+    forced_not_before: Option<OffsetDateTime>,
 }
+
+/// A renew-now request (SIGUSR1) that arrives within this long of a
+/// successful renewal is answered by it: no new login or rotation.
+pub const ANSWERED_BY_LAST_RENEWAL: Duration = Duration::from_secs(1);
+
+/// Access keys: the least time between two forced rotations (SIGUSR1).
+pub const MIN_FORCED_ROTATION_INTERVAL: Duration = Duration::from_secs(3);
 
 impl Credential {
     /// A credential with no token yet. Must be called within the runtime
@@ -226,7 +240,20 @@ impl Credential {
             renewals_failed: 0,
             board,
             one_shot: false,
+            last_renewed: None,
+            forced_not_before: None,
         }
+    }
+
+    /// True if a renew-now request arriving now is answered by the
+    /// renewal that just succeeded (see [`ANSWERED_BY_LAST_RENEWAL`]).
+    pub fn answered_by_last_renewal(&self) -> bool {
+        self.last_renewed
+            .is_some_and(|t| t.elapsed() < ANSWERED_BY_LAST_RENEWAL)
+    }
+
+    fn is_access_key(&self) -> bool {
+        matches!(self.cfg.kind, crate::config::Kind::AccessKey(_))
     }
 
     pub fn force_login(&mut self) {
@@ -292,6 +319,21 @@ impl Credential {
         };
         if let Some(at) = self.retry_at {
             return (step, at);
+        }
+        // A forced rotation of an access key waits for the minimum interval
+        // since the last forced one (bounded, should the clock jump back).
+        if let Some(h) = &self.held
+            && self.force_login
+            && now < h.due_at
+            && let Some(not_before) = self.forced_not_before
+            && not_before > now
+        {
+            let at = not_before.min(schedule::after(now, MIN_FORCED_ROTATION_INTERVAL));
+            return if has_stale && usable {
+                (Step::WriteOutputs, now)
+            } else {
+                (Step::Renew, at)
+            };
         }
         match (&self.held, needs_login, has_stale) {
             (_, true, _) | (None, _, _) => (Step::Renew, now),
@@ -363,6 +405,11 @@ impl Credential {
     /// and takes it, or records the failure. True when there is a new
     /// secret to write.
     async fn renew(&mut self, cancel: &CancellationToken) -> bool {
+        if self.is_access_key() {
+            let now = crate::now();
+            let forced = self.held.as_ref().is_some_and(|h| now < h.due_at) && self.force_login;
+            self.forced_not_before = forced.then(|| schedule::after(now, MIN_FORCED_ROTATION_INTERVAL));
+        }
         let ctx = ctx!(self);
         let result = tokio::select! {
             biased;
@@ -379,6 +426,7 @@ impl Credential {
                 self.force_login = false;
                 self.stale = vec![true; self.cfg.outputs.len()];
                 self.renewals_ok += 1;
+                self.last_renewed = Some(std::time::Instant::now());
                 self.clear_failure();
                 true
             }
@@ -647,6 +695,7 @@ pub async fn run(
         let (step, at) = cred.next_step(now);
         if at <= now {
             if step == Step::Renew {
+                let previous = cred.last_renewed;
                 let renewed = cred.renew(&cancel).await;
                 if cancel.is_cancelled() {
                     break;
@@ -660,7 +709,16 @@ pub async fn run(
                 for (cfg, api) in reloads {
                     cred.reconfigure(*cfg, api, crate::now());
                 }
-                if requests > 0 {
+                // Requests queued during this renewal arrived after it
+                // started, so after the previous one succeeded: within a
+                // second of that, it answers them (a storm of SIGUSR1
+                // spread over time costs two renewals, not one each).
+                if requests > 0 && previous.is_some_and(|p| p.elapsed() < ANSWERED_BY_LAST_RENEWAL) {
+                    info!(
+                        requests,
+                        "renewal requested within a second of a successful renewal; that renewal answers it"
+                    );
+                } else if requests > 0 {
                     info!(
                         requests,
                         "renewal requested during a renewal; one more follows for them all"
@@ -679,6 +737,9 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             command = commands.recv() => match command {
+                Some(Command::RenewNow) if cred.answered_by_last_renewal() => {
+                    info!("renewal requested within a second of a successful renewal; that renewal answers it");
+                }
                 Some(Command::RenewNow) => {
                     info!("renewal requested");
                     cred.force_login();

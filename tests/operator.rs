@@ -1,0 +1,214 @@
+//! What operators do every week, done carelessly (issue 14, items 9, 13,
+//! 16, 17): a pid file that names the daemon itself, SIGUSR1 storms,
+//! files the daemon's user cannot read, loose modes on state files, and
+//! purging the package.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn write_key_file(t: &TestDir, key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = t.path("boot.key");
+    std::fs::write(&p, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A self-rotating key credential "mcp" (bootstrap key, real-time keys of
+/// a day) with `extra` keys and `outputs`.
+fn key_cred(extra: &str, outputs: &str) -> String {
+    format!(
+        "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
+         lifetime = \"1d\"\ngrace = \"1s\"\nretry-min = \"100ms\"\nretry-max = \"1s\"\n{extra}\n{outputs}"
+    )
+}
+
+fn env_key(t: &TestDir, name: &str) -> Option<String> {
+    t.read(name)?
+        .lines()
+        .find_map(|l| l.strip_prefix("VOIPBIN_API_KEY="))
+        .map(str::to_owned)
+}
+
+fn posts(s: &StandIn) -> usize {
+    s.requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1.0/accesskeys") && r.method == "POST")
+        .count()
+}
+
+/// A key credential with a bootstrap key, running, its first key written.
+fn key_daemon(t: &TestDir, s: &StandIn, outputs: &str) -> (Daemon, String) {
+    let (_, boot) = s.create_key("made on the admin page", 365 * 86_400);
+    write_key_file(t, &boot);
+    t.write_config(&s.base_url(), &key_cred("", outputs));
+    let d = daemon_with(t, "voipbin_tokend=debug", &[]);
+    let mut key = String::new();
+    wait_for(
+        WAIT,
+        "the first key of this installation",
+        || {
+            key = env_key(t, "mcp.env").unwrap_or_default();
+            key.starts_with("vb_") && key != boot
+        },
+        || d.log(),
+    );
+    (d, key)
+}
+
+// ---------------------------------------------------------------------------
+// 9. A self-signal loop.
+
+#[test]
+fn a_pid_file_inside_the_state_dir_is_a_config_error_naming_it() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let (_, boot) = s.create_key("made on the admin page", 365 * 86_400);
+    write_key_file(&t, &boot);
+    // The daemon's lock file holds its own pid.
+    let out = format!(
+        "{}signal = \"SIGUSR1\"\npid-file = \"state/lock\"\n\n",
+        output("mcp.env", "env")
+    );
+    t.write_config(&s.base_url(), &key_cred("", &out));
+    std::fs::create_dir_all(t.path("state")).unwrap();
+    let o = t.run(&["check", "-c", "config.toml"]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let text = both(&o);
+    assert!(
+        text.contains("credential[mcp].output[0].pid-file") && text.contains("state directory"),
+        "{text}"
+    );
+    // A symlink into the state dir is the same thing.
+    std::os::unix::fs::symlink(t.path("state/lock"), t.path("app.pid")).unwrap();
+    std::fs::write(t.path("state/lock"), "1234\n").unwrap();
+    let out = format!(
+        "{}signal = \"SIGUSR1\"\npid-file = \"app.pid\"\n\n",
+        output("mcp.env", "env")
+    );
+    t.write_config(&s.base_url(), &key_cred("", &out));
+    let o = t.run(&["check", "-c", "config.toml"]);
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        both(&o).contains("credential[mcp].output[0].pid-file"),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn a_hook_never_signals_the_daemon_itself() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let out = format!(
+        "{}signal = \"SIGUSR1\"\npid-file = \"app.pid\"\n\n",
+        output("mcp.env", "env")
+    );
+    let (d, k1) = key_daemon(&t, &s, &out);
+    // The pid file now names the daemon itself (a stale or mistaken file).
+    std::fs::write(t.path("app.pid"), format!("{}\n", d.pid())).unwrap();
+    // Past the coalescing window of the first key, one forced rotation.
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = posts(&s);
+    d.signal(Signal::SIGUSR1);
+    d.wait_log("not signalling ourselves", 1, WAIT);
+    std::thread::sleep(Duration::from_secs(4));
+    let made = posts(&s) - before;
+    assert_eq!(made, 1, "one forced rotation, no loop\n{}", d.log());
+    assert_ne!(env_key(&t, "mcp.env").unwrap(), k1);
+}
+
+#[test]
+fn forced_rotations_have_a_minimum_interval_and_the_first_is_not_delayed() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let (d, k1) = key_daemon(&t, &s, &output("mcp.env", "env"));
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = posts(&s);
+    // The first forced rotation after a start is not delayed.
+    let sent = Instant::now();
+    d.signal(Signal::SIGUSR1);
+    wait_for(WAIT, "the forced rotation", || posts(&s) > before, || d.log());
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "first forced rotation took {took:?}"
+    );
+    wait_for(
+        WAIT,
+        "the new key",
+        || env_key(&t, "mcp.env").is_some_and(|k| k != k1),
+        || d.log(),
+    );
+    // Then one SIGUSR1 every 1.2 s for 7 s (each past the one-second
+    // coalescing): at most one rotation per 3 s, not one per signal.
+    let start = posts(&s);
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(1200));
+        d.signal(Signal::SIGUSR1);
+    }
+    let made = posts(&s) - start;
+    assert!(
+        (1..=4).contains(&made),
+        "{made} rotations for 6 signals\n{}",
+        d.log()
+    );
+    // Every request is answered in the end: a rotation after the last one.
+    let last = posts(&s);
+    wait_for(
+        WAIT,
+        "the rotation owed",
+        || posts(&s) > last || made >= 3,
+        || d.log(),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 13. SIGUSR1 requests spread over time.
+
+#[test]
+fn sigusr1_requests_spread_over_half_a_second_cost_at_most_two_logins() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    let d = t.daemon();
+    wait_file(&t.path("main.token"), WAIT, || d.log());
+    assert_eq!(s.login_requests(), 1);
+    // Past the start login's second.
+    std::thread::sleep(Duration::from_millis(1200));
+    for _ in 0..100 {
+        d.signal(Signal::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let logins = s.login_requests() - 1;
+    assert!(
+        (1..=2).contains(&logins),
+        "{logins} logins for 100 requests\n{}",
+        d.log()
+    );
+    d.wait_log("that renewal answers it", 1, WAIT);
+}
+
+#[test]
+fn a_sigusr1_just_after_a_renewal_is_answered_by_it_and_a_later_one_is_not() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    let d = t.daemon();
+    wait_file(&t.path("main.token"), WAIT, || d.log());
+    // At once after the start login: answered by it.
+    d.signal(Signal::SIGUSR1);
+    d.wait_log("that renewal answers it", 1, WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.login_requests(), 1, "{}", d.log());
+    // Later: a login.
+    std::thread::sleep(Duration::from_millis(1200));
+    d.signal(Signal::SIGUSR1);
+    wait_for(WAIT, "a second login", || s.login_requests() == 2, || d.log());
+}
