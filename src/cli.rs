@@ -231,6 +231,43 @@ fn once(path: &Path, force: bool) -> ExitCode {
     })
 }
 
+/// Opens every `bootstrap-key-file` and `password-file` for reading, as
+/// the user running this; a file that exists but may not be read is an
+/// error naming its key (a missing one is reported by the daemon when it
+/// needs it, as it may appear later).
+fn readable_inputs(config: &crate::config::Config) -> Result<(), String> {
+    use crate::secret::PasswordSource;
+    for cred in &config.credentials {
+        let mut files = Vec::new();
+        if let Kind::AccessKey(k) = &cred.kind
+            && let Some(f) = &k.bootstrap_key_file
+        {
+            files.push(("bootstrap-key-file", f));
+        }
+        if let Some(PasswordSource::File(f)) = cred.login.as_ref().map(|l| &l.password) {
+            files.push(("password-file", f));
+        }
+        for (key, file) in files {
+            use std::os::unix::fs::OpenOptionsExt;
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(file);
+            if let Err(e) = opened
+                && e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Err(format!(
+                    "credential[{}].{key}: {} is not readable by this user (uid {}): {e}; give it to the user the daemon runs as (chown), mode 0600",
+                    cred.name,
+                    file.display(),
+                    nix::unistd::geteuid()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check(path: &Path) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
@@ -248,6 +285,16 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The files the daemon reads its secrets from must be readable by the
+    // user running this (the unit's `User=`), or the daemon never becomes
+    // ready: test by opening them, as this user.
+    if let Err(message) = readable_inputs(&config) {
+        eprintln!(
+            "voipbin-tokend: invalid config: {}: {message}",
+            config.path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     println!("{}: valid", config.path.display());
     println!(
         "api: POST {login_url}, timeout {}, {}",

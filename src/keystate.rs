@@ -209,6 +209,7 @@ pub fn load(path: &Path) -> Result<Option<KeyState>, StateError> {
     if !meta.is_file() || meta.len() > MAX_STATE_BYTES {
         return Err(StateError::NotAFile(path.into()));
     }
+    tighten_mode(&file, &meta, path);
     let mut text = zeroize::Zeroizing::new(Vec::new());
     file.take(MAX_STATE_BYTES + 1)
         .read_to_end(&mut text)
@@ -236,6 +237,31 @@ pub fn load(path: &Path) -> Result<Option<KeyState>, StateError> {
         });
     }
     Ok(Some(state))
+}
+
+/// A state file holds secrets (keys) or what judges them: one that group or
+/// others may read or write (restored from a backup, copied by hand) is
+/// brought back to 0600, with a warning naming it. Through the open file,
+/// so a swapped path is not touched.
+pub fn tighten_mode(file: &std::fs::File, meta: &std::fs::Metadata, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:04o}"),
+            "a state file was readable or writable by others; its mode is now 0600"
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:04o}"),
+            error = %e,
+            "a state file is readable or writable by others and its mode cannot be changed to 0600"
+        ),
+    }
 }
 
 /// Writes the state atomically (0600, fsynced, directory fsynced),

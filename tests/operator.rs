@@ -212,3 +212,111 @@ fn a_sigusr1_just_after_a_renewal_is_answered_by_it_and_a_later_one_is_not() {
     d.signal(Signal::SIGUSR1);
     wait_for(WAIT, "a second login", || s.login_requests() == 2, || d.log());
 }
+
+// ---------------------------------------------------------------------------
+// 16. Files the daemon's user cannot read; state files with loose modes.
+
+/// Runs `check` as nobody (uid 65534), if setpriv can drop to it here.
+fn check_as_nobody(t: &TestDir) -> Option<std::process::Output> {
+    let usable = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable || !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: not root, or setpriv cannot drop to uid 65534 here");
+        return None;
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "check",
+        "-c",
+    ])
+    .arg(t.config_path())
+    .current_dir(t.dir.path())
+    .env_remove("NOTIFY_SOCKET");
+    Some(c.output().expect("setpriv runs"))
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn check_refuses_a_bootstrap_key_file_or_password_file_its_user_cannot_read() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    // nobody may traverse the dir, read the config and write the state dir;
+    // the secrets stay root's own (0600), as the README's advice leaves them.
+    chmod(t.dir.path(), 0o755);
+    std::fs::create_dir(t.path("state")).unwrap();
+    chmod(&t.path("state"), 0o777);
+    let (_, boot) = s.create_key("made on the admin page", 365 * 86_400);
+    write_key_file(&t, &boot);
+    t.write_config(&s.base_url(), &key_cred("", &output("mcp.env", "env")));
+    chmod(&t.config_path(), 0o644);
+    let Some(o) = check_as_nobody(&t) else { return };
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    let text = both(&o);
+    assert!(
+        text.contains("credential[mcp].bootstrap-key-file") && text.contains("not readable by this user"),
+        "{text}"
+    );
+    // Readable by that user: valid.
+    chmod(&t.path("boot.key"), 0o644);
+    let o = check_as_nobody(&t).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+
+    // The same for a password file.
+    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    chmod(&t.config_path(), 0o644);
+    let o = check_as_nobody(&t).unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", both(&o));
+    assert!(
+        both(&o).contains("credential[main].password-file"),
+        "{}",
+        both(&o)
+    );
+    // As root it is readable: valid.
+    let o = t.run(&["check", "-c", "config.toml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+}
+
+#[test]
+fn state_files_readable_by_others_are_brought_to_0600_with_a_warning() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let (_, boot) = s.create_key("made on the admin page", 365 * 86_400);
+    write_key_file(&t, &boot);
+    let rest = key_cred("", &output("mcp.env", "env")) + &credential("main", &output("main.json", "json"));
+    t.write_config(&s.base_url(), &rest);
+    let mut d = daemon_with(&t, "voipbin_tokend=debug", &[]);
+    wait_for(
+        WAIT,
+        "both state files",
+        || {
+            t.read("state/keys/mcp.json")
+                .is_some_and(|s| s.contains("\"created\""))
+                && t.read("state/tokens/main.json").is_some()
+                && t.read("mcp.env").is_some()
+        },
+        || d.log(),
+    );
+    stop(&mut d, Signal::SIGTERM);
+    let keys = t.path("state/keys/mcp.json");
+    let tokens = t.path("state/tokens/main.json");
+    chmod(&keys, 0o644);
+    chmod(&tokens, 0o666);
+
+    let mut d = daemon_with(&t, "voipbin_tokend=debug", &[]);
+    d.wait_log("its mode is now 0600", 2, WAIT);
+    assert_eq!(mode_of(&keys), 0o600);
+    assert_eq!(mode_of(&tokens), 0o600);
+    let log = d.log();
+    assert!(log.contains("mcp.json") && log.contains("main.json"), "{log}");
+    stop(&mut d, Signal::SIGTERM);
+}
