@@ -320,3 +320,89 @@ fn state_files_readable_by_others_are_brought_to_0600_with_a_warning() {
     assert!(log.contains("mcp.json") && log.contains("main.json"), "{log}");
     stop(&mut d, Signal::SIGTERM);
 }
+
+// ---------------------------------------------------------------------------
+// 17. Purging the package.
+
+/// Runs packaging/debian/postrm with `arg` under `DPKG_ROOT=root` (dpkg's
+/// `--root`), as dpkg would (sh, with the debhelper marker left as the
+/// comment it is).
+fn postrm(root: &std::path::Path, arg: &str) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/debian/postrm");
+    std::process::Command::new("sh")
+        .arg(script)
+        .arg(arg)
+        .env("DPKG_ROOT", root)
+        .output()
+        .expect("sh runs")
+}
+
+#[test]
+fn purge_keeps_the_key_state_and_lists_the_live_keys_without_a_secret() {
+    use voipbin_tokend::keystate::{self, CurrentKey, KeyState, Origin, PendingDeletion};
+    use voipbin_tokend::secret::Secret;
+    let root = tempfile::tempdir().unwrap();
+    let lib = root.path().join("var/lib/voipbin-tokend");
+    let etc = root.path().join("etc/voipbin-tokend");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("config.toml"), "# config\n").unwrap();
+    std::fs::create_dir_all(lib.join("tokens")).unwrap();
+    std::fs::write(lib.join("status.json"), "{}").unwrap();
+    std::fs::write(lib.join("lock"), "1\n").unwrap();
+
+    // A key state as the daemon writes it: a held key and a replaced one.
+    let key = "vb_AbCdEfGh0123456789abcdefghijklmn";
+    let mut state = KeyState::new("mcp");
+    let now = time::OffsetDateTime::now_utc();
+    state.current = Some(CurrentKey {
+        id: "11111111-1111-4111-8111-111111111111".into(),
+        key: Secret::new(key.into()),
+        tm_create: now,
+        tm_expire: now + time::Duration::days(30),
+        server_skew_seconds: 0,
+        obtained_at: now,
+        origin: Origin::Created,
+    });
+    state.pending_deletions.push(PendingDeletion {
+        id: "22222222-2222-4222-8222-222222222222".into(),
+        prefix: "vb_ZyXwVuTs".into(),
+        delete_after: Some(now),
+    });
+    keystate::save(&keystate::path(&lib, "mcp"), &state).unwrap();
+
+    let o = postrm(root.path(), "purge");
+    assert!(o.status.success(), "{}", both(&o));
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    // The key state is kept; everything else is gone.
+    assert!(keystate::path(&lib, "mcp").is_file(), "{said}");
+    assert!(!etc.exists());
+    assert!(!lib.join("tokens").exists() && !lib.join("status.json").exists() && !lib.join("lock").exists());
+    // It says so, naming the keys by id and prefix, never the key.
+    for needle in [
+        "KEPT",
+        "mcp",
+        "11111111-1111-4111-8111-111111111111",
+        "vb_AbCdEfGh",
+        "22222222-2222-4222-8222-222222222222",
+        "vb_ZyXwVuTs",
+        "admin page",
+    ] {
+        assert!(said.contains(needle), "{needle:?} missing from:\n{said}");
+    }
+    assert!(!said.contains(&key[11..]), "the key itself was printed:\n{said}");
+
+    // With no key state, purge removes everything, silently.
+    let root = tempfile::tempdir().unwrap();
+    let lib = root.path().join("var/lib/voipbin-tokend");
+    std::fs::create_dir_all(lib.join("tokens")).unwrap();
+    std::fs::create_dir_all(root.path().join("etc/voipbin-tokend")).unwrap();
+    let o = postrm(root.path(), "purge");
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", both(&o));
+    assert!(!lib.exists() && !root.path().join("etc/voipbin-tokend").exists());
+    // Remove (not purge) touches nothing.
+    let root = tempfile::tempdir().unwrap();
+    let lib = root.path().join("var/lib/voipbin-tokend/keys");
+    std::fs::create_dir_all(&lib).unwrap();
+    assert!(postrm(root.path(), "remove").status.success());
+    assert!(lib.exists());
+}
