@@ -494,7 +494,7 @@ fn inspect(file: &Path, json: bool) -> ExitCode {
     // file that is its modification time, for stdin it is unknown.
     let expires_at = claims
         .expires_at
-        .or_else(|| mtime.map(|m| Validity::new(claims, OffsetDateTime::from(m)).expires_at));
+        .or_else(|| mtime.map(|m| Validity::new(claims, token::from_system_time(m)).expires_at));
     let remaining = expires_at.map(|e| (e - now).whole_seconds());
     if json {
         let value = serde_json::json!({

@@ -144,9 +144,13 @@ fn numeric_date(v: Option<serde_json::Value>) -> Result<Option<OffsetDateTime>, 
 
 /// Parses VoIPBIN's `expire`: RFC 3339 (the current `...000000Z` form is
 /// one), or the older `2006-01-02 15:04:05.000000` with no zone, meaning UTC.
+///
+/// The result is in UTC; a time whose UTC equivalent lies beyond the
+/// representable range (`9999-12-31T23:59:59-05:00`) saturates at its end
+/// (and is then judged implausible), never panics.
 pub fn parse_expire(s: &str) -> Option<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Some(t);
+        return Some(utc(t));
     }
     let with_fraction = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]");
     let without = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
@@ -293,12 +297,36 @@ fn token_in_run(run: &str) -> Option<(&str, Claims)> {
         })
 }
 
+/// The earliest and latest times representable, in UTC.
+pub const MIN_UTC: OffsetDateTime = PrimitiveDateTime::MIN.assume_utc();
+pub const MAX_UTC: OffsetDateTime = PrimitiveDateTime::MAX.assume_utc();
+
+/// `t` in UTC, saturating at the representable range (`to_offset` panics
+/// for `9999-12-31T23:59:59-05:00`).
+pub fn utc(t: OffsetDateTime) -> OffsetDateTime {
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .unwrap_or(if t.year() > 0 { MAX_UTC } else { MIN_UTC })
+}
+
+/// A `SystemTime` (a file's mtime: tmpfs takes year 33658) as a time,
+/// saturating at the representable range instead of panicking.
+pub fn from_system_time(t: std::time::SystemTime) -> OffsetDateTime {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_add(d))
+            .unwrap_or(MAX_UTC),
+        Err(e) => time::Duration::try_from(e.duration())
+            .ok()
+            .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_sub(d))
+            .unwrap_or(MIN_UTC),
+    }
+}
+
 /// Formats a time as RFC 3339 UTC, whole seconds (`2026-12-04T09:15:02Z`).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(t);
+    let t = utc(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

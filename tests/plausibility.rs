@@ -228,6 +228,53 @@ fn skews_beyond_a_day_are_ignored_and_extreme_key_times_do_not_panic() {
 }
 
 #[test]
+fn times_past_the_end_once_in_utc_and_wild_mtimes_saturate() {
+    // 9999-12-31 23:59:59 at -05:00 is year 10000 in UTC.
+    for s in [
+        "9999-12-31T23:59:59-05:00",
+        "9999-12-31T23:59:59.999999-23:59",
+        "0000-01-01T00:00:00+23:59",
+        "9999-12-31T23:59:59.999999Z",
+    ] {
+        let t = token::parse_expire(s).expect(s);
+        assert_eq!(t.offset(), time::UtcOffset::UTC, "{s}");
+        let _ = token::rfc3339(t);
+        let v = Validity::new(
+            Claims {
+                expires_at: Some(t),
+                issued_at: Some(t),
+            },
+            OffsetDateTime::now_utc(),
+        );
+        let _ = schedule::due_at(&v, &RenewalPolicy::default(), 0.5);
+    }
+    let west = time::UtcOffset::from_hms(-23, 59, 59).unwrap();
+    let east = time::UtcOffset::from_hms(23, 59, 59).unwrap();
+    for t in [
+        OffsetDateTime::new_in_offset(time::Date::MAX, time::Time::MAX, west),
+        OffsetDateTime::new_in_offset(time::Date::MIN, time::Time::MIDNIGHT, east),
+    ] {
+        let _ = token::rfc3339(t);
+        let _ = token::utc(t);
+        for d in extreme_durations() {
+            let _ = t.saturating_add(d);
+            let _ = schedule::after(t, Duration::MAX);
+        }
+    }
+    // A file's mtime can be anything the filesystem stores (tmpfs: year 33658).
+    for secs in [0u64, 1, 999_999_999_999, u64::MAX / 2, u64::MAX] {
+        let Some(st) = UNIX_EPOCH.checked_add(Duration::from_secs(secs)) else {
+            continue;
+        };
+        let t = token::from_system_time(st);
+        assert!(t >= datetime!(1970-01-01 00:00 UTC));
+    }
+    if let Some(st) = UNIX_EPOCH.checked_sub(Duration::from_secs(999_999_999_999)) {
+        assert_eq!(token::from_system_time(st), token::MIN_UTC);
+    }
+}
+
+#[test]
 fn tokens_whose_claims_name_year_1_or_9999_decode_and_are_judged_without_panic() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -358,14 +405,20 @@ fn created_keys(s: &StandIn) -> usize {
 
 #[test]
 fn a_key_answered_with_times_in_9999_and_a_1970_date_lives_what_was_asked() {
+    // The second spelling is past the end of time once taken to UTC.
+    for far in ["9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59-05:00"] {
+        key_answered_with(far);
+    }
+}
+
+fn key_answered_with(far: &str) {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
     key_config(&s, &t, "");
     s.set_date_offset(Some(back_to_1970()));
-    let far = "9999-12-31T23:59:59.999999Z".to_string();
     s.script_key_creations([Fault::KeyTimes {
-        tm_create: far.clone(),
-        tm_expire: far,
+        tm_create: far.to_string(),
+        tm_expire: far.to_string(),
     }]);
     let mut d = daemon_with(&t, "voipbin_tokend=debug", &[]);
     wait_for(
@@ -395,7 +448,7 @@ fn a_key_answered_with_times_in_9999_and_a_1970_date_lives_what_was_asked() {
     let expires = wait_expiry(&t, "mcp", &d);
     assert!(
         expires > now + time::Duration::hours(23) && expires < now + time::Duration::hours(25),
-        "{expires}"
+        "{far}: {expires}"
     );
     let next = time_of(&status_of(&t, "mcp")["next_renewal"]).unwrap();
     assert!(next > now && next < expires, "{next} {expires}");
@@ -528,4 +581,42 @@ fn a_token_record_with_a_skew_of_1e15_ms_is_ignored_not_a_crash_loop() {
         assert_no_panic(&d);
         stop(&mut d, Signal::SIGTERM);
     }
+}
+
+#[test]
+fn a_token_output_with_an_mtime_in_year_33658_is_reused_not_a_crash() {
+    // tmpfs (as /run is) stores such an mtime; ext4 stops at 2446.
+    let Ok(shm) = tempfile::Builder::new()
+        .prefix("tokend-test-")
+        .tempdir_in("/dev/shm")
+    else {
+        eprintln!("SKIPPED: no /dev/shm here");
+        return;
+    };
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let out = shm.path().join("main.token");
+    std::fs::write(&out, s.mint_token(USER, Duration::from_secs(3600))).unwrap();
+    let far = nix::sys::time::TimeVal::new(999_999_999_999, 0);
+    nix::sys::stat::utimes(&out, &far, &far).unwrap();
+    if std::fs::metadata(&out).unwrap().modified().unwrap()
+        < UNIX_EPOCH + Duration::from_secs(999_999_999_000)
+    {
+        eprintln!("SKIPPED: this filesystem does not store such an mtime");
+        return;
+    }
+    t.write_config(
+        &s.base_url(),
+        &credential("main", &output(out.to_str().unwrap(), "raw")),
+    );
+    let mut d = daemon_with(&t, "voipbin_tokend=debug", &[]);
+    d.wait_log("reusing the token found on disk", 1, WAIT);
+    let expires = wait_expiry(&t, "main", &d);
+    assert!(
+        expires < OffsetDateTime::now_utc() + time::Duration::hours(2),
+        "{expires}"
+    );
+    assert_eq!(s.login_requests(), 0, "{}", d.log());
+    assert_no_panic(&d);
+    stop(&mut d, Signal::SIGTERM);
 }

@@ -212,7 +212,7 @@ fn read_token_file(out: &OutputConfig) -> Option<FoundToken> {
     let text = std::str::from_utf8(&bytes).ok()?;
     let (tok, claims) = token::find_in(text)?;
     let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
-    let mut obtained_at = OffsetDateTime::from(mtime);
+    let mut obtained_at = token::from_system_time(mtime);
     let mut from_json = false;
     let mut json_user = None;
     if out.format == Format::Json
