@@ -193,8 +193,9 @@ pub struct Credential {
     hooks: Vec<Option<Hook>>,
     /// The `once` command: a failure is not retried, so no retry is announced.
     one_shot: bool,
-    /// When the last renewal succeeded (monotonic): a renew-now request
-    /// within [`ANSWERED_BY_LAST_RENEWAL`] of it is answered by it.
+    /// When the last renewal succeeded (monotonic): renew-now requests
+    /// within [`ANSWERED_BY_LAST_RENEWAL`] of it share one renewal, held
+    /// until that second is over.
     last_renewed: Option<std::time::Instant>,
     /// Access keys: a forced rotation (SIGUSR1) waits until then; set when
     /// one starts, cleared by a due rotation (so the first forced one after
@@ -202,8 +203,12 @@ pub struct Credential {
     forced_not_before: Option<OffsetDateTime>,
 }
 
-/// A renew-now request (SIGUSR1) that arrives within this long of a
-/// successful renewal is answered by it: no new login or rotation.
+/// Renew-now requests (SIGUSR1) are coalesced over this long after a
+/// successful renewal: a forced renewal starts no sooner than this after
+/// the last success, and every request made meanwhile shares it. A storm of
+/// requests spread over time thus costs at most one renewal a second (plus
+/// the one the first request starts), and each request still gets a
+/// renewal that started after it was made.
 pub const ANSWERED_BY_LAST_RENEWAL: Duration = Duration::from_secs(1);
 
 /// Access keys: the least time between two forced rotations (SIGUSR1).
@@ -245,11 +250,27 @@ impl Credential {
         }
     }
 
-    /// True if a renew-now request arriving now is answered by the
-    /// renewal that just succeeded (see [`ANSWERED_BY_LAST_RENEWAL`]).
-    pub fn answered_by_last_renewal(&self) -> bool {
+    /// True within [`ANSWERED_BY_LAST_RENEWAL`] of a successful renewal.
+    pub fn just_renewed(&self) -> bool {
         self.last_renewed
             .is_some_and(|t| t.elapsed() < ANSWERED_BY_LAST_RENEWAL)
+    }
+
+    /// When a forced (not yet due) renewal may start, if not now: a second
+    /// after the last success ([`ANSWERED_BY_LAST_RENEWAL`]) and, for an
+    /// access key, [`MIN_FORCED_ROTATION_INTERVAL`] after the last forced
+    /// rotation began (bounded, should the wall clock jump back).
+    fn forced_not_before(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let window = self
+            .last_renewed
+            .and_then(|t| ANSWERED_BY_LAST_RENEWAL.checked_sub(t.elapsed()))
+            .filter(|left| !left.is_zero())
+            .map(|left| schedule::after(now, left));
+        let interval = self
+            .forced_not_before
+            .filter(|at| *at > now)
+            .map(|at| at.min(schedule::after(now, MIN_FORCED_ROTATION_INTERVAL)));
+        window.max(interval)
     }
 
     fn is_access_key(&self) -> bool {
@@ -320,15 +341,13 @@ impl Credential {
         if let Some(at) = self.retry_at {
             return (step, at);
         }
-        // A forced rotation of an access key waits for the minimum interval
-        // since the last forced one (bounded, should the clock jump back).
+        // A forced renewal waits out the second after the last success and,
+        // for an access key, the least interval between forced rotations.
         if let Some(h) = &self.held
             && self.force_login
             && now < h.due_at
-            && let Some(not_before) = self.forced_not_before
-            && not_before > now
+            && let Some(at) = self.forced_not_before(now)
         {
-            let at = not_before.min(schedule::after(now, MIN_FORCED_ROTATION_INTERVAL));
             return if has_stale && usable {
                 (Step::WriteOutputs, now)
             } else {
@@ -695,7 +714,6 @@ pub async fn run(
         let (step, at) = cred.next_step(now);
         if at <= now {
             if step == Step::Renew {
-                let previous = cred.last_renewed;
                 let renewed = cred.renew(&cancel).await;
                 if cancel.is_cancelled() {
                     break;
@@ -709,16 +727,9 @@ pub async fn run(
                 for (cfg, api) in reloads {
                     cred.reconfigure(*cfg, api, crate::now());
                 }
-                // Requests queued during this renewal arrived after it
-                // started, so after the previous one succeeded: within a
-                // second of that, it answers them (a storm of SIGUSR1
-                // spread over time costs two renewals, not one each).
-                if requests > 0 && previous.is_some_and(|p| p.elapsed() < ANSWERED_BY_LAST_RENEWAL) {
-                    info!(
-                        requests,
-                        "renewal requested within a second of a successful renewal; that renewal answers it"
-                    );
-                } else if requests > 0 {
+                if requests > 0 {
+                    // Held until a second after this renewal, if it
+                    // succeeded: see `ANSWERED_BY_LAST_RENEWAL`.
                     info!(
                         requests,
                         "renewal requested during a renewal; one more follows for them all"
@@ -737,8 +748,14 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             command = commands.recv() => match command {
-                Some(Command::RenewNow) if cred.answered_by_last_renewal() => {
-                    info!("renewal requested within a second of a successful renewal; that renewal answers it");
+                Some(Command::RenewNow) if cred.just_renewed() => {
+                    if cred.force_login {
+                        debug!("renewal requested; one is already on its way");
+                    } else {
+                        info!("renewal requested within a second of a successful renewal; requests are coalesced into one renewal when that second is over");
+                    }
+                    cred.force_login();
+                    cred.source.on_renew_request();
                 }
                 Some(Command::RenewNow) => {
                     info!("renewal requested");
