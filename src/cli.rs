@@ -178,6 +178,11 @@ fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // As `check` does: a secret file this user may not read would leave a
+    // daemon that never becomes ready.
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fatal(format!("cannot start the runtime: {e}")),
@@ -197,6 +202,9 @@ fn once(path: &Path, force: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -228,6 +236,17 @@ fn once(path: &Path, force: bool) -> ExitCode {
         } else {
             ExitCode::FAILURE
         }
+    })
+}
+
+/// [`readable_inputs`], reported as a config error (78).
+fn refuse_unreadable_inputs(config: &crate::config::Config) -> Result<(), ExitCode> {
+    readable_inputs(config).map_err(|message| {
+        eprintln!(
+            "voipbin-tokend: invalid config: {}: {message}",
+            config.path.display()
+        );
+        ExitCode::from(EXIT_CONFIG)
     })
 }
 
@@ -288,12 +307,8 @@ fn check(path: &Path) -> ExitCode {
     // The files the daemon reads its secrets from must be readable by the
     // user running this (the unit's `User=`), or the daemon never becomes
     // ready: test by opening them, as this user.
-    if let Err(message) = readable_inputs(&config) {
-        eprintln!(
-            "voipbin-tokend: invalid config: {}: {message}",
-            config.path.display()
-        );
-        return ExitCode::from(EXIT_CONFIG);
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
     }
     println!("{}: valid", config.path.display());
     println!(

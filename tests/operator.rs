@@ -222,6 +222,33 @@ fn sigusr1_requests_within_a_second_of_a_renewal_share_one_renewal_after_it() {
 // ---------------------------------------------------------------------------
 // 16. Files the daemon's user cannot read; state files with loose modes.
 
+/// Runs `cmd -c config.toml` as nobody (uid 65534), if setpriv can drop
+/// to it here; bounded.
+fn as_nobody(t: &TestDir, cmd: &str) -> Option<std::process::ExitStatus> {
+    let usable = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !usable || !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, cmd, "-c"])
+        .arg(t.config_path())
+        .current_dir(t.dir.path())
+        .env("RUST_LOG", "voipbin_tokend=debug")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null());
+    let mut d = Daemon::spawn(c);
+    let (status, _) = d.wait_exit(WAIT);
+    assert!(
+        d.log().contains("not readable by this user"),
+        "{cmd}: {}",
+        d.log()
+    );
+    Some(status)
+}
+
 /// Runs `check` as nobody (uid 65534), if setpriv can drop to it here.
 fn check_as_nobody(t: &TestDir) -> Option<std::process::Output> {
     let usable = std::process::Command::new("setpriv")
@@ -272,6 +299,10 @@ fn check_refuses_a_bootstrap_key_file_or_password_file_its_user_cannot_read() {
         text.contains("credential[mcp].bootstrap-key-file") && text.contains("not readable by this user"),
         "{text}"
     );
+    // `run` and `once` refuse to start the same way.
+    for cmd in ["run", "once"] {
+        assert_eq!(as_nobody(&t, cmd).unwrap().code(), Some(78), "{cmd}");
+    }
     // Readable by that user: valid.
     chmod(&t.path("boot.key"), 0o644);
     let o = check_as_nobody(&t).unwrap();
