@@ -28,10 +28,6 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// status file (it writes one right after it starts).
 const STATUS_WAIT: Duration = Duration::from_secs(10);
 
-/// A renewal this little before the request answers it: the daemon may
-/// answer a request that follows a renewal closely with that renewal.
-const ANSWERED_WITHIN: time::Duration = time::Duration::seconds(2);
-
 fn fail(message: String) -> ExitCode {
     error!("{message}");
     eprintln!("voipbin-tokend: {message}");
@@ -136,7 +132,9 @@ pub fn once_via_daemon(config: &Config, holder: Option<u32>, force: bool) -> Exi
             Some(Ok(now_status)) => {
                 let now = crate::now();
                 let renewed = |c: &CredentialStatus| {
-                    c.is_fresh_at(now) && c.obtained_at.is_some_and(|t| t >= asked - ANSWERED_WITHIN)
+                    c.is_fresh_at(now) && // The daemon never drops a request: one that follows a
+                    // renewal closely is answered by one more, after it.
+                    c.obtained_at.is_some_and(|t| t > asked)
                 };
                 if now_status.iter().all(renewed) {
                     info!(pid, "the running daemon renewed every credential");

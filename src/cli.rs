@@ -179,6 +179,11 @@ fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // As `check` does: a secret file this user may not read would leave a
+    // daemon that never becomes ready.
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fatal(format!("cannot start the runtime: {e}")),
@@ -198,6 +203,9 @@ fn once(path: &Path, force: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -258,6 +266,54 @@ fn once(path: &Path, force: bool) -> ExitCode {
     })
 }
 
+/// [`readable_inputs`], reported as a config error (78).
+fn refuse_unreadable_inputs(config: &crate::config::Config) -> Result<(), ExitCode> {
+    readable_inputs(config).map_err(|message| {
+        eprintln!(
+            "voipbin-tokend: invalid config: {}: {message}",
+            config.path.display()
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Opens every `bootstrap-key-file` and `password-file` for reading, as
+/// the user running this; a file that exists but may not be read is an
+/// error naming its key (a missing one is reported by the daemon when it
+/// needs it, as it may appear later).
+fn readable_inputs(config: &crate::config::Config) -> Result<(), String> {
+    use crate::secret::PasswordSource;
+    for cred in &config.credentials {
+        let mut files = Vec::new();
+        if let Kind::AccessKey(k) = &cred.kind
+            && let Some(f) = &k.bootstrap_key_file
+        {
+            files.push(("bootstrap-key-file", f));
+        }
+        if let Some(PasswordSource::File(f)) = cred.login.as_ref().map(|l| &l.password) {
+            files.push(("password-file", f));
+        }
+        for (key, file) in files {
+            use std::os::unix::fs::OpenOptionsExt;
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(file);
+            if let Err(e) = opened
+                && e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Err(format!(
+                    "credential[{}].{key}: {} is not readable by this user (uid {}): {e}; give it to the user the daemon runs as (chown), mode 0600",
+                    cred.name,
+                    file.display(),
+                    nix::unistd::geteuid()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check(path: &Path) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
@@ -275,6 +331,12 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The files the daemon reads its secrets from must be readable by the
+    // user running this (the unit's `User=`), or the daemon never becomes
+    // ready: test by opening them, as this user.
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
     println!("{}: valid", config.path.display());
     println!(
         "api: POST {login_url}, timeout {}, {}",
@@ -474,7 +536,7 @@ fn inspect(file: &Path, json: bool) -> ExitCode {
     // file that is its modification time, for stdin it is unknown.
     let expires_at = claims
         .expires_at
-        .or_else(|| mtime.map(|m| Validity::new(claims, OffsetDateTime::from(m)).expires_at));
+        .or_else(|| mtime.map(|m| Validity::new(claims, token::from_system_time(m)).expires_at));
     let remaining = expires_at.map(|e| (e - now).whole_seconds());
     if json {
         let value = serde_json::json!({

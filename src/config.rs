@@ -1045,6 +1045,25 @@ fn check_paths(config: &Config) -> Result<(), ConfigError> {
                     ),
                 ));
             }
+            // Spelled inside it, or a symlink into it.
+            let in_state_dir = |p: &Path| {
+                crate::fsread::Location::of_input(p).is_under(&config.state_dir)
+                    || std::fs::canonicalize(p).is_ok_and(|real| {
+                        std::fs::canonicalize(&config.state_dir).is_ok_and(|dir| real.starts_with(dir))
+                    })
+            };
+            if let Some(pid) = &out.pid_file
+                && in_state_dir(pid)
+            {
+                return Err(invalid(
+                    format!("credential[{}].output[{j}].pid-file", cred.name),
+                    format!(
+                        "{} is inside the state directory {}, which is the daemon's own (its lock file holds the daemon's pid: it would signal itself)",
+                        pid.display(),
+                        config.state_dir.display()
+                    ),
+                ));
+            }
             if let Some((other, _)) = seen
                 .iter()
                 .find(|(_, loc)| here.collides_with(loc) || loc.collides_with(&here))

@@ -200,7 +200,26 @@ pub struct Credential {
     hooks: Vec<Option<Hook>>,
     /// The `once` command: a failure is not retried, so no retry is announced.
     one_shot: bool,
+    /// When the last renewal succeeded (monotonic): renew-now requests
+    /// within [`ANSWERED_BY_LAST_RENEWAL`] of it share one renewal, held
+    /// until that second is over.
+    last_renewed: Option<std::time::Instant>,
+    /// Access keys: a forced rotation (SIGUSR1) waits until then; set when
+    /// one starts, cleared by a due rotation (so the first forced one after
+    /// a start or a due rotation is not delayed).
+    forced_not_before: Option<OffsetDateTime>,
 }
+
+/// Renew-now requests (SIGUSR1) are coalesced over this long after a
+/// successful renewal: a forced renewal starts no sooner than this after
+/// the last success, and every request made meanwhile shares it. A storm of
+/// requests spread over time thus costs at most one renewal a second (plus
+/// the one the first request starts), and each request still gets a
+/// renewal that started after it was made.
+pub const ANSWERED_BY_LAST_RENEWAL: Duration = Duration::from_secs(1);
+
+/// Access keys: the least time between two forced rotations (SIGUSR1).
+pub const MIN_FORCED_ROTATION_INTERVAL: Duration = Duration::from_secs(3);
 
 impl Credential {
     /// A credential with no token yet. Must be called within the runtime
@@ -233,7 +252,36 @@ impl Credential {
             renewals_failed: 0,
             board,
             one_shot: false,
+            last_renewed: None,
+            forced_not_before: None,
         }
+    }
+
+    /// True within [`ANSWERED_BY_LAST_RENEWAL`] of a successful renewal.
+    pub fn just_renewed(&self) -> bool {
+        self.last_renewed
+            .is_some_and(|t| t.elapsed() < ANSWERED_BY_LAST_RENEWAL)
+    }
+
+    /// When a forced (not yet due) renewal may start, if not now: a second
+    /// after the last success ([`ANSWERED_BY_LAST_RENEWAL`]) and, for an
+    /// access key, [`MIN_FORCED_ROTATION_INTERVAL`] after the last forced
+    /// rotation began (bounded, should the wall clock jump back).
+    fn forced_not_before(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let window = self
+            .last_renewed
+            .and_then(|t| ANSWERED_BY_LAST_RENEWAL.checked_sub(t.elapsed()))
+            .filter(|left| !left.is_zero())
+            .map(|left| schedule::after(now, left));
+        let interval = self
+            .forced_not_before
+            .filter(|at| *at > now)
+            .map(|at| at.min(schedule::after(now, MIN_FORCED_ROTATION_INTERVAL)));
+        window.max(interval)
+    }
+
+    fn is_access_key(&self) -> bool {
+        matches!(self.cfg.kind, crate::config::Kind::AccessKey(_))
     }
 
     pub fn force_login(&mut self) {
@@ -299,6 +347,19 @@ impl Credential {
         };
         if let Some(at) = self.retry_at {
             return (step, at);
+        }
+        // A forced renewal waits out the second after the last success and,
+        // for an access key, the least interval between forced rotations.
+        if let Some(h) = &self.held
+            && self.force_login
+            && now < h.due_at
+            && let Some(at) = self.forced_not_before(now)
+        {
+            return if has_stale && usable {
+                (Step::WriteOutputs, now)
+            } else {
+                (Step::Renew, at)
+            };
         }
         match (&self.held, needs_login, has_stale) {
             (_, true, _) | (None, _, _) => (Step::Renew, now),
@@ -373,6 +434,11 @@ impl Credential {
     /// and takes it, or records the failure. True when there is a new
     /// secret to write.
     async fn renew(&mut self, cancel: &CancellationToken) -> bool {
+        if self.is_access_key() {
+            let now = crate::now();
+            let forced = self.held.as_ref().is_some_and(|h| now < h.due_at) && self.force_login;
+            self.forced_not_before = forced.then(|| schedule::after(now, MIN_FORCED_ROTATION_INTERVAL));
+        }
         let ctx = ctx!(self);
         let result = tokio::select! {
             biased;
@@ -389,6 +455,7 @@ impl Credential {
                 self.force_login = false;
                 self.stale = vec![true; self.cfg.outputs.len()];
                 self.renewals_ok += 1;
+                self.last_renewed = Some(std::time::Instant::now());
                 self.clear_failure();
                 true
             }
@@ -684,6 +751,8 @@ pub async fn run(
                     cred.reconfigure(*cfg, api, crate::now());
                 }
                 if requests > 0 {
+                    // Held until a second after this renewal, if it
+                    // succeeded: see `ANSWERED_BY_LAST_RENEWAL`.
                     info!(
                         requests,
                         "renewal requested during a renewal; one more follows for them all"
@@ -705,6 +774,15 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             command = commands.recv() => match command {
+                Some(Command::RenewNow) if cred.just_renewed() => {
+                    if cred.force_login {
+                        debug!("renewal requested; one is already on its way");
+                    } else {
+                        info!("renewal requested within a second of a successful renewal; requests are coalesced into one renewal when that second is over");
+                    }
+                    cred.force_login();
+                    cred.source.on_renew_request();
+                }
                 Some(Command::RenewNow) => {
                     info!("renewal requested");
                     cred.force_login();

@@ -331,6 +331,12 @@ fn send_signal(signal: Signal, pid_file: &std::path::Path) -> bool {
             return false;
         }
     };
+    // Never ourselves: a pid file holding our pid (our lock file, a stale
+    // file) would make each new secret ask for the next one, at full speed.
+    if u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
+        error!(pid, pid_file = %pid_file.display(), "pid file holds this daemon's own pid; not signalling ourselves");
+        return false;
+    }
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
         Ok(()) => {
             info!(pid, signal = %signal, "signalled");

@@ -83,14 +83,22 @@ impl std::fmt::Debug for CurrentKey {
 }
 
 impl CurrentKey {
-    /// The expiry in our clock.
+    /// The recorded skew, if believable: one beyond
+    /// [`crate::token::MAX_SKEW`] (an edited or corrupt state file) is
+    /// taken as zero.
+    pub fn skew(&self) -> time::Duration {
+        crate::token::believable_skew(time::Duration::seconds(self.server_skew_seconds))
+            .unwrap_or(time::Duration::ZERO)
+    }
+
+    /// The expiry in our clock (saturating: the state file may say 9999).
     pub fn expires_at(&self) -> OffsetDateTime {
-        self.tm_expire - time::Duration::seconds(self.server_skew_seconds)
+        self.tm_expire.saturating_sub(self.skew())
     }
 
     /// The creation time in our clock.
     pub fn created_at(&self) -> OffsetDateTime {
-        self.tm_create - time::Duration::seconds(self.server_skew_seconds)
+        self.tm_create.saturating_sub(self.skew())
     }
 }
 
@@ -351,6 +359,7 @@ pub fn load_with_inode(path: &Path) -> Result<Option<(KeyState, u64)>, StateErro
     if !meta.is_file() || meta.len() > MAX_STATE_BYTES {
         return Err(StateError::NotAFile(path.into()));
     }
+    tighten_mode(&file, &meta, path);
     let mut text = zeroize::Zeroizing::new(Vec::new());
     file.take(MAX_STATE_BYTES + 1)
         .read_to_end(&mut text)
@@ -378,6 +387,31 @@ pub fn load_with_inode(path: &Path) -> Result<Option<(KeyState, u64)>, StateErro
         });
     }
     Ok(Some((state, meta.ino())))
+}
+
+/// A state file holds secrets (keys) or what judges them: one that group or
+/// others may read or write (restored from a backup, copied by hand) is
+/// brought back to 0600, with a warning naming it. Through the open file,
+/// so a swapped path is not touched.
+pub fn tighten_mode(file: &std::fs::File, meta: &std::fs::Metadata, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:04o}"),
+            "a state file was readable or writable by others; its mode is now 0600"
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{mode:04o}"),
+            error = %e,
+            "a state file is readable or writable by others and its mode cannot be changed to 0600"
+        ),
+    }
 }
 
 /// Writes the state atomically (0600, fsynced, directory fsynced),

@@ -35,6 +35,8 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The recorded skew as is (any i64 of milliseconds is a valid
+    /// duration); callers bound it with [`crate::token::believable_skew`].
     pub fn server_skew(&self) -> time::Duration {
         time::Duration::milliseconds(self.server_skew_ms)
     }
@@ -55,9 +57,11 @@ pub fn read(state_dir: &Path, credential: &str) -> Option<TokenRecord> {
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
         .open(path(state_dir, credential))
         .ok()?;
-    if !file.metadata().ok()?.is_file() {
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
         return None;
     }
+    crate::keystate::tighten_mode(&file, &meta, &path(state_dir, credential));
     let mut text = String::new();
     file.take(MAX_RECORD_LEN).read_to_string(&mut text).ok()?;
     serde_json::from_str(&text).ok()

@@ -36,14 +36,27 @@ const BEFORE_EXPIRY: time::Duration = time::Duration::milliseconds(1);
 /// - never sooner than [`MIN_RENEW_DELAY`] after it was obtained (this
 ///   wins over the previous rule for a token with under a second of life).
 pub fn due_at(validity: &Validity, policy: &RenewalPolicy, sample: f64) -> OffsetDateTime {
-    let fraction = (policy.renew_at + policy.jitter * sample.clamp(-1.0, 1.0)).clamp(0.0, 0.99);
+    // Every step saturates: the times may come from a server or a file
+    // (year 1 or 9999), and nothing from outside may panic the daemon.
+    let sample = if sample.is_finite() {
+        sample.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let fraction = (policy.renew_at + policy.jitter * sample).clamp(0.0, 0.99);
+    let fraction = if fraction.is_finite() { fraction } else { 0.8 };
+    let part = |d: time::Duration| {
+        time::Duration::checked_seconds_f64(d.max(time::Duration::ZERO).as_seconds_f64() * fraction)
+            .unwrap_or(time::Duration::MAX)
+    };
     let obtained = validity.obtained_at;
     let expires = validity.expires_at;
-    let mut due = validity.issued_at + validity.lifetime().max(time::Duration::ZERO) * fraction;
+    let mut due = validity.issued_at.saturating_add(part(validity.lifetime()));
     if due <= obtained {
-        due = obtained + (expires - obtained).max(time::Duration::ZERO) * fraction;
+        due = obtained.saturating_add(part(expires - obtained));
     }
-    due.min(expires - BEFORE_EXPIRY).max(obtained + MIN_RENEW_DELAY)
+    due.min(expires.saturating_sub(BEFORE_EXPIRY))
+        .max(obtained.saturating_add(MIN_RENEW_DELAY))
 }
 
 /// Why the last attempt failed, as far as retry timing cares.
@@ -66,7 +79,11 @@ pub enum FailureKind {
 /// - rejected: at least `retry-max` (plus up to 10%);
 /// - rate limited: never sooner than `Retry-After`, nor than the transient delay.
 pub fn backoff(failures: u32, kind: FailureKind, policy: &RenewalPolicy, sample: f64) -> Duration {
-    let sample = sample.clamp(0.0, 1.0);
+    let sample = if sample.is_finite() {
+        sample.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
     let exponent = failures.saturating_sub(1).min(32);
     let base = policy
         .retry_min
@@ -119,7 +136,7 @@ pub fn sleep_for(now: OffsetDateTime, target: OffsetDateTime) -> Duration {
 
 /// Adds a std duration to a wall-clock time.
 pub fn after(t: OffsetDateTime, d: Duration) -> OffsetDateTime {
-    t + time::Duration::try_from(d).unwrap_or(time::Duration::days(365))
+    t.saturating_add(time::Duration::try_from(d).unwrap_or(time::Duration::days(365)))
 }
 
 #[cfg(test)]

@@ -28,6 +28,18 @@ pub const IMPLAUSIBLE_LIFETIME: time::Duration = time::Duration::days(70);
 /// noise left over after the server's skew was taken out).
 pub const IAT_SKEW_ALLOWANCE: time::Duration = time::Duration::seconds(60);
 
+/// A server clock offset (from its `Date` header, or recorded in a state
+/// file) larger than this is not believed: a server whose clock is off by
+/// more than a day, or a `Date` of 1970, is a bug, and trusting it would
+/// move every time it states by as much. Such a skew is ignored (taken as
+/// zero) with a warning.
+pub const MAX_SKEW: time::Duration = time::Duration::days(1);
+
+/// `skew` if it is believable (see [`MAX_SKEW`]), else `None`.
+pub fn believable_skew(skew: time::Duration) -> Option<time::Duration> {
+    (skew.abs() <= MAX_SKEW).then_some(skew)
+}
+
 /// A token larger than this is refused (a real one is well under 16 KiB).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -132,9 +144,13 @@ fn numeric_date(v: Option<serde_json::Value>) -> Result<Option<OffsetDateTime>, 
 
 /// Parses VoIPBIN's `expire`: RFC 3339 (the current `...000000Z` form is
 /// one), or the older `2006-01-02 15:04:05.000000` with no zone, meaning UTC.
+///
+/// The result is in UTC; a time whose UTC equivalent lies beyond the
+/// representable range (`9999-12-31T23:59:59-05:00`) saturates at its end
+/// (and is then judged implausible), never panics.
 pub fn parse_expire(s: &str) -> Option<OffsetDateTime> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Some(t);
+        return Some(utc(t));
     }
     let with_fraction = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]");
     let without = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
@@ -176,7 +192,9 @@ impl Validity {
     ///   [`IMPLAUSIBLE_LIFETIME`] before it; otherwise the lifetime starts
     ///   at `obtained_at`.
     pub fn new(claims: Claims, obtained_at: OffsetDateTime) -> Validity {
-        let default_expiry = obtained_at + DEFAULT_LIFETIME;
+        // Saturating: `obtained_at` may come from a file (year 9999), and
+        // nothing from outside may panic the daemon.
+        let default_expiry = obtained_at.saturating_add(DEFAULT_LIFETIME);
         let (expires_at, expiry_ignored) = match claims.expires_at {
             Some(e) if e - obtained_at > IMPLAUSIBLE_LIFETIME => (default_expiry, true),
             Some(e) => (e, false),
@@ -185,7 +203,7 @@ impl Validity {
         let (issued_at, iat_ignored) = match claims.issued_at {
             Some(iat)
                 if iat < expires_at
-                    && iat <= obtained_at + IAT_SKEW_ALLOWANCE
+                    && iat <= obtained_at.saturating_add(IAT_SKEW_ALLOWANCE)
                     && obtained_at - iat <= IMPLAUSIBLE_LIFETIME =>
             {
                 (iat, false)
@@ -279,12 +297,36 @@ fn token_in_run(run: &str) -> Option<(&str, Claims)> {
         })
 }
 
+/// The earliest and latest times representable, in UTC.
+pub const MIN_UTC: OffsetDateTime = PrimitiveDateTime::MIN.assume_utc();
+pub const MAX_UTC: OffsetDateTime = PrimitiveDateTime::MAX.assume_utc();
+
+/// `t` in UTC, saturating at the representable range (`to_offset` panics
+/// for `9999-12-31T23:59:59-05:00`).
+pub fn utc(t: OffsetDateTime) -> OffsetDateTime {
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .unwrap_or(if t.year() > 0 { MAX_UTC } else { MIN_UTC })
+}
+
+/// A `SystemTime` (a file's mtime: tmpfs takes year 33658) as a time,
+/// saturating at the representable range instead of panicking.
+pub fn from_system_time(t: std::time::SystemTime) -> OffsetDateTime {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_add(d))
+            .unwrap_or(MAX_UTC),
+        Err(e) => time::Duration::try_from(e.duration())
+            .ok()
+            .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_sub(d))
+            .unwrap_or(MIN_UTC),
+    }
+}
+
 /// Formats a time as RFC 3339 UTC, whole seconds (`2026-12-04T09:15:02Z`).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(t);
+    let t = utc(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

@@ -186,6 +186,9 @@ fn a_sigusr1_storm_costs_one_login_per_credential() {
     let before = s.login_requests();
     assert_eq!(before, 2);
 
+    // Past the second after the start logins (requests within it wait for
+    // its end and share one login).
+    std::thread::sleep(Duration::from_millis(1200));
     // Every login now takes 1 s; 200 SIGUSR1 within about a quarter second.
     s.set_default(Some(Fault::Delay(Duration::from_secs(1))));
     let storm = Instant::now();

@@ -105,11 +105,48 @@ pub enum BootstrapError {
     ListCutShort(String),
 }
 
-/// The skew to apply, from a `Date`-header estimate: small ones are noise.
+/// How far from the moment its answer arrived (in the server's clock) a
+/// new key's `tm_create` may lie: the request's duration and the `Date`
+/// header's one-second resolution. Beyond, it is not believed.
+const CREATE_SLACK: time::Duration = time::Duration::minutes(5);
+
+/// The skew to apply, from a `Date`-header estimate: small ones are noise;
+/// one beyond [`crate::token::MAX_SKEW`] is not believed (taken as zero;
+/// see [`implausible_skew`]).
 pub fn skew_seconds(server_skew: Option<time::Duration>) -> i64 {
     server_skew
         .filter(|s| s.abs() > SKEW_IGNORED)
+        .and_then(crate::token::believable_skew)
         .map_or(0, |s| s.whole_seconds())
+}
+
+/// True when the `Date`-header estimate is beyond belief (and ignored).
+pub fn implausible_skew(server_skew: Option<time::Duration>) -> bool {
+    server_skew.is_some_and(|s| crate::token::believable_skew(s).is_none())
+}
+
+/// Makes a new key's stated times believable, in the server's clock:
+/// a `tm_create` further than [`CREATE_SLACK`] from when the answer
+/// arrived is taken as that moment, and a life longer than `asked` (plus a
+/// minute) is cut to `asked`. Saturating throughout (a server may say
+/// 9999). Returns which of the two were not believed.
+pub fn plausible_key_times(
+    object: &mut KeyObject,
+    received_at: OffsetDateTime,
+    skew_seconds: i64,
+    asked: time::Duration,
+) -> (bool, bool) {
+    let received = received_at.saturating_add(time::Duration::seconds(skew_seconds));
+    let create_ignored = object.tm_create > received.saturating_add(CREATE_SLACK)
+        || object.tm_create < received.saturating_sub(CREATE_SLACK);
+    if create_ignored {
+        object.tm_create = received;
+    }
+    let expiry_cut = object.tm_expire - object.tm_create > asked + time::Duration::minutes(1);
+    if expiry_cut {
+        object.tm_expire = object.tm_create.saturating_add(asked);
+    }
+    (create_ignored, expiry_cut)
 }
 
 /// Looks up the bootstrap key by its prefix (the server keeps only a hash,
@@ -254,19 +291,39 @@ pub async fn rotate(
         key: unused.clone(),
         reason: Box::new(reason),
     };
-    let mut created = created;
-    // A server that claims a longer life than was asked for is not
-    // believed: the key is treated as living what was asked.
-    let asked = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650));
-    if created.object.tm_expire - created.object.tm_create > asked + time::Duration::minutes(1) {
+    if implausible_skew(created.server_skew) {
         warn!(
             key_id = %created.object.id,
-            tm_expire = %crate::token::rfc3339(created.object.tm_expire),
+            skew_seconds = created.server_skew.map_or(0, |s| s.whole_seconds()),
+            "the server's Date header is implausibly far from our clock (over a day); ignoring it and judging the key by our clock"
+        );
+    }
+    let mut created = created;
+    // A server that claims a creation time far from now, or a longer life
+    // than was asked for, is not believed: the key is treated as made now
+    // and living what was asked.
+    let asked = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650));
+    let stated = (created.object.tm_create, created.object.tm_expire);
+    let (create_ignored, expiry_cut) =
+        plausible_key_times(&mut created.object, created.received_at, skew, asked);
+    if create_ignored {
+        warn!(
+            key_id = %created.object.id,
+            tm_create = %crate::token::rfc3339(stated.0),
+            "the server answered a key creation time far from now; counting the key's life from when it was received"
+        );
+    }
+    if expiry_cut {
+        warn!(
+            key_id = %created.object.id,
+            tm_expire = %crate::token::rfc3339(stated.1),
             "the server answered a longer key life than was asked for; using the lifetime asked"
         );
-        created.object.tm_expire = created.object.tm_create + asked;
     }
-    let expires_here = created.object.tm_expire - time::Duration::seconds(skew);
+    let expires_here = created
+        .object
+        .tm_expire
+        .saturating_sub(time::Duration::seconds(skew));
     if expires_here <= now() {
         return Err(unusable(RotateError::Expired(crate::token::rfc3339(
             created.object.tm_expire,
@@ -791,23 +848,55 @@ impl KeySource {
     /// The current key of the state as a held secret. A bootstrap key is
     /// due at once: it was made by hand, may live long and lies in a file,
     /// so it is replaced by a key of this installation right away.
-    fn held_of(current: &CurrentKey, policy: &crate::config::RenewalPolicy) -> super::Held {
+    ///
+    /// The token plausibility rules apply (see [`Validity::new`]): the
+    /// state file may have been edited or restored, so `obtained_at` ahead
+    /// of `now` is taken as `now`, and a creation time after `obtained_at`
+    /// (beyond clock noise) or after the expiry is not believed: the life
+    /// is counted from `obtained_at`. (A skew beyond a day is ignored by
+    /// [`CurrentKey::skew`].)
+    ///
+    /// [`Validity::new`]: crate::token::Validity::new
+    fn held_of(
+        current: &CurrentKey,
+        policy: &crate::config::RenewalPolicy,
+        now: OffsetDateTime,
+    ) -> super::Held {
+        if current.server_skew_seconds != 0 && current.skew() == time::Duration::ZERO {
+            warn!(
+                key_id = %current.id,
+                skew_seconds = current.server_skew_seconds,
+                "the server clock skew recorded with the key is implausible (over a day); ignoring it"
+            );
+        }
+        let obtained_at = current.obtained_at.min(now);
+        let expires_at = current.expires_at();
+        let created = current.created_at();
+        let iat_ignored =
+            created > obtained_at.saturating_add(crate::token::IAT_SKEW_ALLOWANCE) || created >= expires_at;
         // A key's life is what the server said it is: tm_create..tm_expire.
         let validity = crate::token::Validity {
-            issued_at: current.created_at(),
-            expires_at: current.expires_at(),
-            obtained_at: current.obtained_at,
-            iat_ignored: false,
+            issued_at: if iat_ignored { obtained_at } else { created },
+            expires_at,
+            obtained_at,
+            iat_ignored,
             expiry_ignored: false,
         };
+        if iat_ignored {
+            warn!(
+                key_id = %current.id,
+                tm_create = %crate::token::rfc3339(current.tm_create),
+                "the key's creation time is after it was obtained or after its expiry; its life is counted from when it was obtained"
+            );
+        }
         let due_at = match current.origin {
-            Origin::Bootstrap => current.obtained_at,
+            Origin::Bootstrap => obtained_at,
             Origin::Created => crate::schedule::due_at(&validity, policy, super::jitter_sample()),
         };
         super::Held {
             token: current.key.clone(),
             validity,
-            obtained_at: current.obtained_at,
+            obtained_at,
             due_at,
             key_id: Some(current.id.clone()),
         }
@@ -847,7 +936,7 @@ impl KeySource {
         let state = self.state.as_ref().expect("loaded above");
         match &state.current {
             Some(current) if current.expires_at() > now => {
-                let held = Self::held_of(current, &ctx.cfg.renewal);
+                let held = Self::held_of(current, &ctx.cfg.renewal, now);
                 info!(
                     key_id = %current.id,
                     prefix = %prefix_of(current.key.expose()),
@@ -1017,7 +1106,7 @@ impl KeySource {
             .map_err(|e| super::Failure::transient(format!("key state: {e}")))?;
         self.dead = false;
         self.held_refused = false;
-        Ok(Some(Self::held_of(&adopted, &ctx.cfg.renewal)))
+        Ok(Some(Self::held_of(&adopted, &ctx.cfg.renewal, crate::now())))
     }
 
     /// Live keys of this installation for this credential, as far as known:
@@ -1288,7 +1377,7 @@ impl KeySource {
                     expires_at = %crate::token::rfc3339(current.expires_at()),
                     "new access key created and saved"
                 );
-                Ok(Self::held_of(current, &ctx.cfg.renewal))
+                Ok(Self::held_of(current, &ctx.cfg.renewal, crate::now()))
             }
             Err(RotateError::Api(KeyError::Unauthorized { request_id })) => {
                 if self.bootstrap_mode() {

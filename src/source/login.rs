@@ -43,10 +43,19 @@ impl LoginSource {
         .ok()?;
         let base_url = ctx.api.config.base_url.to_string();
         // The server's clock skew as last measured, if it is the same server.
-        let skew = record
+        // A recorded skew beyond [`token::MAX_SKEW`] (an edited or corrupt
+        // record) is ignored: it would move the token's times by as much.
+        let recorded = record
             .as_ref()
             .filter(|r| r.base_url == base_url)
             .map_or(time::Duration::ZERO, TokenRecord::server_skew);
+        let skew = token::believable_skew(recorded).unwrap_or_else(|| {
+            warn!(
+                path = %record::path(ctx.state_dir, &ctx.cfg.name).display(),
+                "the server clock skew recorded for this credential is implausible (over a day); ignoring it"
+            );
+            time::Duration::ZERO
+        });
         let mut candidates = Vec::new();
         for (path, tok, claims, obtained_at, from_json, json_user) in found {
             let this_token = record
@@ -62,6 +71,9 @@ impl LoginSource {
                 info!(path = %path.display(), reason, "token on disk not reused: {reason}");
                 continue;
             }
+            // A file cannot have been written in the future: an mtime or a
+            // JSON `obtained_at` ahead of now is taken as now.
+            let obtained_at = obtained_at.min(now);
             let validity = Validity::new(server_to_ours(claims, skew), obtained_at);
             if !validity.is_expired(now) {
                 candidates.push((tok, validity, from_json));
@@ -133,10 +145,20 @@ impl LoginSource {
         })?;
         drop(password);
 
-        let skew = answer
+        let measured = answer
             .server_skew
             .filter(|s| s.abs() > SKEW_IGNORED)
             .unwrap_or(time::Duration::ZERO);
+        let skew = match token::believable_skew(measured) {
+            Some(skew) => skew,
+            None => {
+                warn!(
+                    skew_seconds = measured.whole_seconds(),
+                    "the server's Date header is implausibly far from our clock (over a day); ignoring it and judging the token by our clock"
+                );
+                time::Duration::ZERO
+            }
+        };
         if skew.abs() > SKEW_WARN && !self.skew_warned {
             warn!(
                 skew_seconds = skew.whole_seconds(),
@@ -155,7 +177,7 @@ impl LoginSource {
         let rec = TokenRecord {
             username: login.username.clone(),
             base_url: api.config.base_url.to_string(),
-            server_skew_ms: skew.whole_milliseconds() as i64,
+            server_skew_ms: i64::try_from(skew.whole_milliseconds()).unwrap_or(0),
             claimed_expiry: answer.claims.expires_at,
             obtained_at: answer.received_at,
         };
@@ -190,7 +212,7 @@ fn read_token_file(out: &OutputConfig) -> Option<FoundToken> {
     let text = std::str::from_utf8(&bytes).ok()?;
     let (tok, claims) = token::find_in(text)?;
     let mtime = std::fs::metadata(&out.path).ok()?.modified().ok()?;
-    let mut obtained_at = OffsetDateTime::from(mtime);
+    let mut obtained_at = token::from_system_time(mtime);
     let mut from_json = false;
     let mut json_user = None;
     if out.format == Format::Json
@@ -247,8 +269,10 @@ impl Identity<'_> {
 
 /// Moves the claims' times from the server's clock into ours.
 fn server_to_ours(mut claims: token::Claims, skew: time::Duration) -> token::Claims {
-    claims.expires_at = claims.expires_at.map(|t| t - skew);
-    claims.issued_at = claims.issued_at.map(|t| t - skew);
+    // Saturating: a claim in year 9999 (or 1) must not panic; such a time
+    // is then judged implausible by [`Validity::new`].
+    claims.expires_at = claims.expires_at.map(|t| t.saturating_sub(skew));
+    claims.issued_at = claims.issued_at.map(|t| t.saturating_sub(skew));
     claims
 }
 

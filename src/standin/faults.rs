@@ -78,6 +78,16 @@ pub enum Fault {
     /// with a `tm_expire` an hour in the past (a server that lies in its
     /// answer, not in its database).
     ExpiredAnswer,
+    /// Key calls only (`POST /v1.0/accesskeys`): create the key normally,
+    /// but answer with these `tm_create` and `tm_expire` strings instead of
+    /// the real ones (a server that lies about a key's times; the stored
+    /// key keeps its real times). Ignored by logins.
+    KeyTimes {
+        /// The `tm_create` to answer, e.g. `9999-12-31T23:59:59.000000Z`.
+        tm_create: String,
+        /// The `tm_expire` to answer.
+        tm_expire: String,
+    },
 }
 
 impl Fault {
@@ -132,5 +142,6 @@ pub(super) fn fault_name(fault: &Fault) -> &'static str {
         Fault::KeyAnswerName(_) => "key-answer-name",
         Fault::KeyAnswerWrongToken => "key-answer-wrong-token",
         Fault::ExpiredAnswer => "expired-answer",
+        Fault::KeyTimes { .. } => "key-times",
     }
 }

@@ -320,6 +320,7 @@ pub(super) async fn route(
     let mut drop_after = false;
     let mut create_expired = false;
     let mut lie = AnswerLie::default();
+    let mut times = None;
     match fault {
         Some(Fault::Status {
             status,
@@ -333,6 +334,7 @@ pub(super) async fn route(
         Some(Fault::KeyAnswerName(name)) => lie.name = Some(name),
         Some(Fault::KeyAnswerWrongToken) => lie.wrong_token = true,
         Some(Fault::ExpiredAnswer) => lie.expired = true,
+        Some(Fault::KeyTimes { tm_create, tm_expire }) => times = Some((tm_create, tm_expire)),
         _ => {}
     }
 
@@ -371,7 +373,10 @@ pub(super) async fn route(
     let answer = match (method, rest) {
         (Method::GET, "" | "/") => list(inner, &req, request_id),
         (Method::POST, "" | "/") => {
-            let answer = create(inner, req, request_id, create_expired, lie).await;
+            let mut answer = create(inner, req, request_id, create_expired, lie).await;
+            if let Some((tm_create, tm_expire)) = times {
+                answer = with_times(answer, &tm_create, &tm_expire);
+            }
             let delay = inner.keys().create_answer_delay;
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
@@ -460,6 +465,23 @@ async fn create(
         info.tm_expire = SystemTime::now() - Duration::from_secs(3600);
     }
     let v = key_json(&info, info.tm_create, &inner.customer_id, Some(&secret));
+    json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// A 200 creation answer with its `tm_create`/`tm_expire` replaced
+/// ([`Fault::KeyTimes`]); any other answer as it is.
+fn with_times(answer: Response<Payload>, tm_create: &str, tm_expire: &str) -> Response<Payload> {
+    if answer.status() != StatusCode::OK {
+        return answer;
+    }
+    let Payload::Full(Some(bytes)) = answer.into_body() else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
+    };
+    v["tm_create"] = tm_create.into();
+    v["tm_expire"] = tm_expire.into();
     json(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
 }
 
@@ -724,5 +746,13 @@ impl StandIn {
     /// it never saw (an orphan). `None`: answer at once again.
     pub fn set_create_answer_delay(&self, delay: Option<Duration>) {
         self.inner.keys().create_answer_delay = delay;
+    }
+
+    /// Every answer (logins and key calls) from now on carries a `Date`
+    /// header this many seconds off real time (`None`: the real time). A
+    /// fault that sets its own `Date` ([`Fault::ServerDateSkew`]) wins.
+    /// Only the header lies: keys, tokens and their times are real.
+    pub fn set_date_offset(&self, seconds: Option<i64>) {
+        self.inner.state().date_offset = seconds;
     }
 }

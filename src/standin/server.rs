@@ -27,6 +27,9 @@ pub(super) struct State {
     pub(super) default_fault: Option<Fault>,
     pub(super) records: VecDeque<LoginRecord>,
     pub(super) issued: VecDeque<String>,
+    /// Seconds added to real time in every answer's `Date` header that
+    /// does not set its own (see [`StandIn::set_date_offset`]).
+    pub(super) date_offset: Option<i64>,
 }
 
 pub(super) struct User {
@@ -112,6 +115,7 @@ impl Inner {
                 default_fault: None,
                 records: VecDeque::new(),
                 issued: VecDeque::new(),
+                date_offset: None,
             }),
         }
     }
@@ -358,7 +362,21 @@ pub(super) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
         auth,
         key_in_query,
     });
+    let date_offset = inner.state().date_offset;
     answer.map(|mut response| {
+        if let Some(seconds) = date_offset
+            && !response.headers().contains_key(header::DATE)
+        {
+            let now = SystemTime::now();
+            let offset = Duration::from_secs(seconds.unsigned_abs());
+            let clock = if seconds >= 0 {
+                now.checked_add(offset)
+            } else {
+                now.checked_sub(offset)
+            }
+            .unwrap_or(now);
+            set(&mut response, header::DATE, &format_http_date(clock));
+        }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response
                 .headers_mut()
@@ -510,11 +528,12 @@ pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut 
         }
         Fault::Close => return Err(DropConnection),
         Fault::Claims(extra) => answer_login_with(inner, name, password.as_deref(), now, Some(&extra)),
-        Fault::KeyAnswerId(_) | Fault::KeyAnswerName(_) | Fault::KeyAnswerWrongToken => {
-            answer_login(inner, name, password.as_deref(), now)
-        }
-        // A key-creation fault: a login answers normally.
-        Fault::ExpiredAnswer => answer_login(inner, name, password.as_deref(), now),
+        // Key-call faults: a login answers normally.
+        Fault::KeyAnswerId(_)
+        | Fault::KeyAnswerName(_)
+        | Fault::KeyAnswerWrongToken
+        | Fault::ExpiredAnswer
+        | Fault::KeyTimes { .. } => answer_login(inner, name, password.as_deref(), now),
     };
     Ok(response)
 }
