@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::credential::CredentialStatus;
 
 /// How long `once` waits for the running daemon to answer its request.
-pub const WAIT: Duration = Duration::from_secs(60);
+use crate::state::ONCE_WAIT as WAIT;
 
 /// How long `once` waits for a daemon that holds the lock to write its
 /// status file (it writes one right after it starts).
@@ -47,7 +47,7 @@ fn alive(pid: u32) -> bool {
 /// The config's credentials as the daemon's status file shows them, if
 /// the file was written by `pid` and names them all.
 fn statuses(dir: &Path, pid: u32, names: &[String]) -> Option<Result<Vec<CredentialStatus>, String>> {
-    let file = crate::status::read(dir).ok().filter(|f| f.pid == pid)?;
+    let file = crate::state::status::read(dir).ok().filter(|f| f.pid == pid)?;
     let mut found = Vec::new();
     for name in names {
         match file.credentials.iter().find(|c| &c.name == name) {

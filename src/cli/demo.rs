@@ -75,10 +75,10 @@ pub fn standin(args: StandinArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let rt = match crate::cli::runtime() {
+    let rt = match super::runtime::start() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("voipbin-tokend: cannot start the runtime: {e}");
+            eprintln!("voipbin-tokend: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -132,10 +132,10 @@ pub fn main(args: DemoArgs) -> ExitCode {
             }
         },
     };
-    let rt = match crate::cli::runtime() {
+    let rt = match super::runtime::start() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("voipbin-tokend: cannot start the runtime: {e}");
+            eprintln!("voipbin-tokend: {e}");
             return ExitCode::FAILURE;
         }
     };

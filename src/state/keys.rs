@@ -74,7 +74,7 @@ impl std::fmt::Debug for CurrentKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CurrentKey")
             .field("id", &self.id)
-            .field("prefix", &crate::keyapi::prefix_of(self.key.expose()))
+            .field("prefix", &crate::api::keys::prefix_of(self.key.expose()))
             .field("tm_expire", &crate::token::rfc3339(self.tm_expire))
             .field("origin", &self.origin)
             .field("inherited", &self.inherited)
@@ -379,7 +379,7 @@ pub fn load_with_inode(path: &Path) -> Result<Option<(KeyState, u64)>, StateErro
         });
     }
     if let Some(c) = &state.current
-        && !crate::keyapi::is_key_shaped(c.key.expose())
+        && !crate::api::keys::is_key_shaped(c.key.expose())
     {
         return Err(StateError::Invalid {
             path: path.into(),

@@ -6,6 +6,14 @@
 //! (the server would prefer a stale `token` cookie over the header), follows
 //! no redirects, caps the response body, and bounds the whole request by
 //! `api.timeout`.
+//!
+//! - [`keys`]: the access-key client: create, list, look up, delete keys.
+//! - [`budget`]: [`Api`], the client with the login budget all credentials share.
+
+pub mod budget;
+pub mod keys;
+
+pub use budget::Api;
 
 use std::fmt;
 use std::time::Duration;

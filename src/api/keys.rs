@@ -17,7 +17,7 @@ use reqwest::Method;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::api::{ApiClient, BodyError, MAX_BODY, answer_meta, chain, read_capped, retry_after, rid};
+use super::{ApiClient, BodyError, MAX_BODY, answer_meta, chain, read_capped, retry_after, rid};
 use crate::schedule::FailureKind;
 use crate::secret::Secret;
 

@@ -61,7 +61,7 @@ pub fn read(state_dir: &Path, credential: &str) -> Option<TokenRecord> {
     if !meta.is_file() {
         return None;
     }
-    crate::keystate::tighten_mode(&file, &meta, &path(state_dir, credential));
+    super::keys::tighten_mode(&file, &meta, &path(state_dir, credential));
     let mut text = String::new();
     file.take(MAX_RECORD_LEN).read_to_string(&mut text).ok()?;
     serde_json::from_str(&text).ok()

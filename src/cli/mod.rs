@@ -1,0 +1,315 @@
+//! The command line: clap definitions, dispatch, exit codes, and `run` and
+//! `once`; the other commands live in the modules below.
+
+mod beside;
+mod check;
+mod demo;
+mod inspect;
+pub mod runtime;
+mod status;
+
+pub use runtime::runtime; // TEMP(merge)
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::api::Api;
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Kind};
+use crate::credential;
+use crate::logging::{self, LogFormat};
+use crate::state;
+
+/// Exit code for an invalid config (EX_CONFIG from sysexits.h); systemd
+/// units use it with RestartPreventExitStatus=.
+pub const EXIT_CONFIG: u8 = 78;
+
+const ABOUT: &str = "Keeps VoIPBIN API tokens fresh on disk.
+
+Logs in to the VoIPBIN API, reads the token's expiry, logs in again well \
+before it, and writes each fresh token atomically to files (raw, env, shell, \
+JSON or a template) that other programs read.";
+
+const EXAMPLES: &str = "Examples:
+  voipbin-tokend demo                          see it work against a local stand-in API
+  voipbin-tokend check -c /etc/voipbin-tokend/config.toml
+  voipbin-tokend run                           the daemon (systemd, sidecar)
+  voipbin-tokend once                          one pass for cron or ExecStartPre
+  voipbin-tokend inspect /run/voipbin/main.token
+
+Signals to `run`: SIGHUP reloads the config, SIGUSR1 renews every token now,
+SIGTERM/SIGINT stop cleanly.";
+
+#[derive(Debug, Parser)]
+#[command(name = "voipbin-tokend", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Log line format on stderr. RUST_LOG sets the level (default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(short, long, env = "VOIPBIN_TOKEND_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground: keep every output fresh until SIGTERM or SIGINT.
+    #[command(
+        after_help = "Example:\n  voipbin-tokend run -c /etc/voipbin-tokend/config.toml\n\n\
+        A token already on disk that is not yet due is reused: a restart does not log in.\n\
+        SIGHUP or an edit of the config reloads it; a config that fails to load is logged\n\
+        and ignored. SIGUSR1 renews every credential now."
+    )]
+    Run(ConfigArg),
+    /// Make every output hold a token that is not due for renewal, then exit (0 all fresh, 1 any failed).
+    #[command(
+        after_help = "Example (cron, ExecStartPre=, an init container):\n  voipbin-tokend once -c /etc/voipbin-tokend/config.toml\n\n\
+        Logs in only for credentials whose outputs lack a token that is not yet due; --force always logs in.\n\
+        Each credential gets one login attempt. Beside a running daemon with the same state directory,\n\
+        a config with access keys makes no key itself: it asks the daemon (SIGUSR1) and waits for it."
+    )]
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log in for every credential, even if its token is not due.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config and print what the daemon would do; touches nothing (0 valid, 78 invalid).
+    #[command(after_help = "Example:\n  voipbin-tokend check -c ./config.toml")]
+    Check(ConfigArg),
+    /// Show a token file's expiry and time left (raw, env, shell, json or template output; `-` for stdin). Never prints the token.
+    #[command(
+        after_help = "Examples:\n  voipbin-tokend inspect /run/voipbin/main.token\n  voipbin-tokend inspect --json /run/voipbin/main.env | jq .remaining_seconds"
+    )]
+    Inspect {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The file to read, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Show each credential's expiry, last and next renewal and last error, from the running daemon's status file.
+    #[command(
+        after_help = "Example:\n  voipbin-tokend status -c /etc/voipbin-tokend/config.toml\n\n\
+        Reads {state dir}/status.json, which the daemon keeps current. Exits 0 only if the daemon\n\
+        is running and every credential holds an unexpired token on disk."
+    )]
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Example:\n  voipbin-tokend completions bash > /etc/bash_completion.d/voipbin-tokend"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) generated from this command line definition.
+    #[command(after_help = "Example:\n  voipbin-tokend man > /usr/local/share/man/man1/voipbin-tokend.1")]
+    Man,
+    /// Run the daemon against a built-in local stand-in of the VoIPBIN API, writing into a temporary folder.
+    #[command(after_help = "Example:\n  cargo run --release -- demo\n\n\
+        Tokens live 20 seconds, so renewals show within a minute. Ctrl-C stops it.")]
+    Demo(demo::DemoArgs),
+    /// For packaging tests only (hidden): serve the stand-in API until SIGTERM/SIGINT.
+    #[command(hide = true)]
+    Standin(demo::StandinArgs),
+}
+
+/// Parses the command line, runs the command, maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match cli.command {
+        Command::Run(c) => run(&c.config),
+        Command::Once { config, force } => once(&config.config, force),
+        Command::Check(c) => check::check(&c.config),
+        Command::Inspect { json, file } => inspect::inspect(&file, json),
+        Command::Status { config, json } => match load(&config.config) {
+            Ok(c) => status::command(&c.state_dir, json),
+            Err(code) => code,
+        },
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "voipbin-tokend", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(e),
+            }
+        }
+        Command::Demo(args) => demo::main(args),
+        Command::Standin(args) => demo::standin(args),
+    }
+}
+
+pub(super) fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        report_config_error(&e);
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn report_config_error(e: &ConfigError) {
+    eprintln!("voipbin-tokend: invalid config: {e}");
+}
+
+fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("voipbin-tokend: {message}");
+    ExitCode::FAILURE
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // As `check` does: a secret file this user may not read would leave a
+    // daemon that never becomes ready.
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
+    let rt = match runtime::start() {
+        Ok(rt) => rt,
+        Err(e) => return fatal(e),
+    };
+    match rt.block_on(crate::daemon::run(config, std::future::pending())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e @ crate::daemon::DaemonError::Bind { .. }) => {
+            eprintln!("voipbin-tokend: invalid config: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => fatal(e),
+    }
+}
+
+fn once(path: &Path, force: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(code) = refuse_unreadable_inputs(&config) {
+        return code;
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    // The state directory's lock: a `once` never works on access keys
+    // behind a running daemon's back (see `beside`).
+    let locked = match state::lock_state_dir_as(&config.state_dir, state::ONCE_ROLE) {
+        // Another `once` pass: this one waits for it to end.
+        Err(state::Locked { .. }) if state::held_by_once(&config.state_dir) => {
+            state::wait_for_once(&config.state_dir, state::ONCE_ROLE)
+        }
+        other => other,
+    };
+    let lock = match locked {
+        Ok(lock) => lock,
+        Err(state::Locked { holder, .. }) => {
+            if config.credentials.iter().any(|c| c.key().is_some()) {
+                return beside::once_via_daemon(&config, holder, force);
+            }
+            tracing::info!(
+                pid = holder,
+                "a running daemon holds the state directory; login tokens are renewed beside it"
+            );
+            None
+        }
+    };
+    if lock.is_some() {
+        state::remove_state_temps(&config.state_dir);
+    }
+    let rt = match runtime::start() {
+        Ok(rt) => rt,
+        Err(e) => return fatal(e),
+    };
+    rt.block_on(async {
+        let api = match Api::new(&config.api) {
+            Ok(api) => api,
+            Err(e) => return fatal(e),
+        };
+        let mut set = tokio::task::JoinSet::new();
+        let state_dir = config.state_dir.clone();
+        for cred in config.credentials {
+            let api: Arc<Api> = api.clone();
+            let span = tracing::info_span!("credential", name = %cred.name);
+            set.spawn(tracing::Instrument::instrument(
+                credential::once(cred, api, state_dir.clone(), force),
+                span,
+            ));
+        }
+        let mut all_ok = true;
+        while let Some(result) = set.join_next().await {
+            all_ok &= result.unwrap_or(false);
+        }
+        if all_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// [`readable_inputs`], reported as a config error (78).
+pub(super) fn refuse_unreadable_inputs(config: &crate::config::Config) -> Result<(), ExitCode> {
+    readable_inputs(config).map_err(|message| {
+        eprintln!(
+            "voipbin-tokend: invalid config: {}: {message}",
+            config.path.display()
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Opens every `bootstrap-key-file` and `password-file` for reading, as
+/// the user running this; a file that exists but may not be read is an
+/// error naming its key (a missing one is reported by the daemon when it
+/// needs it, as it may appear later).
+fn readable_inputs(config: &crate::config::Config) -> Result<(), String> {
+    use crate::secret::PasswordSource;
+    for cred in &config.credentials {
+        let mut files = Vec::new();
+        if let Kind::AccessKey(k) = &cred.kind
+            && let Some(f) = &k.bootstrap_key_file
+        {
+            files.push(("bootstrap-key-file", f));
+        }
+        if let Some(PasswordSource::File(f)) = cred.login.as_ref().map(|l| &l.password) {
+            files.push(("password-file", f));
+        }
+        for (key, file) in files {
+            use std::os::unix::fs::OpenOptionsExt;
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(file);
+            if let Err(e) = opened
+                && e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Err(format!(
+                    "credential[{}].{key}: {} is not readable by this user (uid {}): {e}; give it to the user the daemon runs as (chown), mode 0600",
+                    cred.name,
+                    file.display(),
+                    nix::unistd::geteuid()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
