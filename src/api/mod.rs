@@ -8,12 +8,10 @@
 //! `api.timeout`.
 //!
 //! - [`keys`]: the access-key client: create, list, look up, delete keys.
-//! - [`budget`]: [`Api`], the client with the login budget all credentials share.
+//! - [`budget`]: [`budget::Api`], the client with the login budget all credentials share.
 
 pub mod budget;
 pub mod keys;
-
-pub use budget::Api;
 
 use std::fmt;
 use std::time::Duration;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use crate::config::Kind;
 
-use super::{EXIT_CONFIG, load, refuse_unreadable_inputs};
+use super::load::{EXIT_CONFIG, load, refuse_unreadable_inputs};
 
 pub(super) fn check(path: &Path) -> ExitCode {
     let config = match load(path) {

@@ -1,30 +1,24 @@
-//! The command line: clap definitions, dispatch, exit codes, and `run` and
-//! `once`; the other commands live in the modules below.
+//! The command line: clap definitions and dispatch; each command lives in
+//! the module named after it (`run` and `once` in [`run`]).
 
 mod beside;
 mod check;
 mod demo;
 mod inspect;
+mod load;
+mod run;
 pub mod runtime;
 mod status;
 
 pub use runtime::runtime; // TEMP(merge)
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::api::Api;
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, Kind};
-use crate::credential;
+use crate::config::DEFAULT_CONFIG_PATH;
 use crate::logging::{self, LogFormat};
-use crate::state;
-
-/// Exit code for an invalid config (EX_CONFIG from sysexits.h); systemd
-/// units use it with RestartPreventExitStatus=.
-pub const EXIT_CONFIG: u8 = 78;
 
 const ABOUT: &str = "Keeps VoIPBIN API tokens fresh on disk.
 
@@ -133,11 +127,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
-        Command::Run(c) => run(&c.config),
-        Command::Once { config, force } => once(&config.config, force),
+        Command::Run(c) => run::run(&c.config),
+        Command::Once { config, force } => run::once(&config.config, force),
         Command::Check(c) => check::check(&c.config),
         Command::Inspect { json, file } => inspect::inspect(&file, json),
-        Command::Status { config, json } => match load(&config.config) {
+        Command::Status { config, json } => match load::load(&config.config) {
             Ok(c) => status::command(&c.state_dir, json),
             Err(code) => code,
         },
@@ -150,166 +144,10 @@ pub fn main() -> ExitCode {
             let cmd = <Cli as clap::CommandFactory>::command();
             match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fatal(e),
+                Err(e) => load::fatal(e),
             }
         }
         Command::Demo(args) => demo::main(args),
         Command::Standin(args) => demo::standin(args),
     }
-}
-
-pub(super) fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        report_config_error(&e);
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-fn report_config_error(e: &ConfigError) {
-    eprintln!("voipbin-tokend: invalid config: {e}");
-}
-
-fn fatal(message: impl std::fmt::Display) -> ExitCode {
-    tracing::error!("{message}");
-    eprintln!("voipbin-tokend: {message}");
-    ExitCode::FAILURE
-}
-
-fn run(path: &Path) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    // As `check` does: a secret file this user may not read would leave a
-    // daemon that never becomes ready.
-    if let Err(code) = refuse_unreadable_inputs(&config) {
-        return code;
-    }
-    let rt = match runtime::start() {
-        Ok(rt) => rt,
-        Err(e) => return fatal(e),
-    };
-    match rt.block_on(crate::daemon::run(config, std::future::pending())) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e @ crate::daemon::DaemonError::Bind { .. }) => {
-            eprintln!("voipbin-tokend: invalid config: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-        Err(e) => fatal(e),
-    }
-}
-
-fn once(path: &Path, force: bool) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if let Err(code) = refuse_unreadable_inputs(&config) {
-        return code;
-    }
-    for w in &config.warnings {
-        tracing::warn!("{w}");
-    }
-    // The state directory's lock: a `once` never works on access keys
-    // behind a running daemon's back (see `beside`).
-    let locked = match state::lock_state_dir_as(&config.state_dir, state::ONCE_ROLE) {
-        // Another `once` pass: this one waits for it to end.
-        Err(state::Locked { .. }) if state::held_by_once(&config.state_dir) => {
-            state::wait_for_once(&config.state_dir, state::ONCE_ROLE)
-        }
-        other => other,
-    };
-    let lock = match locked {
-        Ok(lock) => lock,
-        Err(state::Locked { holder, .. }) => {
-            if config.credentials.iter().any(|c| c.key().is_some()) {
-                return beside::once_via_daemon(&config, holder, force);
-            }
-            tracing::info!(
-                pid = holder,
-                "a running daemon holds the state directory; login tokens are renewed beside it"
-            );
-            None
-        }
-    };
-    if lock.is_some() {
-        state::remove_state_temps(&config.state_dir);
-    }
-    let rt = match runtime::start() {
-        Ok(rt) => rt,
-        Err(e) => return fatal(e),
-    };
-    rt.block_on(async {
-        let api = match Api::new(&config.api) {
-            Ok(api) => api,
-            Err(e) => return fatal(e),
-        };
-        let mut set = tokio::task::JoinSet::new();
-        let state_dir = config.state_dir.clone();
-        for cred in config.credentials {
-            let api: Arc<Api> = api.clone();
-            let span = tracing::info_span!("credential", name = %cred.name);
-            set.spawn(tracing::Instrument::instrument(
-                credential::once(cred, api, state_dir.clone(), force),
-                span,
-            ));
-        }
-        let mut all_ok = true;
-        while let Some(result) = set.join_next().await {
-            all_ok &= result.unwrap_or(false);
-        }
-        if all_ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }
-    })
-}
-
-/// [`readable_inputs`], reported as a config error (78).
-pub(super) fn refuse_unreadable_inputs(config: &crate::config::Config) -> Result<(), ExitCode> {
-    readable_inputs(config).map_err(|message| {
-        eprintln!(
-            "voipbin-tokend: invalid config: {}: {message}",
-            config.path.display()
-        );
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-/// Opens every `bootstrap-key-file` and `password-file` for reading, as
-/// the user running this; a file that exists but may not be read is an
-/// error naming its key (a missing one is reported by the daemon when it
-/// needs it, as it may appear later).
-fn readable_inputs(config: &crate::config::Config) -> Result<(), String> {
-    use crate::secret::PasswordSource;
-    for cred in &config.credentials {
-        let mut files = Vec::new();
-        if let Kind::AccessKey(k) = &cred.kind
-            && let Some(f) = &k.bootstrap_key_file
-        {
-            files.push(("bootstrap-key-file", f));
-        }
-        if let Some(PasswordSource::File(f)) = cred.login.as_ref().map(|l| &l.password) {
-            files.push(("password-file", f));
-        }
-        for (key, file) in files {
-            use std::os::unix::fs::OpenOptionsExt;
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
-                .open(file);
-            if let Err(e) = opened
-                && e.kind() == std::io::ErrorKind::PermissionDenied
-            {
-                return Err(format!(
-                    "credential[{}].{key}: {} is not readable by this user (uid {}): {e}; give it to the user the daemon runs as (chown), mode 0600",
-                    cred.name,
-                    file.display(),
-                    nix::unistd::geteuid()
-                ));
-            }
-        }
-    }
-    Ok(())
 }

@@ -14,7 +14,7 @@ pub mod login;
 
 use time::OffsetDateTime;
 
-pub use crate::api::Api; // TEMP(merge)
+pub use crate::api::budget::Api; // TEMP(merge)
 use crate::config::{CredentialConfig, Kind};
 use crate::metrics::Metrics;
 use crate::schedule::FailureKind;
