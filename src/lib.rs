@@ -9,7 +9,7 @@
 //! From the top down; a module uses only those below it.
 //! - [`cli`]: command-line definitions and dispatch; the commands (`check`,
 //!   `inspect`, `status`, `demo`, `once` beside a running daemon) and the one
-//!   tokio runtime builder ([`cli::runtime`]).
+//!   tokio runtime builder ([`mod@cli::runtime`]).
 //! - `daemon`: one task per credential, reload reconciliation, shutdown.
 //! - `watch`: the config-file watcher (directory watch, debounced).
 //! - [`signals`]: SIGHUP / SIGUSR1 / SIGTERM / SIGINT into one event stream.

@@ -21,7 +21,7 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::credential::CredentialStatus;
 
-/// How long `once` waits for the running daemon to answer its request.
+// How long `once` waits for the running daemon to answer its request.
 use crate::state::ONCE_WAIT as WAIT;
 
 /// How long `once` waits for a daemon that holds the lock to write its

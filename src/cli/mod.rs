@@ -1,5 +1,5 @@
 //! The command line: clap definitions and dispatch; each command lives in
-//! the module named after it (`run` and `once` in [`run`]).
+//! the module named after it (`run` and `once` in `run`).
 
 mod beside;
 mod check;
