@@ -10,11 +10,14 @@
 //! - [`model`]: the validated types ([`Config`] and its parts, [`ConfigError`]);
 //! - [`raw`]: the file as written;
 //! - [`validate`]: raw -> model, one section at a time;
+//! - [`credential`]: the checks of one `[[credential]]` (kind, login or
+//!   bootstrap key, key times, renewal policy);
 //! - [`output`]: the checks of one `[[credential.output]]` (format, mode,
 //!   owner and group, hooks);
 //! - [`paths`]: the checks that look at the filesystem (outputs never on an
 //!   input or in the state directory, one file per bootstrap key).
 
+mod credential;
 mod model;
 mod output;
 mod paths;
@@ -28,8 +31,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 pub use model::{
-    AccessKeyConfig, ApiConfig, Config, ConfigError, CredentialConfig, HealthConfig, Kind, Login,
-    MIN_KEY_LIFETIME, OutputConfig, Owner, RenewalPolicy,
+    AccessKeyConfig, ApiConfig, Config, ConfigError, CredentialConfig, DEFAULT_BASE_URL, DEFAULT_CONFIG_PATH,
+    HealthConfig, Kind, Login, MIN_KEY_LIFETIME, OutputConfig, Owner, RenewalPolicy,
 };
 pub use paths::{same_input, same_key_source};
 pub use validate::read_ca_file;
@@ -38,11 +41,6 @@ pub use crate::output::Format; // TEMP(merge)
 
 use paths::{check_bootstrap_files, check_paths};
 use raw::RawConfig;
-
-/// Where the config is read from when `-c` and `$VOIPBIN_TOKEND_CONFIG` are absent.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/voipbin-tokend/config.toml";
-pub const DEFAULT_BASE_URL: &str = "https://api.voipbin.net";
-const DEFAULT_STATE_DIR: &str = "/var/lib/voipbin-tokend";
 
 impl Config {
     /// Reads and validates the config at `path`.

@@ -8,6 +8,12 @@ use std::time::Duration;
 use crate::output::Format;
 use crate::secret::PasswordSource;
 
+/// Where the config is read from when `-c` and `$VOIPBIN_TOKEND_CONFIG` are absent.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/voipbin-tokend/config.toml";
+pub const DEFAULT_BASE_URL: &str = "https://api.voipbin.net";
+/// Where access-key state lives when `[state] dir` and `$STATE_DIRECTORY` are absent.
+pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/voipbin-tokend";
+
 /// A config that failed to load. Every variant names the file; `Invalid`
 /// also names the key. None of them quotes a value from the file.
 #[derive(Debug, thiserror::Error)]

@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
+use super::model::{ConfigError, OutputConfig, Owner};
 use super::raw::RawOutput;
 use super::validate::Validator;
-use super::{ConfigError, OutputConfig, Owner};
 use crate::output::Format;
 
 /// The name of a key inside one output, like `credential[main].output[0].mode`.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Config, ConfigError, CredentialConfig, Kind};
+use super::model::{Config, ConfigError, CredentialConfig, Kind};
 use crate::secret::PasswordSource;
 
 /// The filesystem rules for outputs, checked at every load (`check`, start,
