@@ -25,7 +25,7 @@
 //! - [`source`]: per kind, how the next secret is obtained ([`source::key`]: access keys).
 //! - [`signals`]: SIGHUP / SIGUSR1 / SIGTERM / SIGINT into one event stream.
 //! - [`notify`]: systemd notifications (a no-op without `NOTIFY_SOCKET`).
-//! - [`rlimit`]: the open-file limit (raised for the daemon, given back to hooks); the one `unsafe` block.
+//! - `rlimit` (crate-private): the open-file limit (raised for the daemon, given back to hooks); the one `unsafe` block.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`status`]: the status file and the `status` command.
 //! - [`record`]: per-credential record of the last login (username, server, clock skew).
@@ -52,7 +52,7 @@ pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod record;
-pub mod rlimit;
+mod rlimit;
 pub mod schedule;
 pub mod secret;
 pub mod signals;

@@ -13,7 +13,7 @@ static STARTING_FD_LIMIT: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock:
 /// limit (1,024) is low enough for a crowd on the health port, or many
 /// outputs and hooks at once, to make a renewal fail with EMFILE; the hard
 /// limit is what the administrator actually allows.
-pub fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
@@ -30,7 +30,7 @@ pub fn raise_fd_limit() {
 /// The open-file limits a hook should run with: those the daemon started
 /// with (programs that use `select()` break above 1,024), or None if they
 /// were never changed.
-pub fn fd_limit_for_children() -> Option<(u64, u64)> {
+fn fd_limit_for_children() -> Option<(u64, u64)> {
     STARTING_FD_LIMIT
         .get()
         .copied()
@@ -39,7 +39,7 @@ pub fn fd_limit_for_children() -> Option<(u64, u64)> {
 
 /// Makes `command` start with the open-file limits the daemon started with
 /// ([`fd_limit_for_children`]); does nothing if they were never changed.
-pub fn restore_for_child(command: &mut tokio::process::Command) {
+pub(crate) fn restore_for_child(command: &mut tokio::process::Command) {
     if let Some((soft, hard)) = fd_limit_for_children() {
         // SAFETY: between fork and exec only setrlimit runs, a plain
         // system call that is async-signal-safe; nothing allocates or locks.
