@@ -2,19 +2,19 @@
 //!
 //! Parsing happens in two steps. serde reads the file into `Raw*` structs
 //! that mirror the TOML exactly (kebab-case keys, unknown keys refused);
-//! [`validate`] then turns them into the types the daemon uses, resolving
+//! `validate` then turns them into the types the daemon uses, resolving
 //! relative paths against the config file's directory, checking every value,
 //! and naming the key of anything wrong. `check`, `run`, `once` and a reload
 //! all go through [`Config::load`], so they agree on what is valid.
 //!
-//! - [`model`]: the validated types ([`Config`] and its parts, [`ConfigError`]);
-//! - [`raw`]: the file as written;
-//! - [`validate`]: raw -> model, one section at a time;
-//! - [`credential`]: the checks of one `[[credential]]` (kind, login or
+//! - `model`: the validated types ([`Config`] and its parts, [`ConfigError`]);
+//! - `raw`: the file as written;
+//! - `validate`: raw -> model, one section at a time;
+//! - `credential`: the checks of one `[[credential]]` (kind, login or
 //!   bootstrap key, key times, renewal policy);
-//! - [`output`]: the checks of one `[[credential.output]]` (format, mode,
+//! - `output`: the checks of one `[[credential.output]]` (format, mode,
 //!   owner and group, hooks);
-//! - [`paths`]: the checks that look at the filesystem (outputs never on an
+//! - `paths`: the checks that look at the filesystem (outputs never on an
 //!   input or in the state directory, one file per bootstrap key).
 
 mod credential;
