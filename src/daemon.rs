@@ -70,45 +70,13 @@ struct Daemon {
     cancel: CancellationToken,
 }
 
-/// The soft `RLIMIT_NOFILE` the process was started with, before
-/// [`raise_fd_limit`]; hooks get it back (see [`fd_limit_for_children`]).
-static STARTING_FD_LIMIT: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-
-/// Raises the soft limit on open files to the hard limit. The default soft
-/// limit (1,024) is low enough for a crowd on the health port, or many
-/// outputs and hooks at once, to make a renewal fail with EMFILE; the hard
-/// limit is what the administrator actually allows.
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    let _ = STARTING_FD_LIMIT.set((soft, hard));
-    if soft < hard {
-        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => debug!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
-        }
-    }
-}
-
-/// The open-file limits a hook should run with: those the daemon started
-/// with (programs that use `select()` break above 1,024), or None if they
-/// were never changed.
-pub fn fd_limit_for_children() -> Option<(u64, u64)> {
-    STARTING_FD_LIMIT
-        .get()
-        .copied()
-        .filter(|(soft, hard)| soft < hard)
-}
-
 /// Runs the daemon until SIGTERM/SIGINT or `shutdown` resolves: signals
 /// and the config watcher are installed here.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<StatusBoard>, DaemonError> {
-    raise_fd_limit();
+    crate::rlimit::raise_fd_limit();
     let lock = match lock_state_dir(&config.state_dir) {
         Err(Locked { .. }) if held_by_once(&config.state_dir) => wait_for_once(&config.state_dir, "")?,
         locked => locked?,

@@ -243,18 +243,7 @@ async fn run_command(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some((soft, hard)) = crate::daemon::fd_limit_for_children() {
-        // SAFETY: between fork and exec only setrlimit runs, a plain
-        // system call that is async-signal-safe; nothing allocates or locks.
-        unsafe {
-            command.pre_exec(move || {
-                // A hook with the daemon's higher limit still runs.
-                let _ =
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard);
-                Ok(())
-            });
-        }
-    }
+    crate::rlimit::restore_for_child(&mut command);
     let spawned = command.spawn();
     let mut child = match spawned {
         Ok(c) => c,

@@ -31,7 +31,10 @@
 //! - `fsread`: reading files safely (never blocking, bounded, regular files only) and resolving paths.
 //! - `metrics`: Prometheus metrics.
 //! - `logging`: tracing set-up (text or JSON to stderr).
+//! - `rlimit`: the open-file limit (raised for the daemon, given back to hooks); the one `unsafe` block.
 //! - [`standin`]: a local stand-in of the VoIPBIN API for `demo`, tests and benchmarks.
+
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod cli;
@@ -45,6 +48,7 @@ pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
+mod rlimit;
 pub mod schedule;
 pub mod secret;
 pub mod signals;

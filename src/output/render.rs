@@ -8,7 +8,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::config::Format;
+use super::format::Format;
 use crate::secret::Secret;
 use crate::token::rfc3339;
 

@@ -1,0 +1,129 @@
+//! The config file: TOML in, a validated [`Config`] out.
+//!
+//! Parsing happens in two steps. serde reads the file into `Raw*` structs
+//! that mirror the TOML exactly (kebab-case keys, unknown keys refused);
+//! `validate` then turns them into the types the daemon uses, resolving
+//! relative paths against the config file's directory, checking every value,
+//! and naming the key of anything wrong. `check`, `run`, `once` and a reload
+//! all go through [`Config::load`], so they agree on what is valid.
+//!
+//! - `model`: the validated types ([`Config`] and its parts, [`ConfigError`]);
+//! - `raw`: the file as written;
+//! - `validate`: raw -> model, one section at a time;
+//! - `credential`: the checks of one `[[credential]]` (kind, login or
+//!   bootstrap key, key times, renewal policy);
+//! - `output`: the checks of one `[[credential.output]]` (format, mode,
+//!   owner and group, hooks);
+//! - `paths`: the checks that look at the filesystem (outputs never on an
+//!   input or in the state directory, one file per bootstrap key).
+
+mod credential;
+mod model;
+mod output;
+mod paths;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+pub use model::{
+    AccessKeyConfig, ApiConfig, Config, ConfigError, CredentialConfig, DEFAULT_BASE_URL, DEFAULT_CONFIG_PATH,
+    HealthConfig, Kind, Login, MIN_KEY_LIFETIME, OutputConfig, Owner, RenewalPolicy,
+};
+pub use paths::{same_input, same_key_source};
+pub use validate::read_ca_file;
+
+pub use crate::output::Format; // TEMP(merge)
+
+use paths::{check_bootstrap_files, check_paths};
+use raw::RawConfig;
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::from_file_text(&Config::read(path)?, path)
+    }
+
+    /// The config file's text.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        let io = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Never blocks on a FIFO, never reads a device or a huge file.
+        let bytes = crate::fsread::read_bounded(path, crate::fsread::MAX_CONFIG, "config file")
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not valid UTF-8",
+            ))
+        })
+    }
+
+    /// Validates text just read from the file at `path`, with the warnings
+    /// that depend on the file itself (its permissions).
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::parse(text, path)?;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o002 != 0
+        {
+            config.warnings.push(format!(
+                "config file {} is writable by every user; anyone could point it elsewhere",
+                path.display()
+            ));
+        }
+        check_paths(&config)?;
+        check_bootstrap_files(&config)?;
+        Ok(config)
+    }
+
+    /// Validates config text as if it were read from `path` (which is used
+    /// in messages and to resolve relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        validate::validate(raw, path)
+    }
+}
+
+/// A TOML error without the offending line's text, which could hold an
+/// inline password: only its position and the parser's message.
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (line, column)
+        }
+        None => (0, 0),
+    };
+    let mut message = e.message().trim_end().to_string();
+    if message == "duplicate key"
+        && let Some(key) = e.span().and_then(|span| text.get(span)).and_then(key_name)
+    {
+        message = format!("duplicate key `{key}`");
+    }
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// The key a parser error points at, if the span is one plain key: a key
+/// is never secret, but a span over anything else might be a value.
+fn key_name(span_text: &str) -> Option<&str> {
+    let key = span_text.trim().trim_matches(|c| c == '"' || c == '\'');
+    let plain = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plain.then_some(key)
+}
