@@ -144,6 +144,12 @@ deb_install_and_use() {
     /usr/share/zsh/vendor-completions/_voipbin-tokend \
     /usr/share/fish/vendor_completions.d/voipbin-tokend.fish \
     /usr/share/doc/voipbin-tokend/README.md \
+    /usr/share/doc/voipbin-tokend/ARCHITECTURE.md \
+    /usr/share/doc/voipbin-tokend/docs/configuration.md \
+    /usr/share/doc/voipbin-tokend/docs/access-keys.md \
+    /usr/share/doc/voipbin-tokend/docs/deployment.md \
+    /usr/share/doc/voipbin-tokend/docs/operations.md \
+    /usr/share/doc/voipbin-tokend/docs/performance.md \
     /usr/share/doc/voipbin-tokend/examples/config.toml \
     /usr/share/doc/voipbin-tokend/changelog.Debian.gz \
     /usr/share/doc/voipbin-tokend/copyright; do

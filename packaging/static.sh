@@ -2,7 +2,7 @@
 # Builds the static x86_64 Linux binary (musl libc, no dynamic loader, no
 # glibc version requirement). Installs the musl target and musl-gcc when
 # missing. Progress goes to stderr; the last line on stdout is the binary's
-# path. Why musl and not glibc +crt-static: see "Static binary" in README.md.
+# path. Why musl and not glibc +crt-static: see "Static binary" in docs/deployment.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . packaging/lib.sh
