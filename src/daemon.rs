@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::board::{CredentialStatus, StatusBoard};
 use crate::config::{Config, ConfigError, CredentialConfig};
-use crate::credential::{self, Api, Command, Credential, CredentialStatus, StatusBoard};
+use crate::credential::{self, Api, Command, Credential};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::signals::{self, Event};

@@ -18,6 +18,7 @@
 //! - [`schedule`]: pure policy: when renewal is due, how long to back off.
 //! - [`output`]: what a file holds ([`output::render`]) and how it is written ([`output::write`]).
 //! - [`credential`]: one credential's state machine: reuse, renew, write, retry.
+//! - [`board`]: the status types health, status and the daemon share ([`board::StatusBoard`]).
 //! - [`hooks`]: on-change commands and signals after a new token is written.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`daemon`]: one task per credential, reload reconciliation, shutdown.
@@ -34,6 +35,7 @@
 
 pub mod api;
 pub mod beside;
+pub mod board;
 pub mod cli;
 pub mod config;
 pub mod credential;
