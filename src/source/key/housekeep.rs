@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::board::{DeletionFailure, overdue_deletions};
 use crate::keyapi::{Deleted, KeyAuth, KeyClient, KeyError, KeyObject, prefix_of};
 use crate::keystate::{self, KeyState, LeftToExpire, Origin, PendingDeletion};
+use crate::schedule::FailureKind;
 use crate::source::{Ctx, Held, Housekept};
 
 use super::KeySource;
@@ -73,6 +74,17 @@ pub enum DeleteOutcome {
     /// prefix): nothing deleted, logged as an error. The caller drops the
     /// entry from the state.
     Refused,
+}
+
+impl DeleteOutcome {
+    /// The `result` label of the deletion metric.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            DeleteOutcome::Deleted => "success",
+            DeleteOutcome::AlreadyGone => "already_gone",
+            DeleteOutcome::Refused => "refused",
+        }
+    }
 }
 
 /// THE way a key is deleted (every DELETE goes through here). `p` is what
@@ -336,12 +348,7 @@ impl KeySource {
             };
             match delete_checked(&client, auth, state, &p).await {
                 Ok(outcome) => {
-                    let label = match outcome {
-                        DeleteOutcome::Deleted => "success",
-                        DeleteOutcome::AlreadyGone => "already_gone",
-                        DeleteOutcome::Refused => "refused",
-                    };
-                    ctx.metrics.key_deleted(&ctx.cfg.name, label);
+                    ctx.metrics.key_deleted(&ctx.cfg.name, outcome.metric_label());
                     if outcome == DeleteOutcome::Deleted {
                         info!(key_id = %u.id, prefix = %u.prefix, "deleted a key the server made that is not used");
                     }
@@ -431,11 +438,9 @@ impl KeySource {
         outcome.unwrap_or(Housekept::Failed)
     }
 
-    async fn housekeep_once(
-        &mut self,
-        ctx: &Ctx<'_>,
-        now: OffsetDateTime,
-    ) -> Result<Housekept, crate::schedule::FailureKind> {
+    /// One pass: the state re-read, then the held key looked up (agent
+    /// mode), orphans swept, due deletions made, expired keys forgotten.
+    async fn housekeep_once(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) -> Result<Housekept, FailureKind> {
         // A state written by another process is neither overwritten nor
         // forgotten; a current key the outputs may not hold is renewed first.
         if self.reread_state(ctx).await {
@@ -462,84 +467,123 @@ impl KeySource {
             KeyAuth::Bearer(&secret)
         };
         let client = KeyClient::new(&ctx.api.client);
-        let fail = |this: &mut KeySource, e: &KeyError| {
-            if matches!(e, KeyError::Unauthorized { .. }) {
-                if this.bootstrap_mode() {
-                    this.dead = true;
-                    this.held_refused = true;
-                } else {
-                    this.agent = None;
-                }
+        if let Some(early) = self.look_up_held(&client, auth, now).await? {
+            return Ok(early);
+        }
+        if let Some(early) = self.sweep_orphans(ctx, &client, auth, now).await? {
+            return Ok(early);
+        }
+        let result = self.delete_due(ctx, &client, auth, now).await;
+        self.forget_expired(ctx, now).await;
+        result
+    }
+
+    /// A key call failed: a 401 means the held key is dead (bootstrap
+    /// mode) or the agent's login token is stale (agent mode).
+    fn key_call_failed(&mut self, e: &KeyError) -> FailureKind {
+        if matches!(e, KeyError::Unauthorized { .. }) {
+            if self.bootstrap_mode() {
+                self.dead = true;
+                self.held_refused = true;
+            } else {
+                self.agent = None;
             }
-            e.kind()
+        }
+        e.kind()
+    }
+
+    /// Agent mode, when due: looks the held key up (deleted out of band?).
+    /// `Some(RenewNow)` when it is gone.
+    async fn look_up_held(
+        &mut self,
+        client: &KeyClient<'_>,
+        auth: KeyAuth<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Housekept>, FailureKind> {
+        let due = !self.bootstrap_mode() && self.next_lookup.is_none_or(|t| t <= now);
+        let id = self
+            .state
+            .as_ref()
+            .and_then(|s| s.current.as_ref())
+            .map(|c| c.id.clone());
+        let Some(id) = id.filter(|_| due) else {
+            return Ok(None);
         };
-
-        // Look the held key up (agent mode): deleted out of band?
-        if !self.bootstrap_mode() && self.next_lookup.is_none_or(|t| t <= now) {
-            let id = self
-                .state
-                .as_ref()
-                .and_then(|s| s.current.as_ref())
-                .map(|c| c.id.clone());
-            if let Some(id) = id {
-                match client.get(auth, &id).await {
-                    Ok(_) => self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every)),
-                    Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
-                        warn!(key_id = %id, "the held key was deleted out of band; making a new one now");
-                        self.dead = true;
-                        self.held_refused = true;
-                        self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every));
-                        return Ok(Housekept::RenewNow);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot look the held key up");
-                        return Err(fail(self, &e));
-                    }
-                }
+        match client.get(auth, &id).await {
+            Ok(_) => {
+                self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every));
+                Ok(None)
+            }
+            Err(KeyError::NotFound { .. } | KeyError::Gone { .. }) => {
+                warn!(key_id = %id, "the held key was deleted out of band; making a new one now");
+                self.dead = true;
+                self.held_refused = true;
+                self.next_lookup = Some(crate::schedule::after(now, self.cfg.lookup_every));
+                Ok(Some(Housekept::RenewNow))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot look the held key up");
+                Err(self.key_call_failed(&e))
             }
         }
+    }
 
-        if self.sweep_due {
-            let Some(state) = self.state.as_mut() else {
-                return Ok(Housekept::Done);
-            };
-            let before = state.creations.clone();
-            let swept = sweep(&client, auth, state, now).await;
-            if state.creations != before
-                && let Err(e) = self.save(ctx).await
-            {
-                warn!(error = %e, "cannot save the key state after a sweep");
+    /// When a sweep is due: deletes this installation's orphans and saves
+    /// the nonces it settled. `Some(Done)` when there is no state.
+    async fn sweep_orphans(
+        &mut self,
+        ctx: &Ctx<'_>,
+        client: &KeyClient<'_>,
+        auth: KeyAuth<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Housekept>, FailureKind> {
+        if !self.sweep_due {
+            return Ok(None);
+        }
+        let Some(state) = self.state.as_mut() else {
+            return Ok(Some(Housekept::Done));
+        };
+        let before = state.creations.clone();
+        let swept = sweep(client, auth, state, now).await;
+        if state.creations != before
+            && let Err(e) = self.save(ctx).await
+        {
+            warn!(error = %e, "cannot save the key state after a sweep");
+        }
+        match swept {
+            Ok(n) => {
+                for _ in 0..n {
+                    ctx.metrics.key_deleted(&ctx.cfg.name, "success");
+                }
+                self.sweep_due = false;
+                self.maybe_orphans = 0;
+                Ok(None)
             }
-            match swept {
-                Ok(n) => {
-                    for _ in 0..n {
-                        ctx.metrics.key_deleted(&ctx.cfg.name, "success");
-                    }
-                    self.sweep_due = false;
-                    self.maybe_orphans = 0;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot sweep for orphaned keys; will retry");
-                    return Err(fail(self, &e));
-                }
+            Err(e) => {
+                warn!(error = %e, "cannot sweep for orphaned keys; will retry");
+                Err(self.key_call_failed(&e))
             }
         }
+    }
 
+    /// Deletes the pending deletions whose grace is over, saving the state
+    /// after each; stops at the first failure (retried with backoff).
+    async fn delete_due(
+        &mut self,
+        ctx: &Ctx<'_>,
+        client: &KeyClient<'_>,
+        auth: KeyAuth<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Housekept, FailureKind> {
         let due = due_deletions(self.state.as_ref().expect("loaded"), now);
-        let mut result = Ok(Housekept::Done);
         for p in due {
             let checked = match self.state.as_ref() {
-                Some(state) => delete_checked(&client, auth, state, &p).await,
+                Some(state) => delete_checked(client, auth, state, &p).await,
                 None => break,
             };
             match checked {
                 Ok(outcome) => {
-                    let label = match outcome {
-                        DeleteOutcome::Deleted => "success",
-                        DeleteOutcome::AlreadyGone => "already_gone",
-                        DeleteOutcome::Refused => "refused",
-                    };
-                    ctx.metrics.key_deleted(&ctx.cfg.name, label);
+                    ctx.metrics.key_deleted(&ctx.cfg.name, outcome.metric_label());
                     self.deletion_failures.retain(|f| f.id != p.id);
                     let state = self.state.as_mut().expect("loaded");
                     state.pending_deletions.retain(|q| q.id != p.id);
@@ -550,12 +594,15 @@ impl KeySource {
                 Err(e) => {
                     ctx.metrics.key_deleted(&ctx.cfg.name, "failure");
                     self.deletion_failed(&p.id, &e);
-                    result = Err(fail(self, &e));
-                    break;
+                    return Err(self.key_call_failed(&e));
                 }
             }
         }
-        // Keys left to expire are forgotten once expired.
+        Ok(Housekept::Done)
+    }
+
+    /// Keys left to expire are forgotten once expired.
+    async fn forget_expired(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) {
         if let Some(state) = self.state.as_mut() {
             let before = state.left_to_expire.len();
             state.left_to_expire.retain(|l| l.tm_expire > now);
@@ -565,7 +612,6 @@ impl KeySource {
                 warn!(error = %e, "cannot save the key state");
             }
         }
-        result
     }
 
     /// Records a failed deletion of `id` for `status` and the metric.
