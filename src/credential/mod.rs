@@ -1,7 +1,8 @@
 //! One credential: the secret it holds, its outputs, its retry state.
 //!
-//! [`Credential`] is the state machine; [`run`] is the task that drives it
-//! in the daemon and [`once`] the one-shot pass of the `once` command. The
+//! [`Credential`] is the state machine; [`task::run`] is the task that
+//! drives it in the daemon and [`task::once`] the one-shot pass of the
+//! `once` command; `outputs` writes the files and starts their hooks. The
 //! decisions (when to act, how long to back off) come from
 //! [`crate::schedule`]; how the next secret is obtained comes from the
 //! credential's [`Source`] (a login, or a new access key); this module does
@@ -47,10 +48,10 @@ macro_rules! ctx {
 }
 
 mod outputs;
-mod task;
+pub mod task;
 
-use outputs::start_hooks;
-pub use task::{Command, once, run};
+use outputs::{log_written, start_hooks, write_stale};
+pub use task::{Command, once, run}; // TEMP(merge)
 
 /// What a credential should do next, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +371,30 @@ impl Credential {
             self.force_login();
         }
         self.publish(crate::now());
+    }
+
+    /// Writes the held token to every stale output. A failed output stays
+    /// stale and is retried with backoff; the others are written anyway.
+    async fn write_outputs(&mut self, renewed: bool) {
+        self.write_now = false;
+        let Some(held) = self.held.clone() else { return };
+        let written = write_stale(&self.cfg, &held, &mut self.stale, &self.hooks, &self.metrics).await;
+        let now = crate::now();
+        log_written(&held, renewed, &written.files);
+        if written.errors.is_empty() {
+            if self.failed_step == Some(Step::WriteOutputs) {
+                self.clear_failure();
+            }
+            // Every output holds the held secret: a replaced key's grace starts.
+            self.source.published(&ctx!(self), now).await;
+            self.publish(now);
+        } else {
+            self.fail(
+                Step::WriteOutputs,
+                FailureKind::Transient,
+                written.errors.join("; "),
+            );
+        }
     }
     fn clear_failure(&mut self) {
         if self.failures > 0 {

@@ -1,5 +1,7 @@
-//! A credential's outputs: writing the held secret to every stale file,
-//! and the hook tasks that follow a write.
+//! A credential's outputs: the held secret written to every stale file,
+//! the hooks of each file written, and the log line that tells what was
+//! written. The state machine ([`super::Credential`]) decides when; this
+//! module knows nothing of it.
 
 use std::sync::Arc;
 
@@ -10,110 +12,116 @@ use crate::hooks::{Hook, HookSpec};
 use crate::metrics::Metrics;
 use crate::output::render::{TokenFacts, render};
 use crate::output::write::{FileSpec, WriteOutcome, write_atomic};
-use crate::schedule::FailureKind;
-use crate::source::Ctx;
+use crate::source::Held;
 use crate::token;
 
-use super::{Credential, Step};
+/// What [`write_stale`] did: the files written (those that already held
+/// the secret are not among them) and the errors of those that failed.
+pub(super) struct Written {
+    pub files: Vec<String>,
+    pub errors: Vec<String>,
+}
 
-impl Credential {
-    /// Writes the held token to every stale output. A failed output stays
-    /// stale and is retried with backoff; the others are written anyway.
-    pub(super) async fn write_outputs(&mut self, renewed: bool) {
-        self.write_now = false;
-        let Some(held) = self.held.clone() else { return };
-        let mut written = Vec::new();
-        let mut errors = Vec::new();
-        for (i, out) in self.cfg.outputs.iter().enumerate() {
-            if !self.stale[i] {
-                continue;
-            }
-            let content = render(
-                &out.format,
-                &TokenFacts {
-                    credential: &self.cfg.name,
-                    username: self.cfg.username(),
-                    token: &held.token,
-                    expires_at: held.validity.expires_at,
-                    obtained_at: held.obtained_at,
-                    key_id: held.key_id.as_deref(),
+/// Writes `held` to every output of `cfg` marked in `stale`, and fires the
+/// hook (`hooks`, in output order) of each file that changed. A failed
+/// output stays stale (to be retried with backoff); the others are written
+/// anyway.
+pub(super) async fn write_stale(
+    cfg: &CredentialConfig,
+    held: &Held,
+    stale: &mut [bool],
+    hooks: &[Option<Hook>],
+    metrics: &Metrics,
+) -> Written {
+    let mut written = Vec::new();
+    let mut errors = Vec::new();
+    for (i, out) in cfg.outputs.iter().enumerate() {
+        if !stale[i] {
+            continue;
+        }
+        let content = render(
+            &out.format,
+            &TokenFacts {
+                credential: &cfg.name,
+                username: cfg.username(),
+                token: &held.token,
+                expires_at: held.validity.expires_at,
+                obtained_at: held.obtained_at,
+                key_id: held.key_id.as_deref(),
+            },
+        );
+        let path = out.path.clone();
+        let (mode, uid, gid) = (
+            out.mode,
+            out.owner.as_ref().map(|o| o.id),
+            out.group.as_ref().map(|g| g.id),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            write_atomic(
+                &FileSpec {
+                    path: &path,
+                    mode,
+                    uid,
+                    gid,
                 },
-            );
-            let path = out.path.clone();
-            let (mode, uid, gid) = (
-                out.mode,
-                out.owner.as_ref().map(|o| o.id),
-                out.group.as_ref().map(|g| g.id),
-            );
-            let result = tokio::task::spawn_blocking(move || {
-                write_atomic(
-                    &FileSpec {
-                        path: &path,
-                        mode,
-                        uid,
-                        gid,
-                    },
-                    &content,
-                )
-            })
-            .await;
-            match result {
-                Ok(Ok(outcome)) => {
-                    self.stale[i] = false;
-                    if outcome == WriteOutcome::Written {
-                        written.push(out.path.display().to_string());
-                        if let Some(hook) = &self.hooks[i] {
-                            hook.fire(held.validity.expires_at, &held.token);
-                        }
+                &content,
+            )
+        })
+        .await;
+        match result {
+            Ok(Ok(outcome)) => {
+                stale[i] = false;
+                if outcome == WriteOutcome::Written {
+                    written.push(out.path.display().to_string());
+                    if let Some(hook) = &hooks[i] {
+                        hook.fire(held.validity.expires_at, &held.token);
                     }
                 }
-                Ok(Err(e)) => {
-                    self.metrics.write_failure(&self.cfg.name);
-                    errors.push(e.to_string());
-                }
-                Err(e) => {
-                    self.metrics.write_failure(&self.cfg.name);
-                    errors.push(format!("write of {} failed: {e}", out.path.display()));
-                }
+            }
+            Ok(Err(e)) => {
+                metrics.write_failure(&cfg.name);
+                errors.push(e.to_string());
+            }
+            Err(e) => {
+                metrics.write_failure(&cfg.name);
+                errors.push(format!("write of {} failed: {e}", out.path.display()));
             }
         }
-        let now = crate::now();
-        if renewed && written.is_empty() {
-            // Every write failed (reported below) or no file needed the
-            // secret: no empty `files=`.
-            info!(
-                expires_at = %token::rfc3339(held.validity.expires_at),
-                next_renewal = %token::rfc3339(held.due_at),
-                "{}; no file written",
-                if held.key_id.is_some() { "access key rotated" } else { "token renewed" }
-            );
-        } else if renewed && held.key_id.is_some() {
-            info!(
-                expires_at = %token::rfc3339(held.validity.expires_at),
-                next_rotation = %token::rfc3339(held.due_at),
-                files = %written.join(", "),
-                "access key rotated"
-            );
-        } else if renewed {
-            info!(
-                expires_at = %token::rfc3339(held.validity.expires_at),
-                next_renewal = %token::rfc3339(held.due_at),
-                files = %written.join(", "),
-                "token renewed"
-            );
-        } else if !written.is_empty() {
-            info!(files = %written.join(", "), "outputs updated");
-        }
-        if errors.is_empty() {
-            if self.failed_step == Some(Step::WriteOutputs) {
-                self.clear_failure();
-            }
-            // Every output holds the held secret: a replaced key's grace starts.
-            self.source.published(&ctx!(self), now).await;
-            self.publish(now);
-        } else {
-            self.fail(Step::WriteOutputs, FailureKind::Transient, errors.join("; "));
-        }
+    }
+    Written {
+        files: written,
+        errors,
+    }
+}
+
+/// The log line of a write: the renewal (or rotation) it follows, if any,
+/// and the files written.
+pub(super) fn log_written(held: &Held, renewed: bool, written: &[String]) {
+    if renewed && written.is_empty() {
+        // Every write failed (reported by the caller) or no file needed
+        // the secret: no empty `files=`.
+        info!(
+            expires_at = %token::rfc3339(held.validity.expires_at),
+            next_renewal = %token::rfc3339(held.due_at),
+            "{}; no file written",
+            if held.key_id.is_some() { "access key rotated" } else { "token renewed" }
+        );
+    } else if renewed && held.key_id.is_some() {
+        info!(
+            expires_at = %token::rfc3339(held.validity.expires_at),
+            next_rotation = %token::rfc3339(held.due_at),
+            files = %written.join(", "),
+            "access key rotated"
+        );
+    } else if renewed {
+        info!(
+            expires_at = %token::rfc3339(held.validity.expires_at),
+            next_renewal = %token::rfc3339(held.due_at),
+            files = %written.join(", "),
+            "token renewed"
+        );
+    } else if !written.is_empty() {
+        info!(files = %written.join(", "), "outputs updated");
     }
 }
 

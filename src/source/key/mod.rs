@@ -21,48 +21,57 @@
 //! (which is published as is at the next start). A kill between the answer
 //! and the save loses the secret, but the key is then an orphan: it
 //! carries this installation's name and a recorded nonce but is neither
-//! current nor pending. [`orphans`] finds those.
+//! current nor pending. The sweep (`housekeep.rs`) finds those.
 //!
-//! Every DELETE goes through [`delete_checked`]: it looks the key up first
-//! and deletes it only if it is this installation's (its name) or the
-//! recorded bootstrap key, and its prefix is the one recorded. Nothing
-//! else is ever deleted.
+//! Every DELETE goes through `delete_checked` (`housekeep.rs`): it looks
+//! the key up first and deletes it only if it is this installation's (its
+//! name) or the recorded bootstrap key, and its prefix is the one recorded.
+//! Nothing else is ever deleted.
+//!
+//! Here: [`KeySource`], its fields and the glue the rest shares (loading
+//! and saving the state, the held key as a [`crate::source::Held`], the
+//! agent's login). Beside it, each adding its part of `KeySource`:
+//! `restart.rs` (what to hold at start when the outputs hold another key
+//! than the state), `rotate.rs` (making the next key; `plausible.rs`:
+//! what of the server's answer is believed), `bootstrap.rs` (the key
+//! written by hand into `bootstrap-key-file`), `housekeep.rs` (deletions
+//! after the grace, the orphan sweep, the held key's lookup, a state file
+//! changed by another process).
 
 use std::path::Path;
 
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::warn;
 
+use crate::board::DeletionFailure;
 use crate::keyapi::prefix_of;
 use crate::keystate::{self, CurrentKey, KeyState, Origin, StateError};
 use crate::secret::Secret;
 
 mod bootstrap;
 mod housekeep;
+mod plausible;
 mod restart;
 mod rotate;
 #[cfg(test)]
 mod tests;
 
-pub use bootstrap::{BootstrapError, MAX_BOOTSTRAP_BYTES, adopt_bootstrap};
-pub use housekeep::{
-    DeleteOutcome, delete_checked, due_deletions, merge_reread, next_deletion, nonce_in, orphans,
-    start_grace, sweep,
-};
-use restart::{Restart, keys_in_outputs};
-pub use rotate::{
-    MAX_CREATIONS, RotateError, UnusedKey, implausible_skew, plausible_key_times, prune_creations, rotate,
-    skew_seconds, verify_created,
-};
+pub use plausible::{implausible_skew, plausible_key_times, skew_seconds};
 
 pub use crate::board::KeyStatus; // TEMP(merge)
-pub use crate::board::{DeletionFailure, OVERDUE_MARGIN, OverdueDeletion, overdue_deletions}; // TEMP(merge)
 
 /// No key is created while this installation already has this many live
 /// keys of a credential (current, awaiting deletion, left to expire, made
 /// but not used, possibly made by a lost answer): a loop that rotates too
 /// often stops here instead of filling the account.
 pub const MAX_LIVE_KEYS: usize = 5;
+
+/// A key the server made that will not be used (id and public prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusedKey {
+    pub id: String,
+    pub prefix: String,
+}
 
 /// An access-key credential's source: the key state, the agent's login
 /// token (agent mode), and what the housekeeping still has to do.
@@ -209,59 +218,6 @@ impl KeySource {
             obtained_at,
             due_at,
             key_id: Some(current.id.clone()),
-        }
-    }
-
-    /// At start: the current key of the state, if it is still live.
-    pub async fn adopt(
-        &mut self,
-        ctx: &super::Ctx<'_>,
-        now: OffsetDateTime,
-    ) -> Result<Option<super::Held>, super::Failure> {
-        self.ensure_state(ctx).await?;
-        // The outputs hold another key than the state (a state restored
-        // from a backup, a kill between saving and writing): one call says
-        // which of them to hold.
-        let state_key = self
-            .state
-            .as_ref()
-            .and_then(|s| s.current.clone())
-            .filter(|c| c.expires_at() > now);
-        if let Some(current) = state_key {
-            let outputs = ctx.cfg.outputs.clone();
-            let on_disk = tokio::task::spawn_blocking(move || keys_in_outputs(&outputs))
-                .await
-                .unwrap_or_default();
-            if let Some(other) = on_disk.into_iter().find(|k| *k != current.key) {
-                match self.check_against_outputs(ctx, &current, other, now).await {
-                    Restart::State => {}
-                    Restart::Output(adopted) => return self.adopt_output_key(ctx, current, adopted).await,
-                    Restart::Neither => {
-                        self.dead = self.bootstrap_mode();
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-        let state = self.state.as_ref().expect("loaded above");
-        match &state.current {
-            Some(current) if current.expires_at() > now => {
-                let held = Self::held_of(current, &ctx.cfg.renewal, now);
-                info!(
-                    key_id = %current.id,
-                    prefix = %prefix_of(current.key.expose()),
-                    expires_at = %crate::token::rfc3339(held.validity.expires_at),
-                    next_rotation = %crate::token::rfc3339(held.due_at),
-                    "reusing the key in the key state"
-                );
-                Ok(Some(held))
-            }
-            Some(current) => {
-                warn!(key_id = %current.id, "the key in the key state has expired; a new one is needed");
-                self.dead = true;
-                Ok(None)
-            }
-            None => Ok(None),
         }
     }
 

@@ -13,6 +13,55 @@ use crate::source::{Ctx, Failure, Held};
 use super::KeySource;
 
 impl KeySource {
+    /// At start: the current key of the state, if it is still live.
+    pub async fn adopt(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) -> Result<Option<Held>, Failure> {
+        self.ensure_state(ctx).await?;
+        // The outputs hold another key than the state (a state restored
+        // from a backup, a kill between saving and writing): one call says
+        // which of them to hold.
+        let state_key = self
+            .state
+            .as_ref()
+            .and_then(|s| s.current.clone())
+            .filter(|c| c.expires_at() > now);
+        if let Some(current) = state_key {
+            let outputs = ctx.cfg.outputs.clone();
+            let on_disk = tokio::task::spawn_blocking(move || keys_in_outputs(&outputs))
+                .await
+                .unwrap_or_default();
+            if let Some(other) = on_disk.into_iter().find(|k| *k != current.key) {
+                match self.check_against_outputs(ctx, &current, other, now).await {
+                    Restart::State => {}
+                    Restart::Output(adopted) => return self.adopt_output_key(ctx, current, adopted).await,
+                    Restart::Neither => {
+                        self.dead = self.bootstrap_mode();
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        let state = self.state.as_ref().expect("loaded above");
+        match &state.current {
+            Some(current) if current.expires_at() > now => {
+                let held = Self::held_of(current, &ctx.cfg.renewal, now);
+                info!(
+                    key_id = %current.id,
+                    prefix = %prefix_of(current.key.expose()),
+                    expires_at = %crate::token::rfc3339(held.validity.expires_at),
+                    next_rotation = %crate::token::rfc3339(held.due_at),
+                    "reusing the key in the key state"
+                );
+                Ok(Some(held))
+            }
+            Some(current) => {
+                warn!(key_id = %current.id, "the key in the key state has expired; a new one is needed");
+                self.dead = true;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// At start, the outputs hold `out_key`, not the state's key: one call
     /// (a list, authenticated with the state's key, or the agent's token)
     /// tells whether the state's key is alive and what the output's key is.

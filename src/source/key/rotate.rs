@@ -10,15 +10,14 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
-use crate::keyapi::{Created, KeyAuth, KeyClient, KeyError, KeyObject, prefix_of};
+use crate::keyapi::{Created, KeyAuth, KeyClient, KeyError, prefix_of};
 use crate::keystate::{self, CurrentKey, KeyState, LeftToExpire, Origin, PendingDeletion, StateError};
 use crate::secret::Secret;
 use crate::source::{Ctx, Failure, Held};
 
-use super::{KeySource, MAX_LIVE_KEYS, sweep};
-
-/// Server clock offsets below this are Date-header noise and ignored.
-const SKEW_IGNORED: time::Duration = time::Duration::seconds(5);
+use super::housekeep::sweep;
+use super::plausible::{implausible_skew, plausible_key_times, skew_seconds};
+use super::{KeySource, MAX_LIVE_KEYS, UnusedKey};
 
 /// What `rotate` may fail with.
 #[derive(Debug, thiserror::Error)]
@@ -50,57 +49,6 @@ pub enum RotateError {
         key: UnusedKey,
         reason: Box<RotateError>,
     },
-}
-
-/// A key the server made that will not be used (id and public prefix).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnusedKey {
-    pub id: String,
-    pub prefix: String,
-}
-
-/// How far from the moment its answer arrived (in the server's clock) a
-/// new key's `tm_create` may lie: the request's duration and the `Date`
-/// header's one-second resolution. Beyond, it is not believed.
-const CREATE_SLACK: time::Duration = time::Duration::minutes(5);
-
-/// The skew to apply, from a `Date`-header estimate: small ones are noise;
-/// one beyond [`crate::token::MAX_SKEW`] is not believed (taken as zero;
-/// see [`implausible_skew`]).
-pub fn skew_seconds(server_skew: Option<time::Duration>) -> i64 {
-    server_skew
-        .filter(|s| s.abs() > SKEW_IGNORED)
-        .and_then(crate::token::believable_skew)
-        .map_or(0, |s| s.whole_seconds())
-}
-
-/// True when the `Date`-header estimate is beyond belief (and ignored).
-pub fn implausible_skew(server_skew: Option<time::Duration>) -> bool {
-    server_skew.is_some_and(|s| crate::token::believable_skew(s).is_none())
-}
-
-/// Makes a new key's stated times believable, in the server's clock:
-/// a `tm_create` further than [`CREATE_SLACK`] from when the answer
-/// arrived is taken as that moment, and a life longer than `asked` (plus a
-/// minute) is cut to `asked`. Saturating throughout (a server may say
-/// 9999). Returns which of the two were not believed.
-pub fn plausible_key_times(
-    object: &mut KeyObject,
-    received_at: OffsetDateTime,
-    skew_seconds: i64,
-    asked: time::Duration,
-) -> (bool, bool) {
-    let received = received_at.saturating_add(time::Duration::seconds(skew_seconds));
-    let create_ignored = object.tm_create > received.saturating_add(CREATE_SLACK)
-        || object.tm_create < received.saturating_sub(CREATE_SLACK);
-    if create_ignored {
-        object.tm_create = received;
-    }
-    let expiry_cut = object.tm_expire - object.tm_create > asked + time::Duration::minutes(1);
-    if expiry_cut {
-        object.tm_expire = object.tm_create.saturating_add(asked);
-    }
-    (create_ignored, expiry_cut)
 }
 
 /// Nonces remembered at most: older ones are forgotten first.
@@ -135,7 +83,7 @@ async fn save_blocking(path: &Path, state: &KeyState) -> Result<(), StateError> 
 
 /// Makes the next key and persists it as current. The replaced key (if
 /// any) becomes a pending deletion without a time yet (`delete_after` is
-/// set by [`start_grace`] once every output holds the successor), or, with
+/// set by [`start_grace`](super::housekeep::start_grace) once every output holds the successor), or, with
 /// `delete_replaced = false` or when it was inherited from another
 /// installation, a key left to expire.
 ///

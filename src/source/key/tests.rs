@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
+use super::bootstrap::{BootstrapError, adopt_bootstrap};
+use super::housekeep::{
+    DeleteOutcome, delete_checked, due_deletions, merge_reread, orphans, start_grace, sweep,
+};
 use super::restart::find_key;
+use super::rotate::{RotateError, rotate};
 use super::*;
 use crate::api::ApiClient;
 use crate::keyapi::{Created, KeyAuth, KeyClient, KeyObject};
@@ -263,43 +268,6 @@ fn a_reread_state_wins_but_forgets_nothing_memory_knows() {
     // Another installation's file: memory is kept.
     let other = KeyState::new("mcp");
     assert!(merge_reread(&memory, other).is_none());
-}
-
-#[test]
-fn a_deletion_is_overdue_once_it_failed_or_is_late_by_the_margin() {
-    let now = crate::now();
-    let pending = |id: &str, ago: i64| PendingDeletion {
-        id: id.into(),
-        prefix: "vb_12345678".into(),
-        delete_after: Some(now - time::Duration::seconds(ago)),
-        bootstrap: false,
-    };
-    let status = KeyStatus {
-        key_id: None,
-        key_prefix: None,
-        pending_deletions: vec![
-            pending("failed", 3),
-            pending("late", 301),
-            pending("due", 3),
-            pending("future", -60),
-            PendingDeletion {
-                delete_after: None,
-                ..pending("unpublished", 0)
-            },
-        ],
-        left_to_expire: 0,
-        deletion_failures: vec![DeletionFailure {
-            id: "failed".into(),
-            failures: 2,
-            error: "HTTP 500".into(),
-        }],
-    };
-    let overdue = overdue_deletions(&status, now);
-    let ids: Vec<&str> = overdue.iter().map(|o| o.id.as_str()).collect();
-    assert_eq!(ids, ["failed", "late"]);
-    assert_eq!(overdue[0].failures, 2);
-    assert_eq!(overdue[0].last_error.as_deref(), Some("HTTP 500"));
-    assert_eq!(overdue[1].overdue_seconds, 301);
 }
 
 #[test]
