@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::board;
 use crate::config::CredentialConfig;
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
@@ -87,7 +88,7 @@ pub struct Credential {
     last_error: Option<String>,
     renewals_ok: u64,
     renewals_failed: u64,
-    board: Option<Arc<StatusBoard>>,
+    board: Option<Arc<board::StatusBoard>>,
     metrics: Arc<Metrics>,
     /// Per output: its hook task, if it has hooks.
     hooks: Vec<Option<Hook>>,
@@ -121,7 +122,7 @@ impl Credential {
         cfg: CredentialConfig,
         api: Arc<Api>,
         state_dir: std::path::PathBuf,
-        board: Option<Arc<StatusBoard>>,
+        board: Option<Arc<board::StatusBoard>>,
         metrics: Arc<Metrics>,
     ) -> Credential {
         metrics.register(&cfg.name);
@@ -468,9 +469,9 @@ impl Credential {
         self.publish(now);
     }
 
-    pub fn status(&self, now: OffsetDateTime) -> CredentialStatus {
+    pub fn status(&self, now: OffsetDateTime) -> board::CredentialStatus {
         let (step, at) = self.next_step(now);
-        CredentialStatus {
+        board::CredentialStatus {
             name: self.cfg.name.clone(),
             expires_at: self.held.as_ref().map(|h| h.validity.expires_at),
             obtained_at: self.held.as_ref().map(|h| h.obtained_at),
@@ -683,7 +684,7 @@ path = "/nonexistent/main.token"
             format!("{:?}", cred.api),
             format!(
                 "{:?}",
-                Command::Reconfigure(Box::new(config.credentials[0].clone()), cred.api.clone())
+                task::Command::Reconfigure(Box::new(config.credentials[0].clone()), cred.api.clone())
             ),
         ];
         let secrets = [

@@ -43,7 +43,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 use tracing::warn;
 
-use crate::board::DeletionFailure;
+use crate::board::{self, DeletionFailure};
 use crate::keyapi::prefix_of;
 use crate::keystate::{self, CurrentKey, KeyState, Origin, StateError};
 use crate::secret::Secret;
@@ -263,10 +263,10 @@ impl KeySource {
         self.held_refused
     }
 
-    pub fn status(&self) -> KeyStatus {
+    pub fn status(&self) -> board::KeyStatus {
         let state = self.state.as_ref();
         let current = state.and_then(|s| s.current.as_ref());
-        KeyStatus {
+        board::KeyStatus {
             key_id: current.map(|c| c.id.clone()),
             key_prefix: current.map(|c| prefix_of(c.key.expose()).to_string()),
             pending_deletions: state.map(|s| s.pending_deletions.clone()).unwrap_or_default(),
