@@ -16,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::api::budget::Api;
+use crate::board::{CredentialStatus, StatusBoard};
 use crate::config::{Config, ConfigError, CredentialConfig};
-use crate::credential::{self, Api, Command, Credential, CredentialStatus, StatusBoard};
+use crate::credential::Credential;
+use crate::credential::task::{self, Command};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::signals::{self, Event};
@@ -230,7 +233,7 @@ impl Daemon {
                 }
                 let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
                 cred.adopt_from_disk(crate::now()).await;
-                credential::run(cred, rx, task_cancel).await;
+                task::run(cred, rx, task_cancel).await;
             }
             .instrument(info_span!("credential", name = %name)),
         );

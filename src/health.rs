@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::credential::StatusBoard;
+use crate::board::StatusBoard;
 use crate::metrics::Metrics;
 
 /// Connections served at once; far below the usual 1,024 descriptors.

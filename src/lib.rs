@@ -16,6 +16,7 @@
 //! - `notify`: systemd notifications (a no-op without `NOTIFY_SOCKET`).
 //! - `health`: `/healthz`, `/readyz`, `/metrics`.
 //! - `credential`: one credential's state machine: reuse, renew, write, retry.
+//! - `board`: the status types the daemon, health, `status` and `once` share.
 //! - `hooks`: on-change commands and signals after a new token is written.
 //! - [`source`]: per kind, how the next secret is obtained ([`source::key`]: access keys).
 //! - [`api`]: the VoIPBIN client: one login, its outcome classified; [`api::keys`]:
@@ -37,6 +38,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub(crate) mod board;
 pub mod cli;
 pub mod config;
 pub(crate) mod credential;
@@ -57,11 +59,6 @@ pub mod standin;
 pub mod state;
 pub mod token;
 pub(crate) mod watch;
-
-pub use crate::api::keys as keyapi; // TEMP(merge)
-pub use crate::state::keys as keystate; // TEMP(merge)
-pub use crate::state::record; // TEMP(merge)
-pub use crate::state::status; // TEMP(merge)
 
 /// Wall-clock "now" in UTC. Token expiries are wall-clock instants, so all
 /// scheduling decisions are made against this, never a monotonic clock.

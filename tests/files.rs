@@ -276,7 +276,7 @@ fn hard_stop_child() {
     if std::env::var_os("TOKEND_HARD_STOP_CHILD").is_none() {
         return;
     }
-    let rt = voipbin_tokend::cli::runtime().unwrap();
+    let rt = voipbin_tokend::cli::runtime::runtime().unwrap();
     rt.block_on(async {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         voipbin_tokend::signals::forward(tx).unwrap();

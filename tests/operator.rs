@@ -376,8 +376,8 @@ fn postrm(root: &std::path::Path, arg: &str) -> std::process::Output {
 
 #[test]
 fn purge_keeps_the_key_state_and_lists_the_live_keys_without_a_secret() {
-    use voipbin_tokend::keystate::{self, CurrentKey, KeyState, Origin, PendingDeletion};
     use voipbin_tokend::secret::Secret;
+    use voipbin_tokend::state::keys::{self as keystate, CurrentKey, KeyState, Origin, PendingDeletion};
     let root = tempfile::tempdir().unwrap();
     let lib = root.path().join("var/lib/voipbin-tokend");
     let etc = root.path().join("etc/voipbin-tokend");

@@ -15,13 +15,13 @@ use common::*;
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
 use time::macros::datetime;
+use voipbin_tokend::api::keys::KeyObject;
 use voipbin_tokend::config::RenewalPolicy;
-use voipbin_tokend::keyapi::KeyObject;
-use voipbin_tokend::keystate::{CurrentKey, Origin};
-use voipbin_tokend::record::TokenRecord;
 use voipbin_tokend::schedule::{self, FailureKind};
 use voipbin_tokend::secret::Secret;
 use voipbin_tokend::source::key::{plausible_key_times, skew_seconds};
+use voipbin_tokend::state::keys::{CurrentKey, Origin};
+use voipbin_tokend::state::record::TokenRecord;
 use voipbin_tokend::token::{self, Claims, Validity};
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend::keystate::{self, KeyState};
+use voipbin_tokend::state::keys::{self as keystate, KeyState};
 
 /// A key "day" lasts this many seconds: with renew-at 0.5 a key is
 /// rotated every 4 s on its own.

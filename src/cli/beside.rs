@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
+use crate::board::CredentialStatus;
 use crate::config::Config;
-use crate::credential::CredentialStatus;
 
 // How long `once` waits for the running daemon to answer its request.
 use crate::state::ONCE_WAIT as WAIT;

@@ -10,8 +10,6 @@ mod run;
 pub mod runtime;
 mod status;
 
-pub use runtime::runtime; // TEMP(merge)
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 

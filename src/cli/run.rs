@@ -85,7 +85,7 @@ pub(super) fn once(path: &Path, force: bool) -> ExitCode {
             let api: Arc<Api> = api.clone();
             let span = tracing::info_span!("credential", name = %cred.name);
             set.spawn(tracing::Instrument::instrument(
-                credential::once(cred, api, state_dir.clone(), force),
+                credential::task::once(cred, api, state_dir.clone(), force),
                 span,
             ));
         }

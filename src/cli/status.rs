@@ -36,7 +36,7 @@ fn ago_or_in(t: OffsetDateTime, now: OffsetDateTime) -> String {
 }
 
 /// The lines under an access-key credential: its key and what waits for deletion.
-fn print_key(k: &crate::source::key::KeyStatus, now: OffsetDateTime) {
+fn print_key(k: &crate::board::KeyStatus, now: OffsetDateTime) {
     match (&k.key_id, &k.key_prefix) {
         (Some(id), Some(prefix)) => println!("  key {id} ({prefix}...)"),
         _ => println!("  no key yet"),
@@ -54,7 +54,7 @@ fn print_key(k: &crate::source::key::KeyStatus, now: OffsetDateTime) {
             k.left_to_expire
         );
     }
-    for o in crate::source::key::overdue_deletions(k, now) {
+    for o in crate::board::overdue_deletions(k, now) {
         let why = match &o.last_error {
             Some(e) => format!("{} failed attempt(s), last: {e}", o.failures),
             None => "not attempted yet".into(),
@@ -98,8 +98,7 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
                 v["state"] = c.state(now).into();
                 if let Some(k) = &c.key {
                     v["overdue_deletions"] =
-                        serde_json::to_value(crate::source::key::overdue_deletions(k, now))
-                            .unwrap_or_default();
+                        serde_json::to_value(crate::board::overdue_deletions(k, now)).unwrap_or_default();
                 }
                 v
             })

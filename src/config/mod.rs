@@ -37,8 +37,6 @@ pub use model::{
 pub use paths::{same_input, same_key_source};
 pub use validate::read_ca_file;
 
-pub use crate::output::Format; // TEMP(merge)
-
 use paths::{check_bootstrap_files, check_paths};
 use raw::RawConfig;
 

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::output::Format;
 
 const MINIMAL: &str = r#"
 [[credential]]

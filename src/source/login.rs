@@ -4,11 +4,13 @@
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
-use super::{Api, Ctx, Failure, Held, jitter_sample};
-use crate::config::{Format, Login, OutputConfig};
-use crate::record::{self, TokenRecord};
+use super::{Ctx, Failure, Held, jitter_sample};
+use crate::api::budget::Api;
+use crate::config::{Login, OutputConfig};
+use crate::output::Format;
 use crate::schedule;
 use crate::secret::Secret;
+use crate::state::record::{self as record, TokenRecord};
 use crate::token::{self, TokenError, Validity};
 
 /// Server clock offsets below this are Date-header noise and ignored.

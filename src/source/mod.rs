@@ -14,7 +14,7 @@ pub mod login;
 
 use time::OffsetDateTime;
 
-pub use crate::api::budget::Api; // TEMP(merge)
+use crate::api::budget::Api;
 use crate::config::{CredentialConfig, Kind};
 use crate::metrics::Metrics;
 use crate::schedule::FailureKind;
@@ -163,7 +163,7 @@ impl Source {
     }
 
     /// What `status` shows of the source (keys: id and pending deletions).
-    pub fn key_status(&self) -> Option<key::KeyStatus> {
+    pub fn key_status(&self) -> Option<crate::board::KeyStatus> {
         match self {
             Source::Login(_) => None,
             Source::Key(s) => Some(s.status()),

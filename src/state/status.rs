@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::credential::CredentialStatus;
+use crate::board::CredentialStatus;
 use crate::output::write::{FileSpec, write_atomic};
 
 /// What the daemon writes. Holds no secret.

@@ -1,7 +1,8 @@
 //! One credential: the secret it holds, its outputs, its retry state.
 //!
-//! [`Credential`] is the state machine; [`run`] is the task that drives it
-//! in the daemon and [`once`] the one-shot pass of the `once` command. The
+//! [`Credential`] is the state machine; [`task::run`] is the task that
+//! drives it in the daemon and [`task::once`] the one-shot pass of the
+//! `once` command; `outputs` writes the files and starts their hooks. The
 //! decisions (when to act, how long to back off) come from
 //! [`crate::schedule`]; how the next secret is obtained comes from the
 //! credential's [`Source`] (a login, or a new access key); this module does
@@ -15,26 +16,24 @@
 //! - every output is "stale" until it holds the held secret; stale outputs
 //!   are (re)written without a renewal.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::board;
 use crate::config::CredentialConfig;
-use crate::hooks::{Hook, HookSpec};
+use crate::hooks::Hook;
 use crate::metrics::Metrics;
-use crate::output::render::{TokenFacts, render};
-use crate::output::write::{FileSpec, WriteOutcome, remove_stale_temps, write_atomic};
+use crate::output::write::remove_stale_temps;
 use crate::schedule::{self, FailureKind};
-use crate::source::key::KeyStatus;
 use crate::source::{Ctx, Housekept, Source, jitter_sample};
 use crate::token;
 
-pub use crate::source::{Api, Held};
+use crate::api::budget::Api;
+pub use crate::source::Held;
 
 /// What a source may use of a credential: built from the fields it names,
 /// so that `self.source` can be borrowed mutably beside it.
@@ -49,116 +48,10 @@ macro_rules! ctx {
     };
 }
 
-/// What a credential looks like from outside: for logs, `status`,
-/// readiness. Never holds the token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CredentialStatus {
-    pub name: String,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub expires_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub obtained_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub next_renewal: Option<OffsetDateTime>,
-    pub last_error: Option<String>,
-    pub failures: u32,
-    /// Holds an unexpired token and every output has it on disk.
-    pub fresh: bool,
-    pub renewals_ok: u64,
-    pub renewals_failed: u64,
-    /// An access key's id, prefix and pending deletions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<KeyStatus>,
-    /// The held secret was refused by the server (an access key answered
-    /// 401, or found deleted) and nothing working replaced it yet: not
-    /// fresh, not ready.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub refused: bool,
-}
+mod outputs;
+pub mod task;
 
-impl CredentialStatus {
-    /// A credential not heard from yet.
-    pub fn pending(name: &str) -> CredentialStatus {
-        CredentialStatus {
-            name: name.to_string(),
-            expires_at: None,
-            obtained_at: None,
-            next_renewal: None,
-            last_error: None,
-            failures: 0,
-            fresh: false,
-            renewals_ok: 0,
-            renewals_failed: 0,
-            key: None,
-            refused: false,
-        }
-    }
-
-    /// Fresh as of `now`: the token may have expired since it was published.
-    pub fn is_fresh_at(&self, now: OffsetDateTime) -> bool {
-        self.fresh && self.expires_at.is_some_and(|e| e > now)
-    }
-
-    /// One word for tables and health bodies.
-    pub fn state(&self, now: OffsetDateTime) -> &'static str {
-        match self.expires_at {
-            None if self.failures > 0 => "failing",
-            None => "pending",
-            Some(e) if e <= now => "expired",
-            Some(_) if self.refused => "refused",
-            Some(_) if !self.fresh => "unwritten",
-            Some(_) if self.failures > 0 => "retrying",
-            Some(_) => "fresh",
-        }
-    }
-}
-
-/// The daemon's view of every credential, updated by their tasks.
-#[derive(Debug, Default)]
-pub struct StatusBoard {
-    inner: Mutex<std::collections::BTreeMap<String, CredentialStatus>>,
-    changed: tokio::sync::Notify,
-}
-
-impl StatusBoard {
-    pub fn publish(&self, status: CredentialStatus) {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&status.name) != Some(&status) {
-            map.insert(status.name.clone(), status);
-            self.changed.notify_waiters();
-        }
-    }
-
-    /// Adds a credential as pending (so readiness waits for it).
-    pub fn register(&self, name: &str) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_insert_with(|| CredentialStatus::pending(name));
-        self.changed.notify_waiters();
-    }
-
-    pub fn remove(&self, name: &str) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-        self.changed.notify_waiters();
-    }
-
-    pub fn snapshot(&self) -> Vec<CredentialStatus> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Resolves on the next change after this call (not after its first
-    /// poll: take it before looking at the board, so no change is missed).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
-    }
-}
+use outputs::{log_written, start_hooks, write_stale};
 
 /// What a credential should do next, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +87,7 @@ pub struct Credential {
     last_error: Option<String>,
     renewals_ok: u64,
     renewals_failed: u64,
-    board: Option<Arc<StatusBoard>>,
+    board: Option<Arc<board::StatusBoard>>,
     metrics: Arc<Metrics>,
     /// Per output: its hook task, if it has hooks.
     hooks: Vec<Option<Hook>>,
@@ -228,7 +121,7 @@ impl Credential {
         cfg: CredentialConfig,
         api: Arc<Api>,
         state_dir: std::path::PathBuf,
-        board: Option<Arc<StatusBoard>>,
+        board: Option<Arc<board::StatusBoard>>,
         metrics: Arc<Metrics>,
     ) -> Credential {
         metrics.register(&cfg.name);
@@ -485,89 +378,10 @@ impl Credential {
     async fn write_outputs(&mut self, renewed: bool) {
         self.write_now = false;
         let Some(held) = self.held.clone() else { return };
-        let mut written = Vec::new();
-        let mut errors = Vec::new();
-        for (i, out) in self.cfg.outputs.iter().enumerate() {
-            if !self.stale[i] {
-                continue;
-            }
-            let content = render(
-                &out.format,
-                &TokenFacts {
-                    credential: &self.cfg.name,
-                    username: self.cfg.username(),
-                    token: &held.token,
-                    expires_at: held.validity.expires_at,
-                    obtained_at: held.obtained_at,
-                    key_id: held.key_id.as_deref(),
-                },
-            );
-            let path = out.path.clone();
-            let (mode, uid, gid) = (
-                out.mode,
-                out.owner.as_ref().map(|o| o.id),
-                out.group.as_ref().map(|g| g.id),
-            );
-            let result = tokio::task::spawn_blocking(move || {
-                write_atomic(
-                    &FileSpec {
-                        path: &path,
-                        mode,
-                        uid,
-                        gid,
-                    },
-                    &content,
-                )
-            })
-            .await;
-            match result {
-                Ok(Ok(outcome)) => {
-                    self.stale[i] = false;
-                    if outcome == WriteOutcome::Written {
-                        written.push(out.path.display().to_string());
-                        if let Some(hook) = &self.hooks[i] {
-                            hook.fire(held.validity.expires_at, &held.token);
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    self.metrics.write_failure(&self.cfg.name);
-                    errors.push(e.to_string());
-                }
-                Err(e) => {
-                    self.metrics.write_failure(&self.cfg.name);
-                    errors.push(format!("write of {} failed: {e}", out.path.display()));
-                }
-            }
-        }
+        let written = write_stale(&self.cfg, &held, &mut self.stale, &self.hooks, &self.metrics).await;
         let now = crate::now();
-        if renewed && written.is_empty() {
-            // Every write failed (reported below) or no file needed the
-            // secret: no empty `files=`.
-            info!(
-                expires_at = %token::rfc3339(held.validity.expires_at),
-                next_renewal = %token::rfc3339(held.due_at),
-                "{}; no file written",
-                if held.key_id.is_some() { "access key rotated" } else { "token renewed" }
-            );
-        } else if renewed && held.key_id.is_some() {
-            info!(
-                expires_at = %token::rfc3339(held.validity.expires_at),
-                next_rotation = %token::rfc3339(held.due_at),
-                files = %written.join(", "),
-                "access key rotated"
-            );
-        } else if renewed {
-            info!(
-                expires_at = %token::rfc3339(held.validity.expires_at),
-                next_renewal = %token::rfc3339(held.due_at),
-                files = %written.join(", "),
-                "token renewed"
-            );
-        } else if !written.is_empty() {
-            info!(files = %written.join(", "), "outputs updated");
-        }
-        if errors.is_empty() {
+        log_written(&held, renewed, &written.files);
+        if written.errors.is_empty() {
             if self.failed_step == Some(Step::WriteOutputs) {
                 self.clear_failure();
             }
@@ -575,10 +389,13 @@ impl Credential {
             self.source.published(&ctx!(self), now).await;
             self.publish(now);
         } else {
-            self.fail(Step::WriteOutputs, FailureKind::Transient, errors.join("; "));
+            self.fail(
+                Step::WriteOutputs,
+                FailureKind::Transient,
+                written.errors.join("; "),
+            );
         }
     }
-
     fn clear_failure(&mut self) {
         if self.failures > 0 {
             info!(after_failures = self.failures, "recovered");
@@ -651,9 +468,9 @@ impl Credential {
         self.publish(now);
     }
 
-    pub fn status(&self, now: OffsetDateTime) -> CredentialStatus {
+    pub fn status(&self, now: OffsetDateTime) -> board::CredentialStatus {
         let (step, at) = self.next_step(now);
-        CredentialStatus {
+        board::CredentialStatus {
             name: self.cfg.name.clone(),
             expires_at: self.held.as_ref().map(|h| h.validity.expires_at),
             obtained_at: self.held.as_ref().map(|h| h.obtained_at),
@@ -677,199 +494,6 @@ impl Credential {
             board.publish(self.status(now));
         }
     }
-}
-
-/// Hook tasks for `cfg`'s outputs, reusing a running one whose output
-/// path and hooks are unchanged.
-fn start_hooks(
-    cfg: &CredentialConfig,
-    mut old: Vec<(std::path::PathBuf, Hook)>,
-    metrics: &Arc<Metrics>,
-) -> Vec<Option<Hook>> {
-    cfg.outputs
-        .iter()
-        .map(|out| {
-            let spec = HookSpec::of(out)?;
-            if let Some(i) = old.iter().position(|(p, h)| p == &out.path && h.spec == spec) {
-                return Some(old.swap_remove(i).1);
-            }
-            Some(Hook::start(
-                spec,
-                cfg.name.clone(),
-                out.path.clone(),
-                metrics.clone(),
-            ))
-        })
-        .collect()
-}
-
-/// Commands from the daemon to a credential's task.
-#[derive(Debug)]
-pub enum Command {
-    /// Log in now, even if not due and even during backoff (SIGUSR1).
-    RenewNow,
-    /// A reloaded config for this credential.
-    Reconfigure(Box<CredentialConfig>, Arc<Api>),
-}
-
-/// The daemon's task for one credential: act when due, sleep at most
-/// [`schedule::MAX_SLEEP`] at a time (so a wall-clock deadline passed
-/// during a suspend is noticed), obey commands, stop on `cancel`.
-pub async fn run(
-    mut cred: Credential,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    cancel: CancellationToken,
-) {
-    // Steps done in a row without a sleep: a step that neither makes
-    // progress nor moves its time forward would otherwise spin (no
-    // watchdog, no health answers); past the limit, a pause.
-    let mut in_a_row = 0u32;
-    loop {
-        let now = crate::now();
-        let (step, mut at) = cred.next_step(now);
-        if at <= now {
-            in_a_row = in_a_row.saturating_add(1);
-            if in_a_row > MAX_STEPS_IN_A_ROW {
-                // A pause that still obeys commands and cancellation.
-                warn!(step = ?step, "steps keep falling due at once; pausing a second");
-                at = schedule::after(now, STEP_PAUSE);
-            }
-        }
-        if at <= now {
-            if step == Step::Renew {
-                let renewed = cred.renew(&cancel).await;
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let Some((requests, reloads)) = take_queued(&mut commands) else {
-                    break;
-                };
-                if renewed {
-                    cred.write_outputs(true).await;
-                }
-                for (cfg, api) in reloads {
-                    cred.reconfigure(*cfg, api, crate::now());
-                }
-                if requests > 0 {
-                    // Held until a second after this renewal, if it
-                    // succeeded: see `ANSWERED_BY_LAST_RENEWAL`.
-                    info!(
-                        requests,
-                        "renewal requested during a renewal; one more follows for them all"
-                    );
-                    cred.force_login();
-                }
-            } else {
-                cred.act(step, &cancel).await;
-            }
-            if cancel.is_cancelled() {
-                break;
-            }
-            // Let the other tasks (health, signals) run between steps.
-            tokio::task::yield_now().await;
-            continue;
-        }
-        in_a_row = 0;
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            command = commands.recv() => match command {
-                Some(Command::RenewNow) if cred.just_renewed() => {
-                    if cred.force_login {
-                        debug!("renewal requested; one is already on its way");
-                    } else {
-                        info!("renewal requested within a second of a successful renewal; requests are coalesced into one renewal when that second is over");
-                    }
-                    cred.force_login();
-                    cred.source.on_renew_request();
-                }
-                Some(Command::RenewNow) => {
-                    info!("renewal requested");
-                    cred.force_login();
-                    cred.source.on_renew_request();
-                }
-                Some(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
-                None => break,
-            },
-            _ = tokio::time::sleep(schedule::sleep_for(now, at)) => {}
-        }
-    }
-    debug!("credential task stopped");
-}
-
-/// Steps due at once in a row before [`run`] pauses (a start does about
-/// five: write, housekeep, renew, write, housekeep).
-const MAX_STEPS_IN_A_ROW: u32 = 20;
-const STEP_PAUSE: Duration = Duration::from_secs(1);
-
-/// A reload taken from the queue, to apply after the new secret is written.
-type Reload = (Box<CredentialConfig>, Arc<Api>);
-
-/// Takes the commands that queued up while a renewal waited for its turn
-/// or ran, up to its answer: how many renewal requests, and the reloads in
-/// order (to apply once the new secret is written: it belongs to the config
-/// it was obtained under). `None` when the daemon dropped the channel.
-///
-/// All those renewal requests together get ONE more renewal, after this
-/// one: a storm of SIGUSR1 costs at most two. The renewal in flight cannot
-/// serve them, as it was sent before they were made: the token carries a
-/// snapshot of the account taken at login, and the password was read before
-/// it, so whoever changed either and then asked for a renewal must get one
-/// that started after the request.
-fn take_queued(commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<(u64, Vec<Reload>)> {
-    let mut requests = 0u64;
-    let mut reloads = Vec::new();
-    loop {
-        match commands.try_recv() {
-            Ok(Command::RenewNow) => requests += 1,
-            Ok(Command::Reconfigure(cfg, api)) => reloads.push((cfg, api)),
-            Err(mpsc::error::TryRecvError::Empty) => break,
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-        }
-    }
-    Some((requests, reloads))
-}
-
-/// The `once` pass for one credential: reuse what is on disk if it is not
-/// due (unless `force`), else log in once; write every output. True if the
-/// credential ends fresh.
-pub async fn once(cfg: CredentialConfig, api: Arc<Api>, state_dir: std::path::PathBuf, force: bool) -> bool {
-    let mut cred = Credential::new(cfg, api, state_dir, None, Arc::new(Metrics::new()));
-    cred.one_shot = true;
-    let now = crate::now();
-    cred.adopt_from_disk(now).await;
-    if force {
-        cred.force_login();
-    }
-    // A login, then (if it failed) the still-valid token to new outputs.
-    for _ in 0..2 {
-        let now = crate::now();
-        let (step, at) = cred.next_step(now);
-        if at > now {
-            break;
-        }
-        cred.act(step, &CancellationToken::new()).await;
-    }
-    // Access keys: the deletions past their grace (and an orphan sweep).
-    if cred.failures == 0
-        && let Some(at) = cred.source.housekeeping_at(crate::now())
-        && at <= crate::now()
-    {
-        cred.housekeep().await;
-    }
-    // A renewal that was needed (or forced) and failed is a failure even if
-    // the old secret is still on disk.
-    let fresh = cred.is_fresh(crate::now()) && cred.failures == 0;
-    for hook in std::mem::take(&mut cred.hooks).into_iter().flatten() {
-        hook.finish().await;
-    }
-    if !fresh {
-        error!(
-            error = cred.last_error.as_deref().unwrap_or("outputs not written"),
-            "credential failed"
-        );
-    }
-    fresh
 }
 
 #[cfg(test)]
@@ -1059,7 +683,7 @@ path = "/nonexistent/main.token"
             format!("{:?}", cred.api),
             format!(
                 "{:?}",
-                Command::Reconfigure(Box::new(config.credentials[0].clone()), cred.api.clone())
+                task::Command::Reconfigure(Box::new(config.credentials[0].clone()), cred.api.clone())
             ),
         ];
         let secrets = [

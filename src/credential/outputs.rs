@@ -1,0 +1,150 @@
+//! A credential's outputs: the held secret written to every stale file,
+//! the hooks of each file written, and the log line that tells what was
+//! written. The state machine ([`super::Credential`]) decides when; this
+//! module knows nothing of it.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::config::CredentialConfig;
+use crate::hooks::{Hook, HookSpec};
+use crate::metrics::Metrics;
+use crate::output::render::{TokenFacts, render};
+use crate::output::write::{FileSpec, WriteOutcome, write_atomic};
+use crate::source::Held;
+use crate::token;
+
+/// What [`write_stale`] did: the files written (those that already held
+/// the secret are not among them) and the errors of those that failed.
+pub(super) struct Written {
+    pub files: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Writes `held` to every output of `cfg` marked in `stale`, and fires the
+/// hook (`hooks`, in output order) of each file that changed. A failed
+/// output stays stale (to be retried with backoff); the others are written
+/// anyway.
+pub(super) async fn write_stale(
+    cfg: &CredentialConfig,
+    held: &Held,
+    stale: &mut [bool],
+    hooks: &[Option<Hook>],
+    metrics: &Metrics,
+) -> Written {
+    let mut written = Vec::new();
+    let mut errors = Vec::new();
+    for (i, out) in cfg.outputs.iter().enumerate() {
+        if !stale[i] {
+            continue;
+        }
+        let content = render(
+            &out.format,
+            &TokenFacts {
+                credential: &cfg.name,
+                username: cfg.username(),
+                token: &held.token,
+                expires_at: held.validity.expires_at,
+                obtained_at: held.obtained_at,
+                key_id: held.key_id.as_deref(),
+            },
+        );
+        let path = out.path.clone();
+        let (mode, uid, gid) = (
+            out.mode,
+            out.owner.as_ref().map(|o| o.id),
+            out.group.as_ref().map(|g| g.id),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            write_atomic(
+                &FileSpec {
+                    path: &path,
+                    mode,
+                    uid,
+                    gid,
+                },
+                &content,
+            )
+        })
+        .await;
+        match result {
+            Ok(Ok(outcome)) => {
+                stale[i] = false;
+                if outcome == WriteOutcome::Written {
+                    written.push(out.path.display().to_string());
+                    if let Some(hook) = &hooks[i] {
+                        hook.fire(held.validity.expires_at, &held.token);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                metrics.write_failure(&cfg.name);
+                errors.push(e.to_string());
+            }
+            Err(e) => {
+                metrics.write_failure(&cfg.name);
+                errors.push(format!("write of {} failed: {e}", out.path.display()));
+            }
+        }
+    }
+    Written {
+        files: written,
+        errors,
+    }
+}
+
+/// The log line of a write: the renewal (or rotation) it follows, if any,
+/// and the files written.
+pub(super) fn log_written(held: &Held, renewed: bool, written: &[String]) {
+    if renewed && written.is_empty() {
+        // Every write failed (reported by the caller) or no file needed
+        // the secret: no empty `files=`.
+        info!(
+            expires_at = %token::rfc3339(held.validity.expires_at),
+            next_renewal = %token::rfc3339(held.due_at),
+            "{}; no file written",
+            if held.key_id.is_some() { "access key rotated" } else { "token renewed" }
+        );
+    } else if renewed && held.key_id.is_some() {
+        info!(
+            expires_at = %token::rfc3339(held.validity.expires_at),
+            next_rotation = %token::rfc3339(held.due_at),
+            files = %written.join(", "),
+            "access key rotated"
+        );
+    } else if renewed {
+        info!(
+            expires_at = %token::rfc3339(held.validity.expires_at),
+            next_renewal = %token::rfc3339(held.due_at),
+            files = %written.join(", "),
+            "token renewed"
+        );
+    } else if !written.is_empty() {
+        info!(files = %written.join(", "), "outputs updated");
+    }
+}
+
+/// Hook tasks for `cfg`'s outputs, reusing a running one whose output
+/// path and hooks are unchanged.
+pub(super) fn start_hooks(
+    cfg: &CredentialConfig,
+    mut old: Vec<(std::path::PathBuf, Hook)>,
+    metrics: &Arc<Metrics>,
+) -> Vec<Option<Hook>> {
+    cfg.outputs
+        .iter()
+        .map(|out| {
+            let spec = HookSpec::of(out)?;
+            if let Some(i) = old.iter().position(|(p, h)| p == &out.path && h.spec == spec) {
+                return Some(old.swap_remove(i).1);
+            }
+            Some(Hook::start(
+                spec,
+                cfg.name.clone(),
+                out.path.clone(),
+                metrics.clone(),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,184 @@
+//! The task that drives a credential in the daemon ([`run`]) and the
+//! one-shot pass of the `once` command ([`once`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::CredentialConfig;
+use crate::metrics::Metrics;
+use crate::schedule;
+
+use super::{Api, Credential, Step};
+
+/// Commands from the daemon to a credential's task.
+#[derive(Debug)]
+pub enum Command {
+    /// Log in now, even if not due and even during backoff (SIGUSR1).
+    RenewNow,
+    /// A reloaded config for this credential.
+    Reconfigure(Box<CredentialConfig>, Arc<Api>),
+}
+
+/// The daemon's task for one credential: act when due, sleep at most
+/// [`schedule::MAX_SLEEP`] at a time (so a wall-clock deadline passed
+/// during a suspend is noticed), obey commands, stop on `cancel`.
+pub async fn run(
+    mut cred: Credential,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    cancel: CancellationToken,
+) {
+    // Steps done in a row without a sleep: a step that neither makes
+    // progress nor moves its time forward would otherwise spin (no
+    // watchdog, no health answers); past the limit, a pause.
+    let mut in_a_row = 0u32;
+    loop {
+        let now = crate::now();
+        let (step, mut at) = cred.next_step(now);
+        if at <= now {
+            in_a_row = in_a_row.saturating_add(1);
+            if in_a_row > MAX_STEPS_IN_A_ROW {
+                // A pause that still obeys commands and cancellation.
+                warn!(step = ?step, "steps keep falling due at once; pausing a second");
+                at = schedule::after(now, STEP_PAUSE);
+            }
+        }
+        if at <= now {
+            if step == Step::Renew {
+                let renewed = cred.renew(&cancel).await;
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let Some((requests, reloads)) = take_queued(&mut commands) else {
+                    break;
+                };
+                if renewed {
+                    cred.write_outputs(true).await;
+                }
+                for (cfg, api) in reloads {
+                    cred.reconfigure(*cfg, api, crate::now());
+                }
+                if requests > 0 {
+                    // Held until a second after this renewal, if it
+                    // succeeded: see `ANSWERED_BY_LAST_RENEWAL`.
+                    info!(
+                        requests,
+                        "renewal requested during a renewal; one more follows for them all"
+                    );
+                    cred.force_login();
+                }
+            } else {
+                cred.act(step, &cancel).await;
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+            // Let the other tasks (health, signals) run between steps.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        in_a_row = 0;
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            command = commands.recv() => match command {
+                Some(Command::RenewNow) if cred.just_renewed() => {
+                    if cred.force_login {
+                        debug!("renewal requested; one is already on its way");
+                    } else {
+                        info!("renewal requested within a second of a successful renewal; requests are coalesced into one renewal when that second is over");
+                    }
+                    cred.force_login();
+                    cred.source.on_renew_request();
+                }
+                Some(Command::RenewNow) => {
+                    info!("renewal requested");
+                    cred.force_login();
+                    cred.source.on_renew_request();
+                }
+                Some(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
+                None => break,
+            },
+            _ = tokio::time::sleep(schedule::sleep_for(now, at)) => {}
+        }
+    }
+    debug!("credential task stopped");
+}
+
+/// Steps due at once in a row before [`run`] pauses (a start does about
+/// five: write, housekeep, renew, write, housekeep).
+const MAX_STEPS_IN_A_ROW: u32 = 20;
+const STEP_PAUSE: Duration = Duration::from_secs(1);
+
+/// A reload taken from the queue, to apply after the new secret is written.
+type Reload = (Box<CredentialConfig>, Arc<Api>);
+
+/// Takes the commands that queued up while a renewal waited for its turn
+/// or ran, up to its answer: how many renewal requests, and the reloads in
+/// order (to apply once the new secret is written: it belongs to the config
+/// it was obtained under). `None` when the daemon dropped the channel.
+///
+/// All those renewal requests together get ONE more renewal, after this
+/// one: a storm of SIGUSR1 costs at most two. The renewal in flight cannot
+/// serve them, as it was sent before they were made: the token carries a
+/// snapshot of the account taken at login, and the password was read before
+/// it, so whoever changed either and then asked for a renewal must get one
+/// that started after the request.
+fn take_queued(commands: &mut mpsc::UnboundedReceiver<Command>) -> Option<(u64, Vec<Reload>)> {
+    let mut requests = 0u64;
+    let mut reloads = Vec::new();
+    loop {
+        match commands.try_recv() {
+            Ok(Command::RenewNow) => requests += 1,
+            Ok(Command::Reconfigure(cfg, api)) => reloads.push((cfg, api)),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        }
+    }
+    Some((requests, reloads))
+}
+
+/// The `once` pass for one credential: reuse what is on disk if it is not
+/// due (unless `force`), else log in once; write every output. True if the
+/// credential ends fresh.
+pub async fn once(cfg: CredentialConfig, api: Arc<Api>, state_dir: std::path::PathBuf, force: bool) -> bool {
+    let mut cred = Credential::new(cfg, api, state_dir, None, Arc::new(Metrics::new()));
+    cred.one_shot = true;
+    let now = crate::now();
+    cred.adopt_from_disk(now).await;
+    if force {
+        cred.force_login();
+    }
+    // A login, then (if it failed) the still-valid token to new outputs.
+    for _ in 0..2 {
+        let now = crate::now();
+        let (step, at) = cred.next_step(now);
+        if at > now {
+            break;
+        }
+        cred.act(step, &CancellationToken::new()).await;
+    }
+    // Access keys: the deletions past their grace (and an orphan sweep).
+    if cred.failures == 0
+        && let Some(at) = cred.source.housekeeping_at(crate::now())
+        && at <= crate::now()
+    {
+        cred.housekeep().await;
+    }
+    // A renewal that was needed (or forced) and failed is a failure even if
+    // the old secret is still on disk.
+    let fresh = cred.is_fresh(crate::now()) && cred.failures == 0;
+    for hook in std::mem::take(&mut cred.hooks).into_iter().flatten() {
+        hook.finish().await;
+    }
+    if !fresh {
+        error!(
+            error = cred.last_error.as_deref().unwrap_or("outputs not written"),
+            "credential failed"
+        );
+    }
+    fresh
+}
