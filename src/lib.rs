@@ -53,7 +53,7 @@ pub mod schedule;
 pub mod secret;
 pub mod signals;
 pub mod source;
-pub mod standin;
+pub use voipbin_tokend_standin as standin; // TEMP(merge)
 pub mod status;
 pub mod token;
 pub mod watch;

@@ -53,182 +53,48 @@
 //!
 //! # Layout
 //!
-//! - this file: the public face: [`StandIn`], its options and records;
+//! - this file: the public face: [`StandIn`] and its controls;
+//! - `model`: its options, records and claim styles, the constant answers, time and id helpers;
 //! - `faults`: [`Fault`], the misbehaving answers a test can script;
-//! - `server`: the shared state, the accept loop and the request handlers;
+//! - `state`: the shared state of one server and its access keys;
+//! - `answer`: the answer helpers the handlers share;
+//! - `server`: the accept loop, the login and `me` handlers;
 //! - `keys`: the access-key API (`/v1.0/accesskeys`), with a time scale for short key lifetimes;
 //! - `body`: response bodies (whole, dribbled, huge).
 
-use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::Serialize;
-use time::macros::format_description;
-use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+mod answer;
 mod body;
 mod faults;
 mod keys;
+mod model;
 mod server;
+mod state;
 #[cfg(test)]
 mod tests;
 
 pub use faults::Fault;
-pub use keys::{
-    ACCESSKEYS_PATH, AuthVia, KeyInfo, ListPaging, MIN_KEY_EXPIRE_SECS, PERMISSION_CUSTOMER_ADMIN,
+use model::add_or_now;
+pub use model::{
+    AuthVia, COOKIE_MAX_AGE_SECS, ClaimStyle, LOGIN_PATH, LoginRecord, MAX_BODY_BYTES, ME_PATH, RateLimit,
+    StandInOptions, format_expire, format_http_date,
+};
+use server::serve;
+pub use state::{
+    ACCESSKEYS_PATH, KeyInfo, ListPaging, MIN_KEY_EXPIRE_SECS, PERMISSION_CUSTOMER_ADMIN,
     PERMISSION_CUSTOMER_AGENT, PERMISSION_PROJECT_SUPER_ADMIN,
 };
-use server::{Inner, User, serve};
-
-/// The login path (no `/v1.0` prefix, like the real server).
-pub const LOGIN_PATH: &str = "/auth/login";
-/// The "who am I" path, a cheap check that a token works.
-pub const ME_PATH: &str = "/v1.0/me";
-/// Largest login body read; anything larger is answered with a 400.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// `Max-Age` of the login cookie: the real server's 7 days.
-pub const COOKIE_MAX_AGE_SECS: u64 = 7 * 24 * 60 * 60;
-
-/// At most this many request records and issued tokens are kept (oldest
-/// dropped first), so a long benchmark does not grow without bound.
-const HISTORY_LIMIT: usize = 100_000;
-
-/// How far in the past the `expire` of a [`Fault::Expired`] token lies.
-const EXPIRED_AGO: Duration = Duration::from_secs(3600);
-
-const RATE_LIMITED_BODY: &str = r#"{"error":{"status":"RESOURCE_EXHAUSTED","reason":"RATE_LIMIT_EXCEEDED","message":"too many requests"}}"#;
-const UNAUTHENTICATED_BODY: &str = r#"{"error":{"status":"UNAUTHENTICATED","reason":"INVALID_CREDENTIALS","message":"invalid or expired token"}}"#;
-const NOT_FOUND_BODY: &str = "404 page not found";
-const JSON: &str = "application/json; charset=utf-8";
-
-/// How the token states its expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClaimStyle {
-    /// `"expire": "2026-12-04T09:15:02.123456Z"`: today's real server.
-    #[default]
-    Expire,
-    /// `"expire": "2026-12-04 09:15:02.123456"` (space, no zone, UTC): older
-    /// servers.
-    ExpireLegacy,
-    /// Standard numeric `exp` and `iat` (whole seconds, truncated, as Go's JWT
-    /// library writes them) instead of `expire`.
-    Exp,
-    /// No expiry claim at all.
-    NoExpiry,
-}
-
-/// A per-client-IP token bucket.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    /// Tokens added per second.
-    pub per_second: f64,
-    /// Bucket size: how many requests may come at once.
-    pub burst: u32,
-}
-
-impl Default for RateLimit {
-    /// The real server's limit on `/auth/*`: 10 requests/s, burst 20.
-    fn default() -> Self {
-        RateLimit {
-            per_second: 10.0,
-            burst: 20,
-        }
-    }
-}
-
-/// How to start a [`StandIn`].
-#[derive(Clone)]
-pub struct StandInOptions {
-    /// Lifetime of the tokens issued (the real server's is 7 days).
-    pub lifetime: Duration,
-    /// Accounts as `(username, password)`.
-    pub users: Vec<(String, String)>,
-    /// How tokens state their expiry.
-    pub claim_style: ClaimStyle,
-    /// Rate limit on `/auth/*`; `None` disables it.
-    pub rate_limit: Option<RateLimit>,
-    /// Where to listen; `None` is `127.0.0.1:0` (a free port).
-    pub bind: Option<SocketAddr>,
-}
-
-impl Default for StandInOptions {
-    fn default() -> Self {
-        StandInOptions {
-            lifetime: Duration::from_secs(20),
-            users: vec![("agent@example.com".to_owned(), "secret-password".to_owned())],
-            claim_style: ClaimStyle::Expire,
-            rate_limit: Some(RateLimit::default()),
-            bind: None,
-        }
-    }
-}
-
-impl fmt::Debug for StandInOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let users: Vec<(&str, &str)> = self
-            .users
-            .iter()
-            .map(|(name, _)| (name.as_str(), "<redacted>"))
-            .collect();
-        f.debug_struct("StandInOptions")
-            .field("lifetime", &self.lifetime)
-            .field("users", &users)
-            .field("claim_style", &self.claim_style)
-            .field("rate_limit", &self.rate_limit)
-            .field("bind", &self.bind)
-            .finish()
-    }
-}
-
-/// One request the stand-in answered (or dropped). Holds no secrets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginRecord {
-    /// `POST`, `GET`, ...
-    pub method: String,
-    /// The path, without the query.
-    pub path: String,
-    /// The request's `Content-Type`, if any.
-    pub content_type: Option<String>,
-    /// Whether the request carried a `Cookie` header (a client must not keep
-    /// the login cookie).
-    pub had_cookie_header: bool,
-    /// For a login: the `username` field of the body, when it was a string.
-    pub username: Option<String>,
-    /// The status answered; 0 when the connection was dropped
-    /// ([`Fault::Close`]).
-    pub status: u16,
-    /// The `X-Request-Id` answered.
-    pub request_id: String,
-    /// When the request arrived.
-    pub at: SystemTime,
-    /// How it authenticated (key API calls; `None` for the others).
-    pub auth: AuthVia,
-    /// Whether the query string carried `accesskey=` (a key in a URL ends
-    /// up in proxy logs: a client must never do it).
-    pub key_in_query: bool,
-}
+use state::{Inner, User};
 
 /// A running stand-in server. Dropping it stops it.
 pub struct StandIn {
@@ -440,40 +306,113 @@ impl fmt::Debug for StandIn {
     }
 }
 
-/// Formats a time as an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`), for
-/// `Date` and `Retry-After` headers.
-pub fn format_http_date(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-        ))
-        .unwrap_or_default()
-}
+impl StandIn {
+    /// Makes a key as the admin page would (`expire` seconds, scaled by the
+    /// key time scale, no minimum), returning its id and the key itself.
+    pub fn create_key(&self, name: &str, expire_secs: u64) -> (String, String) {
+        let (info, secret) = self.inner.keys().create(name, "", expire_secs);
+        (info.id, secret)
+    }
 
-/// Formats an expiry the way the real server writes the `expire` claim:
-/// UTC, microseconds, `T` and `Z` (or, `legacy`, a space and no zone).
-pub fn format_expire(t: SystemTime, legacy: bool) -> String {
-    let t = OffsetDateTime::from(t);
-    let formatted = if legacy {
-        t.format(format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"
-        ))
-    } else {
-        t.format(format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-        ))
-    };
-    formatted.unwrap_or_default()
-}
+    /// Every key ever made, deleted ones included, oldest first.
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        self.inner.keys().keys.iter().map(|k| k.info.clone()).collect()
+    }
 
-/// Parses an `expire` claim in either of the real server's forms.
-fn parse_expire(s: &str) -> Option<SystemTime> {
-    let iso = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]Z");
-    let legacy = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]");
-    let parsed = PrimitiveDateTime::parse(s, iso)
-        .or_else(|_| PrimitiveDateTime::parse(s, legacy))
-        .ok()?;
-    Some(parsed.assume_utc().into())
+    /// Every key secret ever made, oldest first, so tests can check that
+    /// none of them shows up in a log.
+    pub fn issued_keys(&self) -> Vec<String> {
+        self.inner.keys().keys.iter().map(|k| k.secret.clone()).collect()
+    }
+
+    /// Deletes a key out of band (the admin page); false if unknown or gone.
+    pub fn delete_key(&self, id: &str) -> bool {
+        let mut keys = self.inner.keys();
+        match keys.find(id) {
+            Some(k) if k.info.tm_delete.is_none() => {
+                k.info.tm_delete = Some(SystemTime::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keys made from now on live `expire × scale` seconds (1.0: real time;
+    /// 1e-4 makes a day about 8.6 s).
+    pub fn set_key_time_scale(&self, scale: f64) {
+        self.inner.keys().scale = scale;
+    }
+
+    /// Appends faults for key requests (see the module docs of `keys`).
+    pub fn script_keys(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().script.extend(faults);
+    }
+
+    /// Appends faults for key creations only (`POST`), e.g. a creation
+    /// whose answer is lost.
+    pub fn script_key_creations(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().post_script.extend(faults);
+    }
+
+    /// Requests that reached `/v1.0/accesskeys`.
+    pub fn key_requests(&self) -> u64 {
+        self.inner.keys().requests
+    }
+
+    /// Sets an agent's permission bits (default: customer admin).
+    pub fn set_permission(&self, username: &str, permission: u64) {
+        if let Some(user) = self.inner.state().users.get_mut(username) {
+            user.permission = permission;
+        }
+    }
+
+    /// How the key list is paged from now on (see [`ListPaging`]).
+    pub fn set_key_list_paging(&self, paging: ListPaging) {
+        self.inner.keys().paging = paging;
+    }
+
+    /// Requests for the key list (`GET /v1.0/accesskeys`) answered so far.
+    pub fn key_list_requests(&self) -> u64 {
+        self.inner.keys().list_requests
+    }
+
+    /// Appends faults for key deletions only (`DELETE`), e.g. one 401
+    /// (`Fault::status(401)`) for the next deletion.
+    pub fn script_key_deletions(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.inner.keys().delete_script.extend(faults);
+    }
+
+    /// Live keys (not deleted, not expired) named `name`.
+    pub fn live_keys_named(&self, name: &str) -> usize {
+        let now = SystemTime::now();
+        self.inner
+            .keys()
+            .keys
+            .iter()
+            .filter(|k| k.info.name == name && k.info.tm_delete.is_none() && k.info.tm_expire > now)
+            .count()
+    }
+
+    /// Every `DELETE /v1.0/accesskeys/{id}` from now on is answered with
+    /// `status` (for example 500) and deletes nothing; `None`: normal again.
+    pub fn set_fail_deletes(&self, status: Option<u16>) {
+        self.inner.keys().fail_deletes = status;
+    }
+
+    /// From now on a key creation (`POST`) makes the key and then waits
+    /// `delay` before answering: a client that dies meanwhile leaves a key
+    /// it never saw (an orphan). `None`: answer at once again.
+    pub fn set_create_answer_delay(&self, delay: Option<Duration>) {
+        self.inner.keys().create_answer_delay = delay;
+    }
+
+    /// Every answer (logins and key calls) from now on carries a `Date`
+    /// header this many seconds off real time (`None`: the real time). A
+    /// fault that sets its own `Date` ([`Fault::ServerDateSkew`]) wins.
+    /// Only the header lies: keys, tokens and their times are real.
+    pub fn set_date_offset(&self, seconds: Option<i64>) {
+        self.inner.state().date_offset = seconds;
+    }
 }
 
 fn bind_addr(opts: &StandInOptions) -> SocketAddr {
@@ -485,26 +424,4 @@ async fn listen(bind: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
-}
-
-fn add_or_now(t: SystemTime, d: Duration) -> SystemTime {
-    t.checked_add(d).unwrap_or(t)
-}
-
-fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        fastrand::u32(..),
-        fastrand::u16(..),
-        fastrand::u16(..0x1000),
-        0x8000 | fastrand::u16(..0x4000),
-        fastrand::u64(..1 << 48)
-    )
 }

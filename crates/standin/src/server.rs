@@ -1,292 +1,37 @@
 //! The server proper: shared state, the accept loop, the login and `me` handlers.
 
-use super::*;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::body::{Dribble, Huge, Payload};
-use super::faults::fault_name;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::debug;
 
-/// The shared state of one server.
-pub(super) struct Inner {
-    pub(super) key: Vec<u8>,
-    pub(super) customer_id: String,
-    pub(super) nonce: u64,
-    pub(super) next_request: AtomicU64,
-    pub(super) login_requests: AtomicU64,
-    pub(super) logins_ok: AtomicU64,
-    pub(super) state: Mutex<State>,
-    pub(super) keys: Mutex<super::keys::KeyStore>,
-}
-
-pub(super) struct State {
-    pub(super) users: HashMap<String, User>,
-    pub(super) lifetime: Duration,
-    pub(super) claim_style: ClaimStyle,
-    pub(super) rate_limit: Option<RateLimit>,
-    pub(super) buckets: HashMap<IpAddr, Bucket>,
-    pub(super) script: VecDeque<Fault>,
-    pub(super) default_fault: Option<Fault>,
-    pub(super) records: VecDeque<LoginRecord>,
-    pub(super) issued: VecDeque<String>,
-    /// Seconds added to real time in every answer's `Date` header that
-    /// does not set its own (see [`StandIn::set_date_offset`]).
-    pub(super) date_offset: Option<i64>,
-}
-
-pub(super) struct User {
-    pub(super) password: String,
-    pub(super) id: String,
-    pub(super) name: String,
-    /// Permission bits of the agent (see `keys`): customer admin by default.
-    pub(super) permission: u64,
-}
-
-impl User {
-    pub(super) fn new(username: &str, password: &str) -> User {
-        User {
-            password: password.to_owned(),
-            id: uuid_like(),
-            name: display_name(username),
-            permission: super::keys::PERMISSION_CUSTOMER_ADMIN,
-        }
-    }
-}
-
-pub(super) fn display_name(username: &str) -> String {
-    username.split('@').next().unwrap_or(username).to_owned()
-}
-
-pub(super) struct Bucket {
-    pub(super) tokens: f64,
-    pub(super) last: Instant,
-}
-
-/// The `agent` claim: a snapshot of the agent, as the real server writes it.
-#[derive(Serialize)]
-pub(super) struct AgentClaim {
-    pub(super) id: String,
-    pub(super) customer_id: String,
-    pub(super) username: String,
-    pub(super) name: String,
-    pub(super) permission: u64,
-}
-
-#[derive(Serialize)]
-pub(super) struct Claims {
-    #[serde(rename = "type")]
-    pub(super) kind: &'static str,
-    pub(super) agent: AgentClaim,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) expire: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) exp: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) iat: Option<i64>,
-}
-
-#[derive(Serialize)]
-pub(super) struct LoginAnswer<'a> {
-    username: &'a str,
-    token: &'a str,
-}
-
-impl Inner {
-    pub(super) fn new(opts: StandInOptions) -> Inner {
-        let users = opts
-            .users
-            .iter()
-            .map(|(name, password)| (name.clone(), User::new(name, password)))
-            .collect();
-        let key = std::iter::repeat_with(|| fastrand::u8(..)).take(32).collect();
-        Inner {
-            key,
-            customer_id: uuid_like(),
-            nonce: fastrand::u64(..),
-            next_request: AtomicU64::new(1),
-            login_requests: AtomicU64::new(0),
-            logins_ok: AtomicU64::new(0),
-            keys: Mutex::new(super::keys::KeyStore::new()),
-            state: Mutex::new(State {
-                users,
-                lifetime: opts.lifetime,
-                claim_style: opts.claim_style,
-                rate_limit: opts.rate_limit,
-                buckets: HashMap::new(),
-                script: VecDeque::new(),
-                default_fault: None,
-                records: VecDeque::new(),
-                issued: VecDeque::new(),
-                date_offset: None,
-            }),
-        }
-    }
-
-    /// The state; a panic elsewhere while holding the lock does not make the
-    /// server unusable.
-    pub(super) fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The access keys (a lock of their own).
-    pub(super) fn keys(&self) -> MutexGuard<'_, super::keys::KeyStore> {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(super) fn request_id(&self) -> String {
-        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n:08}", self.nonce)
-    }
-
-    /// Takes one token from the client's bucket; false when it is empty.
-    pub(super) fn admit(&self, client: IpAddr) -> bool {
-        let mut state = self.state();
-        let Some(limit) = state.rate_limit else {
-            return true;
-        };
-        let burst = f64::from(limit.burst);
-        let now = Instant::now();
-        let bucket = state.buckets.entry(client).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let refill = now.duration_since(bucket.last).as_secs_f64() * limit.per_second.max(0.0);
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    pub(super) fn next_fault(&self) -> Option<Fault> {
-        let mut state = self.state();
-        match state.script.pop_front() {
-            Some(fault) => Some(fault),
-            None => state.default_fault.clone(),
-        }
-    }
-
-    pub(super) fn record(&self, record: LoginRecord) {
-        let mut state = self.state();
-        if state.records.len() >= HISTORY_LIMIT {
-            state.records.pop_front();
-        }
-        state.records.push_back(record);
-    }
-
-    pub(super) fn hand_out(&self, token: &str) {
-        let mut state = self.state();
-        if state.issued.len() >= HISTORY_LIMIT {
-            state.issued.pop_front();
-        }
-        state.issued.push_back(token.to_owned());
-    }
-
-    /// The agent claim for `username`: the account's, or a made-up one for
-    /// a username the server does not know (faults answer for any name).
-    pub(super) fn agent(&self, username: &str) -> AgentClaim {
-        let state = self.state();
-        let (id, name, permission) = match state.users.get(username) {
-            Some(user) => (user.id.clone(), user.name.clone(), user.permission),
-            None => (
-                uuid_like(),
-                display_name(username),
-                super::keys::PERMISSION_CUSTOMER_ADMIN,
-            ),
-        };
-        AgentClaim {
-            id,
-            customer_id: self.customer_id.clone(),
-            username: username.to_owned(),
-            name,
-            permission,
-        }
-    }
-
-    pub(super) fn claims(
-        &self,
-        username: &str,
-        style: ClaimStyle,
-        issued_at: SystemTime,
-        expires_at: SystemTime,
-    ) -> Claims {
-        let mut claims = Claims {
-            kind: "agent",
-            agent: self.agent(username),
-            expire: None,
-            exp: None,
-            iat: None,
-        };
-        match style {
-            ClaimStyle::Expire => claims.expire = Some(format_expire(expires_at, false)),
-            ClaimStyle::ExpireLegacy => claims.expire = Some(format_expire(expires_at, true)),
-            ClaimStyle::Exp => {
-                claims.exp = Some(unix_seconds(expires_at));
-                claims.iat = Some(unix_seconds(issued_at));
-            }
-            ClaimStyle::NoExpiry => {}
-        }
-        claims
-    }
-
-    pub(super) fn sign(&self, claims: &impl Serialize) -> Option<String> {
-        let key = EncodingKey::from_secret(&self.key);
-        match jsonwebtoken::encode(&Header::default(), claims, &key) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                debug!(error = %e, "signing a token failed");
-                None
-            }
-        }
-    }
-
-    /// The agent of a token that verifies and has not expired.
-    pub(super) fn verify(&self, token: &str) -> Option<serde_json::Value> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        let key = DecodingKey::from_secret(&self.key);
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
-            .ok()?
-            .claims;
-        if claims.get("type")?.as_str()? != "agent" {
-            return None;
-        }
-        let now = SystemTime::now();
-        let expired = if let Some(expire) = claims.get("expire") {
-            parse_expire(expire.as_str()?)? <= now
-        } else if let Some(exp) = claims.get("exp") {
-            exp.as_f64()? <= unix_seconds(now) as f64
-        } else {
-            // No expiry claim: good for as long as the key is.
-            false
-        };
-        if expired {
-            return None;
-        }
-        claims.get("agent").cloned()
-    }
-}
-
-/// The error that makes hyper drop a connection without answering.
-#[derive(Debug)]
-pub(super) struct DropConnection;
-
-impl fmt::Display for DropConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection dropped on purpose (Fault::Close)")
-    }
-}
-
-impl std::error::Error for DropConnection {}
-
-pub(super) type Answer = Result<Response<Payload>, DropConnection>;
+use crate::answer::{Answer, DropConnection, canned, empty, json, set, text, with_body};
+use crate::body::{Dribble, Huge, Payload};
+use crate::faults::{Fault, fault_name};
+use crate::keys;
+use crate::model::{
+    AuthVia, COOKIE_MAX_AGE_SECS, ClaimStyle, EXPIRED_AGO, JSON, LOGIN_PATH, LoginRecord, MAX_BODY_BYTES,
+    ME_PATH, NOT_FOUND_BODY, RATE_LIMITED_BODY, UNAUTHENTICATED_BODY, add_or_now, format_http_date,
+};
+use crate::state::{ACCESSKEYS_PATH, Claims, Inner};
 
 /// Accepts connections until told to stop.
-pub(super) async fn serve(listener: TcpListener, inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|&stopped| stopped) => break,
@@ -323,7 +68,7 @@ pub(super) async fn serve(listener: TcpListener, inner: Arc<Inner>, mut stop: wa
 }
 
 /// Answers one request, records it and stamps the `X-Request-Id`.
-pub(super) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incoming>) -> Answer {
+pub(crate) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incoming>) -> Answer {
     let at = SystemTime::now();
     let request_id = inner.request_id();
     let method = req.method().clone();
@@ -339,9 +84,9 @@ pub(super) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
         .is_some_and(|q| q.split('&').any(|p| p.starts_with("accesskey=")));
 
     let mut username = None;
-    let mut auth = super::keys::AuthVia::None;
-    let answer = if path.starts_with(super::keys::ACCESSKEYS_PATH) {
-        super::keys::route(&inner, req, &request_id, &mut auth).await
+    let mut auth = AuthVia::None;
+    let answer = if path.starts_with(ACCESSKEYS_PATH) {
+        keys::route(&inner, req, &request_id, &mut auth).await
     } else {
         route(&inner, client, req, &mut username).await
     };
@@ -386,7 +131,7 @@ pub(super) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
     })
 }
 
-pub(super) async fn route(
+pub(crate) async fn route(
     inner: &Inner,
     client: IpAddr,
     req: Request<Incoming>,
@@ -408,7 +153,7 @@ pub(super) async fn route(
     Ok(text(StatusCode::NOT_FOUND, NOT_FOUND_BODY))
 }
 
-pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut Option<String>) -> Answer {
+pub(crate) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut Option<String>) -> Answer {
     // An unreadable or oversized body is a 400 like any other failure, but
     // only once the rate limiter and any scripted fault had their say.
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
@@ -538,13 +283,13 @@ pub(super) async fn login(inner: &Inner, req: Request<Incoming>, username: &mut 
     Ok(response)
 }
 
-pub(super) fn style_and_lifetime(inner: &Inner) -> (ClaimStyle, Duration) {
+pub(crate) fn style_and_lifetime(inner: &Inner) -> (ClaimStyle, Duration) {
     let state = inner.state();
     (state.claim_style, state.lifetime)
 }
 
 /// The normal login path, with the server's clock at `clock`.
-pub(super) fn answer_login(
+pub(crate) fn answer_login(
     inner: &Inner,
     username: Option<&str>,
     password: Option<&str>,
@@ -554,7 +299,7 @@ pub(super) fn answer_login(
 }
 
 /// The normal login path, with `extra` merged into the claims ([`Fault::Claims`]).
-pub(super) fn answer_login_with(
+pub(crate) fn answer_login_with(
     inner: &Inner,
     username: Option<&str>,
     password: Option<&str>,
@@ -592,7 +337,7 @@ pub(super) fn answer_login_with(
 }
 
 /// `claims` with the keys of the object `extra` set (or removed, for `null`).
-pub(super) fn merged(claims: &Claims, extra: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn merged(claims: &Claims, extra: &serde_json::Value) -> serde_json::Value {
     let mut value = serde_json::to_value(claims).unwrap_or_default();
     if let (Some(map), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
         for (key, v) in extra {
@@ -607,27 +352,27 @@ pub(super) fn merged(claims: &Claims, extra: &serde_json::Value) -> serde_json::
 }
 
 /// A 200 carrying a token that is not valid: handed out, not counted.
-pub(super) fn bad_token(inner: &Inner, username: &str, token: String) -> Response<Payload> {
+pub(crate) fn bad_token(inner: &Inner, username: &str, token: String) -> Response<Payload> {
     inner.hand_out(&token);
     token_answer(username, &token)
 }
 
-pub(super) fn login_body(username: &str, token: &str) -> Vec<u8> {
+pub(crate) fn login_body(username: &str, token: &str) -> Vec<u8> {
     serde_json::to_vec(&LoginAnswer { username, token }).unwrap_or_default()
 }
 
-pub(super) fn token_answer(username: &str, token: &str) -> Response<Payload> {
+pub(crate) fn token_answer(username: &str, token: &str) -> Response<Payload> {
     let mut response = json(StatusCode::OK, login_body(username, token));
     set_cookie(&mut response, token);
     response
 }
 
-pub(super) fn set_cookie(response: &mut Response<Payload>, token: &str) {
+pub(crate) fn set_cookie(response: &mut Response<Payload>, token: &str) {
     let cookie = format!("token={token}; Path=/; Max-Age={COOKIE_MAX_AGE_SECS}; Secure; HttpOnly");
     set(response, header::SET_COOKIE, &cookie);
 }
 
-pub(super) fn me(inner: &Inner, req: &Request<Incoming>) -> Response<Payload> {
+pub(crate) fn me(inner: &Inner, req: &Request<Incoming>) -> Response<Payload> {
     match request_token(req).and_then(|token| inner.verify(token)) {
         Some(agent) => json(StatusCode::OK, serde_json::to_vec(&agent).unwrap_or_default()),
         None => json(StatusCode::UNAUTHORIZED, UNAUTHENTICATED_BODY),
@@ -636,7 +381,7 @@ pub(super) fn me(inner: &Inner, req: &Request<Incoming>) -> Response<Payload> {
 
 /// The token of a request, where the real server looks: a `token` cookie
 /// first, then `Authorization: Bearer ` (exactly), then `?token=`.
-pub(super) fn request_token(req: &Request<Incoming>) -> Option<&str> {
+pub(crate) fn request_token(req: &Request<Incoming>) -> Option<&str> {
     let from_cookie = req
         .headers()
         .get_all(header::COOKIE)
@@ -662,53 +407,14 @@ pub(super) fn request_token(req: &Request<Incoming>) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-pub(super) fn rate_limited() -> Response<Payload> {
+pub(crate) fn rate_limited() -> Response<Payload> {
     let mut response = json(StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED_BODY);
     set(&mut response, header::RETRY_AFTER, "1");
     response
 }
 
-pub(super) fn canned(status: u16, body: String, headers: &[(String, String)]) -> Response<Payload> {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = with_body(status, Payload::full(body));
-    for (name, value) in headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                response.headers_mut().append(name, value);
-            }
-            _ => debug!(header = %name, "left out an invalid scripted header"),
-        }
-    }
-    response
-}
-
-pub(super) fn with_body(status: StatusCode, body: Payload) -> Response<Payload> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response
-}
-
-pub(super) fn empty(status: StatusCode) -> Response<Payload> {
-    with_body(status, Payload::Full(None))
-}
-
-pub(super) fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Payload> {
-    let mut response = with_body(status, Payload::full(body));
-    set(&mut response, header::CONTENT_TYPE, JSON);
-    response
-}
-
-pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Payload> {
-    let mut response = with_body(status, Payload::full(body));
-    set(&mut response, header::CONTENT_TYPE, "text/plain");
-    response
-}
-
-pub(super) fn set(response: &mut Response<Payload>, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        response.headers_mut().insert(name, value);
-    }
+#[derive(Serialize)]
+struct LoginAnswer<'a> {
+    username: &'a str,
+    token: &'a str,
 }

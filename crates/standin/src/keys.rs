@@ -31,151 +31,21 @@
 //! [`StandIn::script_key_deletions`] queues faults for `DELETE`s only (e.g.
 //! one 401); any other fault is ignored for key calls.
 
-use super::body::Payload;
-use super::server::*;
-use super::*;
+use std::time::{Duration, SystemTime};
 
-/// The key API's path.
-pub const ACCESSKEYS_PATH: &str = "/v1.0/accesskeys";
-/// The real server's least `expire` of a new key, in seconds.
-pub const MIN_KEY_EXPIRE_SECS: u64 = 86_400;
-/// Agent permission bits (bin-agent-manager): project super admin, customer admin.
-pub const PERMISSION_PROJECT_SUPER_ADMIN: u64 = 0x0001;
-pub const PERMISSION_CUSTOMER_ADMIN: u64 = 0x0020;
-pub const PERMISSION_CUSTOMER_AGENT: u64 = 0x0010;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Method, Request, Response, StatusCode};
 
-const KEY_PREFIX_LEN: usize = 11;
-
-/// How a request authenticated (or tried to), for the tests' view of the
-/// server. Holds no secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AuthVia {
-    #[default]
-    None,
-    TokenCookie,
-    TokenQuery,
-    Bearer,
-    KeyCookie,
-    KeyQuery,
-}
-
-/// A key as the server's database has it: what the admin page would show.
-/// Never holds the key itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyInfo {
-    pub id: String,
-    pub name: String,
-    pub detail: String,
-    pub token_prefix: String,
-    pub tm_create: SystemTime,
-    pub tm_expire: SystemTime,
-    pub tm_delete: Option<SystemTime>,
-}
-
-/// One key, with its secret (the real server keeps a hash; the stand-in
-/// compares the secret directly).
-pub(super) struct StoredKey {
-    info: KeyInfo,
-    secret: String,
-    tm_update: SystemTime,
-}
-
-/// Every key of the stand-in's one customer.
-#[derive(Default)]
-pub(super) struct KeyStore {
-    keys: Vec<StoredKey>,
-    scale: f64,
-    script: VecDeque<Fault>,
-    post_script: VecDeque<Fault>,
-    requests: u64,
-    last_create: Option<SystemTime>,
-    paging: ListPaging,
-    list_requests: u64,
-    delete_script: VecDeque<Fault>,
-    /// [`StandIn::set_fail_deletes`]: every `DELETE` answered with this
-    /// status, the key left alive.
-    fail_deletes: Option<u16>,
-    /// [`StandIn::set_create_answer_delay`]: a `POST` makes the key, then
-    /// waits this long before answering.
-    create_answer_delay: Option<Duration>,
-}
-
-/// How the stand-in pages its key list ([`StandIn::set_key_list_paging`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ListPaging {
-    /// As the real server: pages by `tm_create`, an empty page at the end.
-    #[default]
-    Honest,
-    /// A broken server: every answer is the first page (`page_size`
-    /// honoured) and its `next_page_token` alternates between `A` and `B`,
-    /// so a client that only compares with the last token walks forever.
-    AlternatingTokens,
-    /// A broken server: one key a page (cycling through the live keys),
-    /// always with a new `next_page_token`: the list never ends.
-    EndlessOneKeyPerPage,
-}
-
-impl KeyStore {
-    pub(super) fn new() -> KeyStore {
-        KeyStore {
-            scale: 1.0,
-            ..KeyStore::default()
-        }
-    }
-
-    /// Makes a key expiring `expire_secs × scale` from now. `tm_create`
-    /// strictly increases, so paging by it never skips or repeats a key.
-    fn create(&mut self, name: &str, detail: &str, expire_secs: u64) -> (KeyInfo, String) {
-        let mut now = SystemTime::now();
-        if let Some(last) = self.last_create
-            && now <= last
-        {
-            now = last + Duration::from_micros(1);
-        }
-        // Whole microseconds, as the server's timestamps have.
-        let micros = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
-        now = UNIX_EPOCH + Duration::from_micros(micros as u64);
-        self.last_create = Some(now);
-        let lifetime = Duration::from_secs_f64((expire_secs as f64 * self.scale).max(0.0));
-        let secret = new_secret();
-        let info = KeyInfo {
-            id: uuid_like(),
-            name: name.to_owned(),
-            detail: detail.to_owned(),
-            token_prefix: secret[..KEY_PREFIX_LEN].to_owned(),
-            tm_create: now,
-            tm_expire: add_or_now(now, lifetime),
-            tm_delete: None,
-        };
-        self.keys.push(StoredKey {
-            info: info.clone(),
-            secret: secret.clone(),
-            tm_update: now,
-        });
-        (info, secret)
-    }
-
-    fn find(&mut self, id: &str) -> Option<&mut StoredKey> {
-        self.keys.iter_mut().find(|k| k.info.id == id)
-    }
-
-    /// The live key whose secret this is.
-    fn by_secret(&self, secret: &str, now: SystemTime) -> Option<&StoredKey> {
-        self.keys
-            .iter()
-            .find(|k| k.secret == secret && k.info.tm_delete.is_none() && k.info.tm_expire > now)
-    }
-}
-
-/// `vb_` and 32 letters and digits.
-fn new_secret() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut s = String::from("vb_");
-    for _ in 0..32 {
-        s.push(ALPHABET[fastrand::usize(..ALPHABET.len())] as char);
-    }
-    s
-}
+use crate::answer::{Answer, DropConnection, canned, json, text};
+use crate::body::Payload;
+use crate::faults::Fault;
+use crate::model::{AuthVia, MAX_BODY_BYTES, NOT_FOUND_BODY, format_expire, parse_expire};
+use crate::state::{
+    ACCESSKEYS_PATH, Inner, KEY_PREFIX_LEN, KeyInfo, KeyStore, ListPaging, MIN_KEY_EXPIRE_SECS,
+    PERMISSION_CUSTOMER_ADMIN, PERMISSION_PROJECT_SUPER_ADMIN, StoredKey, new_secret,
+};
 
 /// The key object as the server writes it (`token` only on creation;
 /// `name` and `detail` left out when empty, as Go's `omitempty` does).
@@ -291,7 +161,7 @@ fn authenticate(inner: &Inner, req: &Request<Incoming>, via: &mut AuthVia) -> Op
 }
 
 /// Answers a request under `/v1.0/accesskeys`.
-pub(super) async fn route(
+pub(crate) async fn route(
     inner: &Inner,
     req: Request<Incoming>,
     request_id: &str,
@@ -646,113 +516,4 @@ fn is_uuid(s: &str) -> bool {
     parts.len() == 5
         && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
         && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-impl StandIn {
-    /// Makes a key as the admin page would (`expire` seconds, scaled by the
-    /// key time scale, no minimum), returning its id and the key itself.
-    pub fn create_key(&self, name: &str, expire_secs: u64) -> (String, String) {
-        let (info, secret) = self.inner.keys().create(name, "", expire_secs);
-        (info.id, secret)
-    }
-
-    /// Every key ever made, deleted ones included, oldest first.
-    pub fn keys(&self) -> Vec<KeyInfo> {
-        self.inner.keys().keys.iter().map(|k| k.info.clone()).collect()
-    }
-
-    /// Every key secret ever made, oldest first, so tests can check that
-    /// none of them shows up in a log.
-    pub fn issued_keys(&self) -> Vec<String> {
-        self.inner.keys().keys.iter().map(|k| k.secret.clone()).collect()
-    }
-
-    /// Deletes a key out of band (the admin page); false if unknown or gone.
-    pub fn delete_key(&self, id: &str) -> bool {
-        let mut keys = self.inner.keys();
-        match keys.find(id) {
-            Some(k) if k.info.tm_delete.is_none() => {
-                k.info.tm_delete = Some(SystemTime::now());
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Keys made from now on live `expire × scale` seconds (1.0: real time;
-    /// 1e-4 makes a day about 8.6 s).
-    pub fn set_key_time_scale(&self, scale: f64) {
-        self.inner.keys().scale = scale;
-    }
-
-    /// Appends faults for key requests (see the module docs of `keys`).
-    pub fn script_keys(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.inner.keys().script.extend(faults);
-    }
-
-    /// Appends faults for key creations only (`POST`), e.g. a creation
-    /// whose answer is lost.
-    pub fn script_key_creations(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.inner.keys().post_script.extend(faults);
-    }
-
-    /// Requests that reached `/v1.0/accesskeys`.
-    pub fn key_requests(&self) -> u64 {
-        self.inner.keys().requests
-    }
-
-    /// Sets an agent's permission bits (default: customer admin).
-    pub fn set_permission(&self, username: &str, permission: u64) {
-        if let Some(user) = self.inner.state().users.get_mut(username) {
-            user.permission = permission;
-        }
-    }
-
-    /// How the key list is paged from now on (see [`ListPaging`]).
-    pub fn set_key_list_paging(&self, paging: ListPaging) {
-        self.inner.keys().paging = paging;
-    }
-
-    /// Requests for the key list (`GET /v1.0/accesskeys`) answered so far.
-    pub fn key_list_requests(&self) -> u64 {
-        self.inner.keys().list_requests
-    }
-
-    /// Appends faults for key deletions only (`DELETE`), e.g. one 401
-    /// (`Fault::status(401)`) for the next deletion.
-    pub fn script_key_deletions(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.inner.keys().delete_script.extend(faults);
-    }
-
-    /// Live keys (not deleted, not expired) named `name`.
-    pub fn live_keys_named(&self, name: &str) -> usize {
-        let now = SystemTime::now();
-        self.inner
-            .keys()
-            .keys
-            .iter()
-            .filter(|k| k.info.name == name && k.info.tm_delete.is_none() && k.info.tm_expire > now)
-            .count()
-    }
-
-    /// Every `DELETE /v1.0/accesskeys/{id}` from now on is answered with
-    /// `status` (for example 500) and deletes nothing; `None`: normal again.
-    pub fn set_fail_deletes(&self, status: Option<u16>) {
-        self.inner.keys().fail_deletes = status;
-    }
-
-    /// From now on a key creation (`POST`) makes the key and then waits
-    /// `delay` before answering: a client that dies meanwhile leaves a key
-    /// it never saw (an orphan). `None`: answer at once again.
-    pub fn set_create_answer_delay(&self, delay: Option<Duration>) {
-        self.inner.keys().create_answer_delay = delay;
-    }
-
-    /// Every answer (logins and key calls) from now on carries a `Date`
-    /// header this many seconds off real time (`None`: the real time). A
-    /// fault that sets its own `Date` ([`Fault::ServerDateSkew`]) wins.
-    /// Only the header lies: keys, tokens and their times are real.
-    pub fn set_date_offset(&self, seconds: Option<i64>) {
-        self.inner.state().date_offset = seconds;
-    }
 }

@@ -1,7 +1,19 @@
 //! Unit tests of the stand-in: it must say no the way the real server does.
 
-use super::body::{HUGE_PREFIX, HUGE_SUFFIX};
-use super::*;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use crate::body::{HUGE_PREFIX, HUGE_SUFFIX};
+use crate::model::{JSON, parse_expire, unix_seconds};
+use crate::{
+    ACCESSKEYS_PATH, AuthVia, ClaimStyle, Fault, LOGIN_PATH, LoginRecord, MAX_BODY_BYTES, ME_PATH,
+    PERMISSION_CUSTOMER_ADMIN, PERMISSION_CUSTOMER_AGENT, RateLimit, StandIn, StandInOptions, format_expire,
+    format_http_date,
+};
 
 const USER: &str = "agent@example.com";
 const PASSWORD: &str = "secret-password";

@@ -1,6 +1,8 @@
 //! Faults on demand: one misbehaving answer to a login.
 
-use super::*;
+use std::time::Duration;
+
+use crate::model::{JSON, RATE_LIMITED_BODY};
 
 /// One misbehaving answer to a login, instead of the normal path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +126,7 @@ impl Fault {
     }
 }
 
-pub(super) fn fault_name(fault: &Fault) -> &'static str {
+pub(crate) fn fault_name(fault: &Fault) -> &'static str {
     match fault {
         Fault::Status { .. } => "status",
         Fault::Delay(_) => "delay",

@@ -1,16 +1,22 @@
 //! Response bodies: whole, dribbled slowly, or huge and generated as sent.
 
-use super::*;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 
 /// Response bodies: whole, dribbled, or generated on the fly.
-pub(super) enum Payload {
+pub(crate) enum Payload {
     Full(Option<Bytes>),
     Dribble(Dribble),
     Huge(Huge),
 }
 
 impl Payload {
-    pub(super) fn full(body: impl Into<Bytes>) -> Payload {
+    pub(crate) fn full(body: impl Into<Bytes>) -> Payload {
         let body = body.into();
         Payload::Full((!body.is_empty()).then_some(body))
     }
@@ -18,27 +24,27 @@ impl Payload {
 
 /// The rest of a body, sent `chunk` bytes every `every`. If the client goes
 /// away, hyper drops it and the timer with it.
-pub(super) struct Dribble {
-    pub(super) data: Bytes,
-    pub(super) chunk: usize,
-    pub(super) every: Duration,
-    pub(super) sleep: Pin<Box<tokio::time::Sleep>>,
+pub(crate) struct Dribble {
+    pub(crate) data: Bytes,
+    pub(crate) chunk: usize,
+    pub(crate) every: Duration,
+    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// A body of `total` bytes made up as it is sent, so a huge one costs no
 /// memory.
-pub(super) struct Huge {
-    pub(super) total: usize,
-    pub(super) pos: usize,
-    pub(super) chunked: bool,
+pub(crate) struct Huge {
+    pub(crate) total: usize,
+    pub(crate) pos: usize,
+    pub(crate) chunked: bool,
 }
 
-pub(super) const HUGE_PREFIX: &[u8] = br#"{"username":"huge","padding":""#;
-pub(super) const HUGE_SUFFIX: &[u8] = br#""}"#;
-pub(super) static HUGE_FILL: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+pub(crate) const HUGE_PREFIX: &[u8] = br#"{"username":"huge","padding":""#;
+pub(crate) const HUGE_SUFFIX: &[u8] = br#""}"#;
+pub(crate) static HUGE_FILL: [u8; 16 * 1024] = [b'x'; 16 * 1024];
 
 impl Huge {
-    pub(super) fn next_chunk(&mut self) -> Option<Bytes> {
+    pub(crate) fn next_chunk(&mut self) -> Option<Bytes> {
         if self.pos >= self.total {
             return None;
         }
