@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-pub use voipbin_tokend::standin::LoginRecord;
+pub use voipbin_tokend_standin::LoginRecord;
 
 use super::*;
 
@@ -236,7 +236,13 @@ pub fn sh(t: &TestDir, script: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The real server's answer to every failed login: 400, empty body.
-pub fn rejected() -> Fault {
-    Fault::status(400)
+/// A token lifetime no test outlives: no renewal happens unless asked for.
+pub const LONG: Duration = Duration::from_secs(3600);
+
+/// The soft and hard "Max open files" of a process, from /proc.
+pub fn open_file_limits(pid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let n: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (n[0], n[1])
 }

@@ -5,8 +5,6 @@
 //!
 //! Loopback only: nothing here resolves a name or contacts another host.
 
-mod common;
-
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend::standin::{LoginRecord, RateLimit, format_http_date};
+use voipbin_tokend_standin::{LoginRecord, RateLimit, format_http_date};
 
 /// A generous bound for anything that should take a second or two.
 const WAIT: Duration = Duration::from_secs(20);

@@ -3,11 +3,8 @@
 //! hooks (commands and signals), the `status` command and the CLI's help,
 //! completions and man page, all against the real binary and the stand-in.
 //!
-//! `cargo test --test service -- --nocapture` prints a STATUS= line and a
+//! `cargo test --test it service:: -- --nocapture` prints a STATUS= line and a
 //! `/metrics` scrape as received.
-
-#[allow(unused_imports)] // the harness re-exports more than this file uses
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,14 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 /// Generous bound on every wait: the machine may be slow and busy.
 const WAIT: Duration = Duration::from_secs(20);
-/// A token lifetime no test outlives: no renewal happens unless asked for.
-const LONG: Duration = Duration::from_secs(3600);
-
 // ---------------------------------------------------------------------------
 // Helpers.
 

@@ -5,13 +5,11 @@
 //! cap on live keys per installation. Each test spawns the binary against
 //! the stand-in's key API (a day of key lifetime lasts seconds).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend::standin::KeyInfo;
+use voipbin_tokend_standin::KeyInfo;
 
 /// A day of key lifetime lasts this many seconds at the stand-in.
 const DAY_SECS: f64 = 8.0;

@@ -11,14 +11,12 @@
 //! temp file. `TORTURE_SEED` replays a run; `TORTURE_KILLS` changes the
 //! number of kills (default 100).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use voipbin_tokend::keystate::{self, KeyState};
 

@@ -2,14 +2,12 @@
 //! 127.0.0.1 and localhost, made here with rcgen) that terminates TLS and
 //! passes the bytes on to the plain stand-in. Loopback only.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 

@@ -2,14 +2,12 @@
 //! failing logins, unusable tokens, the login budget, and independence of
 //! credentials. (The rest of the core behaviour is in core.rs.)
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------

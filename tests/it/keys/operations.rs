@@ -4,13 +4,11 @@
 //! failing. The binary against the stand-in's key API (a key time scale
 //! makes a day last seconds).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend::standin::KeyInfo;
+use voipbin_tokend_standin::KeyInfo;
 
 const WAIT: Duration = Duration::from_secs(30);
 

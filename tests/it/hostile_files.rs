@@ -6,8 +6,6 @@
 //! Every test spawns the real binary against the stand-in, with a timeout
 //! on every wait. Loopback only.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
@@ -15,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 /// A generous bound for anything that should take a second or two.

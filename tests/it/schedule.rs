@@ -6,11 +6,9 @@
 //!
 //! Loopback only.
 
-mod common;
-
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -4,23 +4,17 @@
 //!
 //! Every test asserts on the files on disk and on the stand-in's login count.
 //! `reload_latency_figures` prints the measured reload latencies
-//! (`cargo test --test reload -- --nocapture`).
-
-// common re-exports a few names (ClaimStyle, ...) this file does not use.
-#[allow(unused_imports)]
-mod common;
+//! (`cargo test --test it reload::reload_latency_figures -- --nocapture`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 /// Generous bound on every wait: the machine may be slow and busy.
 const WAIT: Duration = Duration::from_secs(20);
-/// A token lifetime no test outlives: no renewal happens unless asked for.
-const LONG: Duration = Duration::from_secs(3600);
 /// A second account on the stand-in, to tell credentials' logins apart.
 const USER2: &str = "second@example.com";
 const PASSWORD2: &str = "second-password";
@@ -1178,4 +1172,108 @@ fn reload_latency_figures() {
     assert_eq!(logins, 2, "one login per daemon, none per reload");
     assert!(median(hup) < Duration::from_secs(2));
     assert!(median(to_file) < Duration::from_secs(3));
+}
+
+// ---------------------------------------------------------------------------
+// The config watcher follows a replaced config directory.
+
+#[test]
+fn edits_in_a_replaced_config_directory_are_seen() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    let abs = |n: &str| t.path(n).display().to_string();
+    let text = |outputs: &[&str]| {
+        let outs: String = outputs.iter().map(|o| output(&abs(o), "raw")).collect();
+        config_api(
+            &s.base_url(),
+            "3s",
+            0,
+            &format!(
+                "[state]\ndir = \"{}\"\n\n{}",
+                abs("state"),
+                cred("main", USER, &abs("password"), FAST_RETRY, &outs)
+            ),
+        )
+    };
+    let conf = t.path("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let cfg = conf.join("config.toml");
+    std::fs::write(&cfg, text(&["a.token"])).unwrap();
+    let d = Daemon::spawn(t.command(&["run", "-c", cfg.to_str().unwrap()]));
+    wait_file(&t.path("a.token"), crate::support::WAIT, || d.log());
+
+    // What a config-management tool may do: move the directory away, make
+    // a new one, write the config into it.
+    std::fs::rename(&conf, t.path("conf.old")).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&cfg, text(&["a.token", "b.token"])).unwrap();
+    wait_file(&t.path("b.token"), crate::support::WAIT, || d.log());
+
+    // And the new directory stays watched: a later edit is seen too.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&cfg, text(&["a.token", "b.token", "c.token"])).unwrap();
+    wait_file(&t.path("c.token"), crate::support::WAIT, || d.log());
+    assert_eq!(
+        s.logins_ok(),
+        1,
+        "new outputs get the current token without a login"
+    );
+}
+
+#[test]
+fn configmap_updates_log_one_config_reloaded_and_no_watcher_noise() {
+    let s = standin(LONG);
+    let t = TestDir::new();
+    let abs = |n: &str| t.path(n).display().to_string();
+    let text = |o: &str| {
+        config_api(
+            &s.base_url(),
+            "3s",
+            0,
+            &format!(
+                "[state]\ndir = \"{}\"\n\n{}",
+                abs("state"),
+                cred(
+                    "main",
+                    USER,
+                    &abs("password"),
+                    FAST_RETRY,
+                    &output(&abs(o), "raw")
+                )
+            ),
+        )
+    };
+    // A ConfigMap volume as the kubelet lays it out and updates it.
+    let cm = t.path("cm");
+    std::fs::create_dir(&cm).unwrap();
+    let version = |v: usize, body: String| {
+        let ts = format!("..2026_11_29_06_{v:02}_00.000000001");
+        std::fs::create_dir(cm.join(&ts)).unwrap();
+        std::fs::write(cm.join(&ts).join("config.toml"), body).unwrap();
+        ts
+    };
+    let mut current = version(1, text("a.token"));
+    std::os::unix::fs::symlink(&current, cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.toml", cm.join("config.toml")).unwrap();
+    let mut cmd = t.command(&["run", "-c", cm.join("config.toml").to_str().unwrap()]);
+    cmd.env("RUST_LOG", "info");
+    let d = Daemon::spawn(cmd);
+    wait_file(&t.path("a.token"), crate::support::WAIT, || d.log());
+
+    for (v, out) in [(2, "a.token"), (3, "b.token"), (4, "b.token")] {
+        let ts = version(v, text(out));
+        std::os::unix::fs::symlink(&ts, cm.join("..data_tmp")).unwrap();
+        std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+        std::fs::remove_dir_all(cm.join(&current)).unwrap();
+        current = ts;
+        if v == 3 {
+            wait_file(&t.path("b.token"), crate::support::WAIT, || d.log());
+        }
+        // Showing that nothing more is logged: give the watcher time.
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let log = d.log();
+    assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
+    assert!(!log.contains(" WARN "), "{log}");
+    assert!(!log.contains("watch"), "{log}");
 }

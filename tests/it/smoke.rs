@@ -1,5 +1,4 @@
-mod common;
-use common::*;
+use crate::support::*;
 use std::time::Duration;
 
 #[test]

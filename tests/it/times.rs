@@ -7,11 +7,9 @@
 //! type's limits, skews of +-1e15 ms, NaN and infinite samples); then the
 //! binary against a stand-in that lies about times.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -476,7 +474,7 @@ fn a_key_created_a_year_ahead_is_rotated_by_what_was_asked_not_at_its_claimed_ex
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
     key_config(&s, &t, "renew-at = 0.5\njitter = 0");
-    let fmt = |t: OffsetDateTime| voipbin_tokend::standin::format_expire(t.into(), false);
+    let fmt = |t: OffsetDateTime| voipbin_tokend_standin::format_expire(t.into(), false);
     let ahead = OffsetDateTime::now_utc() + time::Duration::days(365);
     s.script_key_creations([Fault::KeyTimes {
         tm_create: fmt(ahead),

@@ -5,12 +5,10 @@
 //! Failures and the login budget are in failures.rs; formats and atomic
 //! writes in outputs.rs; once/check/inspect/demo in commands.rs.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------

@@ -1,14 +1,12 @@
 //! What the output files hold, their modes, atomic replacement, and a
 //! missing output directory.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -1,10 +1,8 @@
 //! The one-shot commands: `once`, `check`, `inspect`, and `demo`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
 
 fn cfg_arg(t: &TestDir) -> String {
@@ -411,4 +409,43 @@ fn standin_refuses_a_non_loopback_address() {
     let out = t.run(&["standin", "--listen", "0.0.0.0:0"]);
     assert_eq!(out.status.code(), Some(2), "{}", both(&out));
     assert!(both(&out).contains("not a loopback address"), "{}", both(&out));
+}
+
+// ---------------------------------------------------------------------------
+// demo --dir does not overwrite a folder that holds something.
+
+#[test]
+fn demo_refuses_a_non_empty_dir_unless_forced() {
+    let t = TestDir::new();
+    let dir = t.path("mine");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "# my real config\n").unwrap();
+    let out = t.run(&["demo", "--lifetime", "2s", "--dir", dir.to_str().unwrap()]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is not empty") && text.contains("--force"),
+        "{text}"
+    );
+    assert!(text.contains(&dir.display().to_string()), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+        "# my real config\n"
+    );
+
+    // --force: the demo runs there.
+    let mut d = Daemon::spawn(t.command(&[
+        "demo",
+        "--lifetime",
+        "2s",
+        "--force",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]));
+    wait_file(&dir.join("main.token"), WAIT, || d.log());
+    stop(&mut d, Signal::SIGINT);
+    assert_ne!(
+        std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+        "# my real config\n"
+    );
 }

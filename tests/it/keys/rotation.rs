@@ -3,13 +3,11 @@
 //! lasts seconds. Each test checks the files and the server's view: which
 //! keys exist, which were deleted, how every call authenticated.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend::standin::{AuthVia, KeyInfo, PERMISSION_CUSTOMER_AGENT};
+use voipbin_tokend_standin::{AuthVia, KeyInfo, PERMISSION_CUSTOMER_AGENT};
 
 /// A day of key lifetime lasts this many seconds at the stand-in.
 const DAY_SECS: f64 = 8.0;

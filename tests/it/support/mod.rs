@@ -1,10 +1,10 @@
 //! Test harness: spawns the real binary in a temp dir, captures its stderr,
 //! waits with timeouts, and on failure prints what the daemon said.
-#![allow(dead_code)]
-
 mod fixtures;
-#[allow(unused_imports)]
+mod keys;
+
 pub use fixtures::*;
+pub use keys::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,8 +12,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
-pub use voipbin_tokend::standin::{ClaimStyle, Fault, StandIn, StandInOptions};
+pub use voipbin_tokend_standin::{ClaimStyle, Fault, StandIn, StandInOptions};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_voipbin-tokend");
 pub const USER: &str = "agent@example.com";

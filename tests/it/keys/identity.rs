@@ -11,13 +11,11 @@
 //! - one bootstrap key file per credential; a renamed credential keeps its
 //!   key state.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend::standin::{KeyInfo, ListPaging};
+use voipbin_tokend_standin::{KeyInfo, ListPaging};
 
 /// A day of key lifetime lasts this many seconds at the stand-in.
 const DAY_SECS: f64 = 8.0;
