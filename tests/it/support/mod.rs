@@ -1,18 +1,20 @@
 //! Test harness: spawns the real binary in a temp dir, captures its stderr,
-//! waits with timeouts, and on failure prints what the daemon said.
+//! waits with timeouts, and on failure prints what the daemon said. The
+//! daemon child, waiting and temp dirs come from `voipbin-tokend-testkit`
+//! (crates/testkit), which the footprint benchmark uses too.
+
 mod fixtures;
 mod keys;
 
 pub use fixtures::*;
 pub use keys::*;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use voipbin_tokend_standin::{ClaimStyle, Fault, StandIn, StandInOptions};
+pub use voipbin_tokend_testkit::{Daemon, temp_dir, wait_for};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_voipbin-tokend");
 pub const USER: &str = "agent@example.com";
@@ -35,10 +37,7 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        let dir = tempfile::Builder::new()
-            .prefix("tokend-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = temp_dir("tokend-test-");
         let t = TestDir { dir };
         t.write_password(PASSWORD);
         t
@@ -142,110 +141,6 @@ fn wait_output(mut child: Child, timeout: Duration, what: &[&str]) -> Output {
                 "{what:?} did not finish in {timeout:?}\nstdout:\n{}\nstderr:\n{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A running daemon. Killed on drop; its stderr is printed if the test failed.
-pub struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    pub exited: Option<ExitStatus>,
-}
-
-impl Daemon {
-    pub fn spawn(mut cmd: Command) -> Daemon {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the daemon");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Daemon {
-            child,
-            log,
-            reader: Some(reader),
-            exited: None,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("send signal");
-    }
-
-    /// Waits until the log contains `needle` at least `count` times.
-    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
-        wait_for(
-            timeout,
-            &format!("{count}x {needle:?} in the log"),
-            || self.log().matches(needle).count() >= count,
-            || self.log(),
-        );
-    }
-
-    /// Waits for the process to exit; returns its status and how long it took.
-    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exited = Some(status);
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return (status, start.elapsed());
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "daemon did not exit within {timeout:?}\n--- daemon log ---\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon log ---\n{}--- end ---", self.log());
-        }
-    }
-}
-
-/// Polls `cond` every 10 ms; panics after `timeout` with `context()`.
-pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n--- context ---\n{}",
-                context()
             );
         }
         std::thread::sleep(Duration::from_millis(10));
