@@ -226,10 +226,13 @@ fn fifo_as_output_pid_file_status_file_or_ca_file_never_hangs() {
 /// whose runtime thread is stuck for a minute, and returns it once its
 /// signal handlers are in place.
 fn stuck_child() -> std::process::Child {
+    // Its name as the test binary knows it: the module path without the crate.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::hard_stop_child");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "hard_stop_child",
+            &name,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
