@@ -230,13 +230,7 @@ fn stuck_child() -> std::process::Child {
     let module = module_path!().split_once("::").map_or("", |(_, m)| m);
     let name = format!("{module}::hard_stop_child");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            &name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", &name, "--ignored", "--nocapture", "--test-threads=1"])
         .env("TOKEND_HARD_STOP_CHILD", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
