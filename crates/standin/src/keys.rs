@@ -17,18 +17,18 @@
 //!   409 `STATE_INVALID` when deleted, 400 for an id that is no UUID.
 //!
 //! Short lifetimes: tests and the demo cannot wait a day, so the stand-in
-//! has a time scale ([`StandIn::set_key_time_scale`]): a key created with
+//! has a time scale ([`StandIn::set_key_time_scale`](crate::StandIn::set_key_time_scale)): a key created with
 //! `expire = 86400` lives `86400 × scale` seconds. The 86400 minimum is
 //! checked on the number the client sent, as the real server does.
 //!
-//! Faults: [`StandIn::script_keys`] queues [`Fault`]s consumed one per key
-//! request ([`StandIn::script_key_creations`]: one per `POST`). `Status` answers canned without acting; `Delay` waits, then
+//! Faults: [`StandIn::script_keys`](crate::StandIn::script_keys) queues [`Fault`]s consumed one per key
+//! request ([`StandIn::script_key_creations`](crate::StandIn::script_key_creations): one per `POST`). `Status` answers canned without acting; `Delay` waits, then
 //! acts; `Close` acts and then drops the connection (a `POST` whose answer
 //! was lost: the key exists, the client never saw it); `Expired` on a
 //! `POST` creates a key whose `tm_expire` is already past (a server that
 //! lies); `ExpiredAnswer` on a `POST` makes a live key but answers it
 //! already expired (a server that lies in its answer only);
-//! [`StandIn::script_key_deletions`] queues faults for `DELETE`s only (e.g.
+//! [`StandIn::script_key_deletions`](crate::StandIn::script_key_deletions) queues faults for `DELETE`s only (e.g.
 //! one 401); any other fault is ignored for key calls.
 
 use std::time::{Duration, SystemTime};

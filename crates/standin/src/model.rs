@@ -21,7 +21,7 @@ pub const COOKIE_MAX_AGE_SECS: u64 = 7 * 24 * 60 * 60;
 /// dropped first), so a long benchmark does not grow without bound.
 pub(crate) const HISTORY_LIMIT: usize = 100_000;
 
-/// How far in the past the `expire` of a [`Fault::Expired`] token lies.
+/// How far in the past the `expire` of a [`Fault::Expired`](crate::Fault::Expired) token lies.
 pub(crate) const EXPIRED_AGO: Duration = Duration::from_secs(3600);
 
 pub(crate) const RATE_LIMITED_BODY: &str = r#"{"error":{"status":"RESOURCE_EXHAUSTED","reason":"RATE_LIMIT_EXCEEDED","message":"too many requests"}}"#;
@@ -64,7 +64,7 @@ impl Default for RateLimit {
     }
 }
 
-/// How to start a [`StandIn`].
+/// How to start a [`StandIn`](crate::StandIn).
 #[derive(Clone)]
 pub struct StandInOptions {
     /// Lifetime of the tokens issued (the real server's is 7 days).
@@ -123,7 +123,7 @@ pub struct LoginRecord {
     /// For a login: the `username` field of the body, when it was a string.
     pub username: Option<String>,
     /// The status answered; 0 when the connection was dropped
-    /// ([`Fault::Close`]).
+    /// ([`Fault::Close`](crate::Fault::Close)).
     pub status: u16,
     /// The `X-Request-Id` answered.
     pub request_id: String,

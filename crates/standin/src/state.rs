@@ -39,7 +39,7 @@ pub(crate) struct State {
     pub(crate) records: VecDeque<LoginRecord>,
     pub(crate) issued: VecDeque<String>,
     /// Seconds added to real time in every answer's `Date` header that
-    /// does not set its own (see [`StandIn::set_date_offset`]).
+    /// does not set its own (see [`StandIn::set_date_offset`](crate::StandIn::set_date_offset)).
     pub(crate) date_offset: Option<i64>,
 }
 
@@ -316,15 +316,15 @@ pub(crate) struct KeyStore {
     pub(crate) paging: ListPaging,
     pub(crate) list_requests: u64,
     pub(crate) delete_script: VecDeque<Fault>,
-    /// [`StandIn::set_fail_deletes`]: every `DELETE` answered with this
+    /// [`StandIn::set_fail_deletes`](crate::StandIn::set_fail_deletes): every `DELETE` answered with this
     /// status, the key left alive.
     pub(crate) fail_deletes: Option<u16>,
-    /// [`StandIn::set_create_answer_delay`]: a `POST` makes the key, then
+    /// [`StandIn::set_create_answer_delay`](crate::StandIn::set_create_answer_delay): a `POST` makes the key, then
     /// waits this long before answering.
     pub(crate) create_answer_delay: Option<Duration>,
 }
 
-/// How the stand-in pages its key list ([`StandIn::set_key_list_paging`]).
+/// How the stand-in pages its key list ([`StandIn::set_key_list_paging`](crate::StandIn::set_key_list_paging)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ListPaging {
     /// As the real server: pages by `tm_create`, an empty page at the end.
