@@ -29,13 +29,14 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{self, Signal};
 use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
-use voipbin_tokend::standin::{StandIn, StandInOptions};
+use voipbin_tokend_standin::{StandIn, StandInOptions};
+use voipbin_tokend_testkit::{Daemon, poll, temp_dir};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -162,8 +163,8 @@ fn start(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
         )?;
         let before = week.requests().len();
         let wall = SystemTime::now();
-        let daemon = Daemon::spawn(bin, &dir)?;
-        let appeared = wait_for(&dir.path("out/main.token"), Duration::from_secs(10))?;
+        let daemon = Bench::spawn(bin, &dir)?;
+        let appeared = appeared(&dir.path("out/main.token"), Duration::from_secs(10))?;
         let elapsed = appeared - daemon.started;
         to_token.push(elapsed);
         if let Some(record) = week.requests().get(before) {
@@ -202,8 +203,8 @@ fn idle(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
         &week.base_url(),
         &[credential(0, &[("main.token", "raw")], 0.8, 0.05)],
     )?;
-    let daemon = Daemon::spawn(bin, &dir)?;
-    wait_for(&dir.path("out/main.token"), Duration::from_secs(10))?;
+    let daemon = Bench::spawn(bin, &dir)?;
+    appeared(&dir.path("out/main.token"), Duration::from_secs(10))?;
     let threads_start = daemon.status_value("Threads:")?;
     std::thread::sleep(IDLE_SETTLE);
     let logins_before = week.logins_ok();
@@ -251,8 +252,8 @@ fn reload(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
         &week.base_url(),
         &[credential(0, &[("main.token", "raw")], 0.8, 0.05)],
     )?;
-    let daemon = Daemon::spawn(bin, &dir)?;
-    wait_for(&dir.path("out/main.token"), Duration::from_secs(10))?;
+    let daemon = Bench::spawn(bin, &dir)?;
+    appeared(&dir.path("out/main.token"), Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_millis(500));
 
     eprintln!("footprint: SIGHUP to new output ({} runs)", mode.runs);
@@ -262,7 +263,7 @@ fn reload(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
         dir.write_config(&[credential(0, &[("main.token", "raw"), (&name, "raw")], 0.8, 0.05)])?;
         let t0 = Instant::now();
         daemon.signal(Signal::SIGHUP)?;
-        hup.push(wait_for(&dir.path(&format!("out/{name}")), Duration::from_secs(5))? - t0);
+        hup.push(appeared(&dir.path(&format!("out/{name}")), Duration::from_secs(5))? - t0);
         // Let the watcher's (debounced, by then no-op) event for this write pass.
         std::thread::sleep(Duration::from_millis(600));
     }
@@ -274,7 +275,7 @@ fn reload(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
         let name = format!("edit-{i}.token");
         let t0 = Instant::now();
         dir.write_config(&[credential(0, &[("main.token", "raw"), (&name, "raw")], 0.8, 0.05)])?;
-        edit.push(wait_for(&dir.path(&format!("out/{name}")), Duration::from_secs(5))? - t0);
+        edit.push(appeared(&dir.path(&format!("out/{name}")), Duration::from_secs(5))? - t0);
         std::thread::sleep(Duration::from_millis(200));
     }
     let edit = Stats::of(edit);
@@ -331,9 +332,9 @@ fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
     }
-    let daemon = Daemon::spawn(bin, &dir)?;
+    let daemon = Bench::spawn(bin, &dir)?;
     let env = dir.path("out/main.env");
-    wait_for(&dir.path("out/main.json"), Duration::from_secs(10))?;
+    appeared(&dir.path("out/main.json"), Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_millis(1200));
     let request_path = if key { "/v1.0/accesskeys" } else { "/auth/login" };
     let count = || {
@@ -414,7 +415,7 @@ fn many(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
     let mut threads = 0;
     for _ in 0..mode.big_runs {
         let dir = BenchDir::new(&server.base_url(), &creds)?;
-        let daemon = Daemon::spawn(bin, &dir)?;
+        let daemon = Bench::spawn(bin, &dir)?;
         let out = dir.path("out");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -496,7 +497,7 @@ struct BenchDir {
 
 impl BenchDir {
     fn new(base_url: &str, credentials: &[String]) -> Res<BenchDir> {
-        let dir = tempfile::Builder::new().prefix("tokend-footprint-").tempdir()?;
+        let dir = temp_dir("tokend-footprint-");
         fs::create_dir(dir.path().join("out"))?;
         fs::create_dir(dir.path().join("state"))?;
         let password = dir.path().join("password");
@@ -531,19 +532,17 @@ impl BenchDir {
     }
 }
 
-/// The daemon as a child process; killed if dropped without [`Daemon::stop`].
-struct Daemon {
-    child: Child,
+/// The daemon (the tests' [`Daemon`], log captured) and when it was spawned.
+struct Bench {
+    daemon: Daemon,
     pid: Pid,
     started: Instant,
 }
 
-impl Daemon {
-    fn spawn(bin: &Path, dir: &BenchDir) -> Res<Daemon> {
-        let log = fs::File::create(dir.path("daemon.log"))?;
-        let started = Instant::now();
-        let child = Command::new(bin)
-            .arg("run")
+impl Bench {
+    fn spawn(bin: &Path, dir: &BenchDir) -> Res<Bench> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
             .arg("-c")
             .arg(dir.path("config.toml"))
             .current_dir(dir.dir.path())
@@ -553,12 +552,11 @@ impl Daemon {
             .env_remove("WATCHDOG_USEC")
             .env_remove("STATE_DIRECTORY")
             .env_remove("CREDENTIALS_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let pid = Pid::from_raw(i32::try_from(child.id())?);
-        Ok(Daemon { child, pid, started })
+            .stdin(Stdio::null());
+        let started = Instant::now();
+        let daemon = Daemon::spawn(cmd);
+        let pid = Pid::from_raw(daemon.pid());
+        Ok(Bench { daemon, pid, started })
     }
 
     fn proc(&self, name: &str) -> PathBuf {
@@ -618,28 +616,11 @@ impl Daemon {
     /// SIGTERM, then wait (bounded) for a clean exit.
     fn stop(mut self) -> Res<()> {
         self.signal(Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    return Err(format!("the daemon exited with {status}").into());
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("the daemon did not stop within 10 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let (status, _) = self.daemon.wait_exit(Duration::from_secs(10));
+        if !status.success() {
+            return Err(format!("the daemon exited with {status}").into());
         }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        Ok(())
     }
 }
 
@@ -671,7 +652,7 @@ impl Memory {
 struct Switches(HashMap<u64, u64>);
 
 impl Switches {
-    fn sample(&mut self, daemon: &Daemon) -> Res<()> {
+    fn sample(&mut self, daemon: &Bench) -> Res<()> {
         for task in fs::read_dir(daemon.proc("task"))? {
             let task = task?;
             let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
@@ -707,17 +688,9 @@ fn clock_ticks() -> u64 {
 }
 
 /// Polls (1 ms) until `path` exists; the instant it was seen.
-fn wait_for(path: &Path, timeout: Duration) -> Res<Instant> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if path.exists() {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{} did not appear within {timeout:?}", path.display()).into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+fn appeared(path: &Path, timeout: Duration) -> Res<Instant> {
+    poll(timeout, Duration::from_millis(1), || path.exists())
+        .ok_or_else(|| format!("{} did not appear within {timeout:?}", path.display()).into())
 }
 
 /// Output files in `dir`, not counting temp files (`.NAME.tmp-…`).

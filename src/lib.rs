@@ -33,7 +33,6 @@
 //! - `metrics`: Prometheus metrics.
 //! - `logging`: tracing set-up (text or JSON to stderr).
 //! - `rlimit`: the open-file limit (raised for the daemon, given back to hooks); the one `unsafe` block.
-//! - [`standin`]: a local stand-in of the VoIPBIN API for `demo`, tests and benchmarks.
 
 #![deny(unsafe_code)]
 
@@ -55,7 +54,6 @@ pub mod schedule;
 pub mod secret;
 pub mod signals;
 pub mod source;
-pub mod standin;
 pub mod state;
 pub mod token;
 pub(crate) mod watch;

@@ -478,7 +478,7 @@ fn classify(answer: Answer, url: String) -> Result<Answer, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::standin::{AuthVia, StandIn, StandInOptions};
+    use voipbin_tokend_standin::{AuthVia, StandIn, StandInOptions};
 
     #[tokio::test]
     async fn rotate_by_key_in_the_cookie_never_the_url() {
@@ -536,8 +536,8 @@ mod tests {
         );
         assert_eq!(e.kind(), FailureKind::Rejected);
         server.script_keys([
-            crate::standin::Fault::too_many_requests(Some("7")),
-            crate::standin::Fault::status(503),
+            voipbin_tokend_standin::Fault::too_many_requests(Some("7")),
+            voipbin_tokend_standin::Fault::status(503),
         ]);
         let e = keys.list(KeyAuth::Key(&boot)).await.unwrap_err();
         assert_eq!(e.kind(), FailureKind::RateLimited(Some(Duration::from_secs(7))));
@@ -548,7 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_list_that_never_ends_is_cut_short_and_says_so() {
-        use crate::standin::ListPaging;
+        use voipbin_tokend_standin::ListPaging;
         let server = StandIn::start(StandInOptions::default()).unwrap();
         let api = crate::api::for_standin(&server);
         let keys = KeyClient::new(&api);

@@ -280,7 +280,7 @@ pub(crate) fn answer_meta(
 
 /// A client for a stand-in on loopback (tests).
 #[cfg(test)]
-pub(crate) fn for_standin(server: &crate::standin::StandIn) -> ApiClient {
+pub(crate) fn for_standin(server: &voipbin_tokend_standin::StandIn) -> ApiClient {
     ApiClient::new(&ApiConfig {
         base_url: server.base_url().parse().expect("a URL"),
         timeout: Duration::from_secs(5),

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::standin::{StandIn, StandInOptions};
+use voipbin_tokend_standin::{StandIn, StandInOptions};
 
 const DEMO_USER: &str = "demo@example.com";
 const DEMO_PASSWORD: &str = "demo-password";

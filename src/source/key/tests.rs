@@ -11,8 +11,8 @@ use super::rotate::{RotateError, rotate};
 use super::*;
 use crate::api::ApiClient;
 use crate::api::keys::{Created, KeyAuth, KeyClient, KeyObject};
-use crate::standin::{Fault, StandIn, StandInOptions};
 use crate::state::keys::{CurrentKey, KeyState, Origin, PendingDeletion};
+use voipbin_tokend_standin::{Fault, StandIn, StandInOptions};
 
 /// A stand-in with a bootstrap key (1 day), a client for it, and where
 /// the key state goes.
@@ -392,7 +392,7 @@ async fn a_new_key_that_is_refused_when_tested_is_unusable_and_not_saved() {
     let last = f.server.requests().into_iter().last().unwrap();
     assert_eq!(
         (last.method.as_str(), last.auth),
-        ("GET", crate::standin::AuthVia::KeyCookie)
+        ("GET", voipbin_tokend_standin::AuthVia::KeyCookie)
     );
 }
 
@@ -464,7 +464,7 @@ async fn a_bootstrap_key_missing_from_a_list_cut_short_is_not_called_unlisted() 
         f.server.create_key(&format!("k{i}"), 86_400);
     }
     f.server
-        .set_key_list_paging(crate::standin::ListPaging::AlternatingTokens);
+        .set_key_list_paging(voipbin_tokend_standin::ListPaging::AlternatingTokens);
     let e = adopt_bootstrap(&f.client(), f.boot.clone(), crate::now())
         .await
         .unwrap_err();
