@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::budget::Api;
+use crate::board::file::{self as status, StatusFile};
 use crate::board::{CredentialStatus, StatusBoard};
 use crate::config::{Config, ConfigError, CredentialConfig};
 use crate::credential::Credential;
@@ -24,7 +25,6 @@ use crate::credential::task::{self, Command};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::signals::{self, Event};
-use crate::state::status::{self, StatusFile};
 use crate::state::{Locked, held_by_once, lock_state_dir, remove_state_temps, wait_for_once};
 
 /// How long shutdown waits for in-flight work (the interface promises exit within 5 s).

@@ -6,33 +6,41 @@
 //! fresh token atomically to the files that other programs read.
 //!
 //! # Layout
-//! From the top down; a module uses only those below it.
-//! - [`cli`]: command-line definitions and dispatch; the commands (`check`,
-//!   `inspect`, `status`, `demo`, `once` beside a running daemon) and the one
-//!   tokio runtime builder ([`mod@cli::runtime`]).
+//! From the top floor down; a module uses only those below it (no import
+//! circles, no import that runs back up; ARCHITECTURE.md has the picture).
+//! - [`cli`]: command-line definitions and dispatch; the commands (`run`,
+//!   `once`, `check`, `inspect`, `status`, `demo`, `once` beside a running
+//!   daemon) and the one tokio runtime builder ([`mod@cli::runtime`]).
 //! - `daemon`: one task per credential, reload reconciliation, shutdown.
-//! - `watch`: the config-file watcher (directory watch, debounced).
-//! - [`signals`]: SIGHUP / SIGUSR1 / SIGTERM / SIGINT into one event stream.
-//! - `notify`: systemd notifications (a no-op without `NOTIFY_SOCKET`).
-//! - `health`: `/healthz`, `/readyz`, `/metrics`.
-//! - `credential`: one credential's state machine: reuse, renew, write, retry.
-//! - `board`: the status types the daemon, health, `status` and `once` share.
-//! - `hooks`: on-change commands and signals after a new token is written.
-//! - [`source`]: per kind, how the next secret is obtained ([`source::key`]: access keys).
-//! - [`api`]: the VoIPBIN client: one login, its outcome classified; [`api::keys`]:
-//!   the access-key client; [`api::budget`]: the login budget all credentials share.
+//! - `credential`: one credential's state machine (reuse, renew, write,
+//!   retry), its task driver and its outputs.
+//! - [`source`]: per kind, how the next secret is obtained ([`source::login`],
+//!   [`source::key`]); `health`: `/healthz`, `/readyz`, `/metrics`.
+//! - `board`: the status types the daemon, health, `status` and `once` share,
+//!   and the status file (`board::file`).
 //! - [`state`]: the state directory: its lock, [`state::keys`] (an access-key
-//!   credential's current key and pending deletions), [`state::record`] (the
-//!   last login: username, server, clock skew), [`state::status`] (the status file).
+//!   credential's current key, pending deletions, identity) and
+//!   [`state::record`] (the last login: username, server, clock skew).
+//! - [`api`]: the VoIPBIN client: one login, its outcome classified;
+//!   [`api::keys`]: the access-key client; [`api::budget`]: the login budget
+//!   all credentials share.
+//! - [`schedule`]: pure policy: when renewal is due, how long to back off;
+//!   `hooks`: on-change commands and signals after a new secret is written.
 //! - [`config`]: TOML -> validated [`config::Config`]; every error names the file and key.
-//! - `output`: what a file holds (`output::render`) and how it is written (`output::write`).
-//! - [`token`]: JWT claims -> expiry (no signature check: the key is the server's).
-//! - [`schedule`]: pure policy: when renewal is due, how long to back off.
-//! - [`secret`]: password sources and the [`secret::Secret`] type that never prints itself.
-//! - `fsread`: reading files safely (never blocking, bounded, regular files only) and resolving paths.
-//! - `metrics`: Prometheus metrics.
-//! - `logging`: tracing set-up (text or JSON to stderr).
-//! - `rlimit`: the open-file limit (raised for the daemon, given back to hooks); the one `unsafe` block.
+//! - `output`: what a file holds (`output::render`, `output::Format`) and how
+//!   it is written (`output::write`).
+//! - [`secret`]: password sources and the [`secret::Secret`] type that never
+//!   prints itself; `watch`: the config-file watcher (directory watch, debounced).
+//! - The ground: [`token`] (JWT claims -> expiry; no signature check: the key
+//!   is the server's), `fsread` (reading files safely: never blocking,
+//!   bounded, regular files only), [`signals`] (SIGHUP / SIGUSR1 / SIGTERM /
+//!   SIGINT into one event stream), `notify` (systemd notifications),
+//!   `metrics` (Prometheus), `logging` (tracing set-up), `rlimit` (the
+//!   open-file limit; the one `unsafe` block) and [`now`].
+//!
+//! The stand-in API used by `demo`, the tests and the benchmark is its own
+//! crate (`crates/standin`); the tests' and the benchmark's shared support
+//! is `crates/testkit`.
 
 #![deny(unsafe_code)]
 

@@ -47,7 +47,7 @@ fn alive(pid: u32) -> bool {
 /// The config's credentials as the daemon's status file shows them, if
 /// the file was written by `pid` and names them all.
 fn statuses(dir: &Path, pid: u32, names: &[String]) -> Option<Result<Vec<CredentialStatus>, String>> {
-    let file = crate::state::status::read(dir).ok().filter(|f| f.pid == pid)?;
+    let file = crate::board::file::read(dir).ok().filter(|f| f.pid == pid)?;
     let mut found = Vec::new();
     for name in names {
         match file.credentials.iter().find(|c| &c.name == name) {

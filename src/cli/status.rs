@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use time::OffsetDateTime;
 
-use crate::state::status::{ProcessId, StatusFile, path, short_duration};
+use crate::board::file::{ProcessId, StatusFile, path, short_duration};
 use crate::token::rfc3339;
 
 /// True if the daemon that wrote `status` still runs: its pid exists and,

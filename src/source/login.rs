@@ -4,7 +4,7 @@
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
-use super::{Ctx, Failure, Held, jitter_sample};
+use super::held::{Ctx, Failure, Held, jitter_sample};
 use crate::api::budget::Api;
 use crate::config::{Login, OutputConfig};
 use crate::output::Format;

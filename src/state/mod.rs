@@ -3,13 +3,13 @@
 //!
 //! - [`keys`]: an access-key credential's state file (current key, pending deletions).
 //! - [`record`]: per-credential record of the last login (username, server, clock skew).
-//! - [`status`]: the status file the daemon keeps current for `status`.
+//! - `status.json`, the status file the daemon keeps current for `status`,
+//!   is written by `crate::board::file` (it holds the status board).
 //! - here: the directory's lock (one daemon, or one `once` pass, at a time)
 //!   and the removal of temp files a killed process left.
 
 pub mod keys;
 pub mod record;
-pub mod status;
 
 use std::time::Duration;
 

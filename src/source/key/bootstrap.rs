@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::api::keys::{KeyAuth, KeyClient, KeyError, prefix_of};
 use crate::secret::Secret;
-use crate::source::{Ctx, Failure};
+use crate::source::held::{Ctx, Failure};
 use crate::state::keys::{CurrentKey, Origin, PendingDeletion};
 
 use super::KeySource;

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::api::keys::{Deleted, KeyAuth, KeyClient, KeyError, KeyObject, prefix_of};
 use crate::board::{DeletionFailure, overdue_deletions};
 use crate::schedule::FailureKind;
-use crate::source::{Ctx, Held, Housekept};
+use crate::source::held::{Ctx, Held, Housekept};
 use crate::state::keys::{self as keystate, KeyState, LeftToExpire, Origin, PendingDeletion};
 
 use super::KeySource;

@@ -29,7 +29,7 @@
 //! Nothing else is ever deleted.
 //!
 //! Here: [`KeySource`], its fields and the glue the rest shares (loading
-//! and saving the state, the held key as a [`crate::source::Held`], the
+//! and saving the state, the held key as a [`crate::source::held::Held`], the
 //! agent's login). Beside it, each adding its part of `KeySource`:
 //! `restart.rs` (what to hold at start when the outputs hold another key
 //! than the state), `rotate.rs` (making the next key; `plausible.rs`:
@@ -78,7 +78,7 @@ pub struct KeySource {
     state: Option<KeyState>,
     /// The agent login (agent mode), held in memory only.
     login: super::login::LoginSource,
-    agent: Option<super::Held>,
+    agent: Option<super::held::Held>,
     /// Bootstrap keys the server refused (401): not tried again.
     rejected: Vec<Secret>,
     /// The held key was refused (401): it was deleted or expired.
@@ -129,7 +129,7 @@ impl KeySource {
 
     /// Loads the state file, or makes (and saves) a fresh one with a new
     /// installation id before any key is made.
-    async fn ensure_state(&mut self, ctx: &super::Ctx<'_>) -> Result<(), super::Failure> {
+    async fn ensure_state(&mut self, ctx: &super::held::Ctx<'_>) -> Result<(), super::held::Failure> {
         if self.state.is_some() {
             return Ok(());
         }
@@ -137,17 +137,17 @@ impl KeySource {
         let name = ctx.cfg.name.clone();
         let loaded = tokio::task::spawn_blocking(move || load_where_it_lives(&path, &name))
             .await
-            .map_err(|e| super::Failure::transient(format!("key state: {e}")))?
-            .map_err(|e: StateError| super::Failure::transient(format!("key state: {e}")))?;
+            .map_err(|e| super::held::Failure::transient(format!("key state: {e}")))?
+            .map_err(|e: StateError| super::held::Failure::transient(format!("key state: {e}")))?;
         self.state = Some(loaded);
         Ok(())
     }
 
-    fn state_path(ctx: &super::Ctx<'_>) -> std::path::PathBuf {
+    fn state_path(ctx: &super::held::Ctx<'_>) -> std::path::PathBuf {
         keystate::path(ctx.state_dir, &ctx.cfg.name)
     }
 
-    async fn save(&self, ctx: &super::Ctx<'_>) -> Result<(), StateError> {
+    async fn save(&self, ctx: &super::held::Ctx<'_>) -> Result<(), StateError> {
         let Some(state) = self.state.clone() else {
             return Ok(());
         };
@@ -178,7 +178,7 @@ impl KeySource {
         current: &CurrentKey,
         policy: &crate::config::RenewalPolicy,
         now: OffsetDateTime,
-    ) -> super::Held {
+    ) -> super::held::Held {
         if current.server_skew_seconds != 0 && current.skew() == time::Duration::ZERO {
             warn!(
                 key_id = %current.id,
@@ -208,9 +208,9 @@ impl KeySource {
         }
         let due_at = match current.origin {
             Origin::Bootstrap => obtained_at,
-            Origin::Created => crate::schedule::due_at(&validity, policy, super::jitter_sample()),
+            Origin::Created => crate::schedule::due_at(&validity, policy, super::held::jitter_sample()),
         };
-        super::Held {
+        super::held::Held {
             token: current.key.clone(),
             validity,
             obtained_at,
@@ -221,7 +221,7 @@ impl KeySource {
 
     /// The agent's login token for key calls, logging in when there is
     /// none or it is about to expire.
-    async fn agent_token(&mut self, ctx: &super::Ctx<'_>) -> Result<Secret, super::Failure> {
+    async fn agent_token(&mut self, ctx: &super::held::Ctx<'_>) -> Result<Secret, super::held::Failure> {
         let fresh = self
             .agent
             .as_ref()
@@ -231,7 +231,7 @@ impl KeySource {
                 .cfg
                 .login
                 .as_ref()
-                .ok_or_else(|| super::Failure::transient("no agent login configured".into()))?;
+                .ok_or_else(|| super::held::Failure::transient("no agent login configured".into()))?;
             self.agent = Some(self.login.login_as(ctx.api, login, ctx).await?.0);
         }
         Ok(self.agent.as_ref().expect("set above").token.clone())

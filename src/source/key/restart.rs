@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use crate::api::keys::{KeyAuth, KeyClient, KeyError, KeyObject, prefix_of};
 use crate::secret::Secret;
-use crate::source::{Ctx, Failure, Held};
+use crate::source::held::{Ctx, Failure, Held};
 use crate::state::keys::{CurrentKey, LeftToExpire, Origin, PendingDeletion};
 
 use super::KeySource;

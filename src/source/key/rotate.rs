@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::api::keys::{Created, KeyAuth, KeyClient, KeyError, prefix_of};
 use crate::secret::Secret;
-use crate::source::{Ctx, Failure, Held};
+use crate::source::held::{Ctx, Failure, Held};
 use crate::state::keys::{
     self as keystate, CurrentKey, KeyState, LeftToExpire, Origin, PendingDeletion, StateError,
 };

@@ -2,7 +2,8 @@
 //! like from outside ([`CredentialStatus`], with [`KeyStatus`] for access
 //! keys) and the board the credential tasks publish it to
 //! ([`StatusBoard`]), read by health, the status file and `once` beside a
-//! daemon. No token, no key: only what may be shown.
+//! daemon, and written to `{state dir}/status.json` by [`file`]. No token,
+//! no key: only what may be shown.
 
 use std::sync::Mutex;
 
@@ -10,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::state::keys::PendingDeletion;
+
+pub mod file;
 
 /// What a credential looks like from outside: for logs, `status`,
 /// readiness. Never holds the token.

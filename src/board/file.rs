@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::board::CredentialStatus;
+use super::CredentialStatus;
 use crate::output::write::{FileSpec, write_atomic};
 
 /// What the daemon writes. Holds no secret.
