@@ -1,5 +1,5 @@
 //! What voipbin-tokend's integration tests (`tests/it`) and its benchmark
-//! (`benches/footprint.rs`) share: the daemon as a child process with its
+//! (`benches/footprint/`) share: the daemon as a child process with its
 //! log captured, waiting with a timeout, and temp dirs. The binary's path is
 //! the caller's (`env!("CARGO_BIN_EXE_voipbin-tokend")` exists only there).
 
