@@ -62,21 +62,38 @@ fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// Writes `content` to `spec.path` atomically, unless it is already there.
 pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome, WriteError> {
-    let path = spec.path;
-    let dir = match path.parent() {
+    let dir = target_dir(spec)?;
+    if is_current(spec, content) {
+        return Ok(WriteOutcome::Unchanged);
+    }
+    replace(spec, dir, |_| Ok(content))
+}
+
+/// The directory `spec.path` goes in, once it exists and the path may be
+/// replaced. Checked before every write, not only at load: a device node,
+/// FIFO or socket put there since must never get a file renamed over it.
+fn target_dir<'a>(spec: &FileSpec<'a>) -> Result<&'a Path, WriteError> {
+    let dir = match spec.path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
         return Err(WriteError::NoDirectory(dir.to_path_buf()));
     }
-    // Checked before every write, not only at load: a device node, FIFO or
-    // socket put there since must never get a file renamed over it.
-    crate::fsread::check_replaceable(path).map_err(WriteError::NotReplaceable)?;
-    if is_current(spec, content) {
-        return Ok(WriteOutcome::Unchanged);
-    }
+    crate::fsread::check_replaceable(spec.path).map_err(WriteError::NotReplaceable)?;
+    Ok(dir)
+}
 
+/// The one way a file is replaced: a temp file beside it, created
+/// exclusively with its mode, filled with what `content` makes of it (mode
+/// and owner, bytes, fsync), renamed over the target, the directory
+/// fsynced. A failure removes the temp file and leaves the target as it was.
+fn replace<C: AsRef<[u8]>>(
+    spec: &FileSpec<'_>,
+    dir: &Path,
+    content: impl FnOnce(&File) -> Result<C, WriteError>,
+) -> Result<WriteOutcome, WriteError> {
+    let path = spec.path;
     let tmp = dir.join(temp_name(path));
     let mut file = OpenOptions::new()
         .write(true)
@@ -85,10 +102,12 @@ pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome,
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(io("create a temp file beside", path))?;
-    let result = fill(&mut file, spec, content).and_then(|()| {
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
-    });
+    let result = content(&file)
+        .and_then(|c| fill(&mut file, spec, c.as_ref()))
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
+        });
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -182,46 +201,15 @@ pub fn write_atomic_stamped(
     spec: &FileSpec<'_>,
     make: impl FnOnce(u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String>,
 ) -> Result<WriteOutcome, WriteError> {
-    let path = spec.path;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(WriteError::NoDirectory(dir.to_path_buf()));
-    }
-    crate::fsread::check_replaceable(path).map_err(WriteError::NotReplaceable)?;
-    let tmp = dir.join(temp_name(path));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(spec.mode)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io("create a temp file beside", path))?;
-    let result = file
-        .metadata()
-        .map_err(io("stat the temp file for", path))
-        .and_then(|meta| {
-            make(meta.ino()).map_err(|e| WriteError::Io {
-                step: "make the content of",
-                path: path.to_path_buf(),
-                source: std::io::Error::other(e),
-            })
+    let dir = target_dir(spec)?;
+    replace(spec, dir, |file| {
+        let meta = file.metadata().map_err(io("stat the temp file for", spec.path))?;
+        make(meta.ino()).map_err(|e| WriteError::Io {
+            step: "make the content of",
+            path: spec.path.to_path_buf(),
+            source: std::io::Error::other(e),
         })
-        .and_then(|content| fill(&mut file, spec, &content))
-        .and_then(|()| {
-            drop(file);
-            std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
-        });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
-    }
-    Ok(WriteOutcome::Written)
+    })
 }
 
 #[cfg(test)]
