@@ -200,6 +200,28 @@ pub enum StateError {
 }
 
 impl KeyState {
+    /// Puts a replaced current key where it belongs: awaiting deletion
+    /// (its grace starts once the outputs hold the successor), or left to
+    /// expire, with `delete-replaced = false` or when it was inherited from
+    /// another installation (never deleted by this one).
+    pub fn retire(&mut self, old: CurrentKey, delete_replaced: bool) {
+        let prefix = crate::api::keys::prefix_of(old.key.expose()).to_string();
+        if delete_replaced && !old.inherited {
+            self.pending_deletions.push(PendingDeletion {
+                id: old.id,
+                prefix,
+                delete_after: None,
+                bootstrap: old.origin == Origin::Bootstrap,
+            });
+        } else {
+            self.left_to_expire.push(LeftToExpire {
+                id: old.id,
+                prefix,
+                tm_expire: old.tm_expire,
+            });
+        }
+    }
+
     /// A fresh state with a new installation id.
     pub fn new(credential: &str) -> KeyState {
         KeyState {

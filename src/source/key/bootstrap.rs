@@ -10,7 +10,7 @@ use tracing::info;
 use crate::api::keys::{KeyAuth, KeyClient, KeyError, prefix_of};
 use crate::secret::Secret;
 use crate::source::held::{Ctx, Failure};
-use crate::state::keys::{CurrentKey, Origin, PendingDeletion};
+use crate::state::keys::{CurrentKey, Origin};
 
 use super::KeySource;
 
@@ -99,19 +99,11 @@ impl KeySource {
                 // A key written back into the file while it waited for
                 // deletion is current again, not deleted.
                 state.pending_deletions.retain(|p| p.id != current.id);
-                if let Some(old) = state.current.replace(current)
-                    && self.cfg.delete_replaced
-                    && !old.inherited
-                {
+                if let Some(old) = state.current.replace(current) {
                     // Deleting it confirms it is gone (404/409); its grace
                     // starts once the outputs hold the successor, as a
                     // refusal may have been a lie.
-                    state.pending_deletions.push(PendingDeletion {
-                        prefix: prefix_of(old.key.expose()).to_string(),
-                        id: old.id,
-                        delete_after: None,
-                        bootstrap: old.origin == Origin::Bootstrap,
-                    });
+                    state.retire(old, self.cfg.delete_replaced);
                 }
                 self.save(ctx)
                     .await

@@ -13,7 +13,7 @@ use crate::api::keys::{Deleted, KeyAuth, KeyClient, KeyError, KeyObject, prefix_
 use crate::board::{DeletionFailure, overdue_deletions};
 use crate::schedule::FailureKind;
 use crate::source::held::{Ctx, Held, Housekept};
-use crate::state::keys::{self as keystate, KeyState, LeftToExpire, Origin, PendingDeletion};
+use crate::state::keys::{self as keystate, KeyState, PendingDeletion};
 
 use super::KeySource;
 
@@ -231,22 +231,7 @@ pub fn merge_reread(memory: &KeyState, disk: KeyState) -> Option<KeyState> {
         && current_id.as_deref() != Some(mine.id.as_str())
         && !merged.known_ids().any(|id| id == mine.id)
     {
-        let prefix = prefix_of(mine.key.expose()).to_string();
-        if mine.inherited {
-            // Never deleted by this installation: left to expire.
-            merged.left_to_expire.push(LeftToExpire {
-                id: mine.id.clone(),
-                prefix,
-                tm_expire: mine.tm_expire,
-            });
-        } else {
-            merged.pending_deletions.push(PendingDeletion {
-                id: mine.id.clone(),
-                prefix,
-                delete_after: None,
-                bootstrap: mine.origin == Origin::Bootstrap,
-            });
-        }
+        merged.retire(mine.clone(), true);
     }
     for p in &memory.pending_deletions {
         if !merged.known_ids().any(|id| id == p.id) {

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use crate::api::keys::{KeyAuth, KeyClient, KeyError, KeyObject, prefix_of};
 use crate::secret::Secret;
 use crate::source::held::{Ctx, Failure, Held};
-use crate::state::keys::{CurrentKey, LeftToExpire, Origin, PendingDeletion};
+use crate::state::keys::{CurrentKey, Origin};
 
 use super::KeySource;
 
@@ -191,22 +191,7 @@ impl KeySource {
         let state = self.state.as_mut().expect("loaded");
         state.pending_deletions.retain(|p| p.id != adopted.id);
         state.left_to_expire.retain(|l| l.id != adopted.id);
-        let prefix = prefix_of(replaced.key.expose()).to_string();
-        // An inherited key is never deleted by this installation.
-        if delete_replaced && !replaced.inherited {
-            state.pending_deletions.push(PendingDeletion {
-                id: replaced.id,
-                prefix,
-                delete_after: None,
-                bootstrap: replaced.origin == Origin::Bootstrap,
-            });
-        } else {
-            state.left_to_expire.push(LeftToExpire {
-                id: replaced.id,
-                prefix,
-                tm_expire: replaced.tm_expire,
-            });
-        }
+        state.retire(replaced, delete_replaced);
         state.current = Some(adopted.clone());
         self.save(ctx)
             .await

@@ -13,9 +13,7 @@ use tracing::{error, info, warn};
 use crate::api::keys::{Created, KeyAuth, KeyClient, KeyError, prefix_of};
 use crate::secret::Secret;
 use crate::source::held::{Ctx, Failure, Held};
-use crate::state::keys::{
-    self as keystate, CurrentKey, KeyState, LeftToExpire, Origin, PendingDeletion, StateError,
-};
+use crate::state::keys::{self as keystate, CurrentKey, KeyState, Origin, StateError};
 
 use super::housekeep::sweep;
 use super::plausible::{implausible_skew, plausible_key_times, skew_seconds};
@@ -203,24 +201,10 @@ pub async fn rotate(
         inherited: false,
     });
     if let Some(old) = replaced {
-        let prefix = prefix_of(old.key.expose()).to_string();
-        if delete_replaced && !old.inherited {
-            next.pending_deletions.push(PendingDeletion {
-                id: old.id,
-                prefix,
-                delete_after: None,
-                bootstrap: old.origin == Origin::Bootstrap,
-            });
-        } else {
-            if old.inherited {
-                info!(key_id = %old.id, prefix = %prefix, "the replaced key came with the state from another installation; it is left to expire, not deleted");
-            }
-            next.left_to_expire.push(LeftToExpire {
-                id: old.id,
-                prefix,
-                tm_expire: old.tm_expire,
-            });
+        if old.inherited {
+            info!(key_id = %old.id, prefix = %prefix_of(old.key.expose()), "the replaced key came with the state from another installation; it is left to expire, not deleted");
         }
+        next.retire(old, delete_replaced);
     }
     save_blocking(state_path, &next)
         .await
