@@ -17,101 +17,15 @@ use crate::support::*;
 use nix::sys::signal::Signal;
 use voipbin_tokend_standin::{KeyInfo, ListPaging};
 
-/// A day of key lifetime lasts this many seconds at the stand-in.
-const DAY_SECS: f64 = 8.0;
-const WAIT: Duration = Duration::from_secs(20);
-
-fn key_standin() -> StandIn {
-    let s = standin(Duration::from_secs(3600));
-    s.set_key_time_scale(DAY_SECS / 86_400.0);
-    s
-}
-
-/// A bootstrap key as made on the admin page, written to ./boot.key (0600).
-fn bootstrap(s: &StandIn, t: &TestDir, days: u64) -> (String, String) {
-    let (id, key) = s.create_key("made on the admin page", days * 86_400);
-    write_key_file(t, "boot.key", &key);
-    (id, key)
-}
-
-fn write_key_file(t: &TestDir, name: &str, key: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let p = t.path(name);
-    std::fs::write(&p, format!("{key}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
+/// The wait of `wait_env_key`.
+const WAIT: Duration = SLOW_WAIT;
 
 /// A self-rotating key credential "mcp" living 30 (scaled) days, so no
 /// rotation falls due by itself during a test, with `extra` and `outputs`.
-fn key_cred(extra: &str, outputs: &str) -> String {
+fn key_cred_30d(extra: &str, outputs: &str) -> String {
     format!(
         "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
          lifetime = \"30d\"\nretry-min = \"100ms\"\nretry-max = \"1s\"\nrenew-at = 0.9\n{extra}\n{outputs}"
-    )
-}
-
-/// The key in an env output (`VOIPBIN_API_KEY=vb_...`), if there is one.
-fn env_key(t: &TestDir, name: &str) -> Option<String> {
-    t.read(name)?
-        .lines()
-        .find_map(|l| l.strip_prefix("VOIPBIN_API_KEY="))
-        .map(str::to_owned)
-}
-
-fn wait_env_key(t: &TestDir, name: &str, not: &[&str], d: &Daemon) -> String {
-    let mut key = String::new();
-    wait_for(
-        WAIT,
-        &format!("a new key in {name}"),
-        || {
-            key = env_key(t, name).unwrap_or_default();
-            key.starts_with("vb_") && !not.contains(&key.as_str())
-        },
-        || d.log(),
-    );
-    key
-}
-
-fn key_named<'a>(keys: &'a [KeyInfo], id: &str) -> &'a KeyInfo {
-    keys.iter().find(|k| k.id == id).expect("key on the server")
-}
-
-fn key_by_secret(s: &StandIn, secret: &str) -> KeyInfo {
-    s.keys()
-        .into_iter()
-        .find(|k| k.token_prefix == secret[..11])
-        .expect("key on the server")
-}
-
-fn posts(s: &StandIn) -> usize {
-    s.requests()
-        .iter()
-        .filter(|r| r.path.starts_with("/v1.0/accesskeys") && r.method == "POST")
-        .count()
-}
-
-/// No key made by the server appears in `text` past its public prefix.
-fn assert_no_keys(text: &str, s: &StandIn) {
-    for key in s.issued_keys() {
-        assert!(
-            !text.contains(&key[11..]),
-            "a key (beyond its prefix) appears in:\n{text}"
-        );
-    }
-}
-
-fn state_json(t: &TestDir, credential: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &t.read(&format!("state/keys/{credential}.json"))
-            .expect("key state file"),
-    )
-    .unwrap()
-}
-
-fn key_name_of(t: &TestDir) -> String {
-    format!(
-        "voipbin-tokend/mcp/{}",
-        state_json(t, "mcp")["installation_id"].as_str().unwrap()
     )
 }
 
@@ -130,27 +44,27 @@ fn a_cloned_state_dir_starts_a_new_installation_and_never_deletes_the_other_host
     let (boot_id, boot) = bootstrap(&s, &a, 365);
     a.write_config(
         &s.base_url(),
-        &key_cred("grace = \"1h\"", &output("mcp.env", "env")),
+        &key_cred_30d("grace = \"1h\"", &output("mcp.env", "env")),
     );
     let da = a.daemon();
     let k1 = wait_env_key(&a, "mcp.env", &[&boot], &da);
-    let k1_id = key_by_secret(&s, &k1).id;
-    let a_name = key_name_of(&a);
+    let k1_id = info_of(&s, &k1).id;
+    let a_name = my_key_name(&a);
 
     // The state dir is copied to host B (a restored backup, a copied volume).
     let b = TestDir::new();
     std::fs::create_dir_all(b.path("state/keys")).unwrap();
     std::fs::copy(a.path("state/keys/mcp.json"), b.path("state/keys/mcp.json")).unwrap();
-    write_key_file(&b, "boot.key", &boot);
+    write_key_file(&b, &boot);
     b.write_config(
         &s.base_url(),
-        &key_cred("grace = \"1s\"", &output("mcp.env", "env")),
+        &key_cred_30d("grace = \"1s\"", &output("mcp.env", "env")),
     );
 
     // A rotates: K2 is A's published key, unknown to the copy.
     da.signal(Signal::SIGUSR1);
     let k2 = wait_env_key(&a, "mcp.env", &[&boot, &k1], &da);
-    let k2_id = key_by_secret(&s, &k2).id;
+    let k2_id = info_of(&s, &k2).id;
 
     // B starts from the copy: a new installation, with a warning naming the file.
     let db = b.daemon();
@@ -165,9 +79,9 @@ fn a_cloned_state_dir_starts_a_new_installation_and_never_deletes_the_other_host
         log.contains("state/keys/mcp.json") && log.contains("copy"),
         "{log}"
     );
-    let b_state = state_json(&b, "mcp");
+    let b_state = state_json(&b);
     assert_ne!(
-        key_name_of(&b),
+        my_key_name(&b),
         a_name,
         "a new installation id\n{b_state}\n{}",
         db.log()
@@ -187,7 +101,7 @@ fn a_cloned_state_dir_starts_a_new_installation_and_never_deletes_the_other_host
     db.signal(Signal::SIGUSR1);
     let k3 = wait_env_key(&b, "mcp.env", &[&k1], &db);
     db.wait_log("left to expire, not deleted", 1, WAIT);
-    let b_state = state_json(&b, "mcp");
+    let b_state = state_json(&b);
     assert_eq!(b_state["left_to_expire"][0]["id"], k1_id.as_str(), "{b_state}");
     // Past B's grace (1 s) and its sweeps: nothing of A's is touched.
     std::thread::sleep(Duration::from_secs(3));
@@ -205,7 +119,7 @@ fn a_cloned_state_dir_starts_a_new_installation_and_never_deletes_the_other_host
         );
     }
     assert_eq!(env_key(&a, "mcp.env").as_deref(), Some(k2.as_str()));
-    assert_eq!(key_by_secret(&s, &k3).name, key_name_of(&b));
+    assert_eq!(info_of(&s, &k3).name, my_key_name(&b));
     assert_no_keys(&db.log(), &s);
 }
 
@@ -216,7 +130,7 @@ fn a_key_with_this_installations_name_but_no_recorded_nonce_is_never_swept() {
     let (_, boot) = bootstrap(&s, &t, 365);
     t.write_config(
         &s.base_url(),
-        &key_cred("grace = \"1s\"", &output("mcp.env", "env")),
+        &key_cred_30d("grace = \"1s\"", &output("mcp.env", "env")),
     );
     let mut d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
@@ -224,7 +138,7 @@ fn a_key_with_this_installations_name_but_no_recorded_nonce_is_never_swept() {
     // A key of the same name this installation never made (a clone that
     // kept machine id and inode, e.g. a VM snapshot started twice; or by
     // hand), and one whose creation was recorded by the clone, not here.
-    let name = key_name_of(&t);
+    let name = my_key_name(&t);
     let (twin_id, _) = s.create_key(&name, 86_400 * 365);
     // The start-up sweep runs and leaves it alone.
     let d = daemon_with(&t, "voipbin_tokend=debug", &[]);
@@ -249,7 +163,7 @@ fn a_key_with_this_installations_name_but_no_recorded_nonce_is_never_swept() {
         "a key without this installation's nonce is not its orphan\n{}",
         d.log()
     );
-    assert!(key_by_secret(&s, &k2).tm_delete.is_none());
+    assert!(info_of(&s, &k2).tm_delete.is_none());
 }
 
 // ---------------------------------------------------------------------------
@@ -267,7 +181,7 @@ fn a_creation_answer_with_a_hand_made_keys_id_or_another_name_is_not_believed_an
     ]);
     t.write_config(
         &s.base_url(),
-        &key_cred("grace = \"1s\"", &output("mcp.env", "env")),
+        &key_cred_30d("grace = \"1s\"", &output("mcp.env", "env")),
     );
     let d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
@@ -276,7 +190,7 @@ fn a_creation_answer_with_a_hand_made_keys_id_or_another_name_is_not_believed_an
     // The two keys really made for the lying answers carry this
     // installation's name and a recorded nonce: the sweep deletes them; the
     // bootstrap key goes after its grace. Nothing else.
-    let name = key_name_of(&t);
+    let name = my_key_name(&t);
     wait_for(
         WAIT,
         "the bootstrap key and the two orphans deleted",
@@ -293,7 +207,7 @@ fn a_creation_answer_with_a_hand_made_keys_id_or_another_name_is_not_believed_an
         key_named(&keys, &hand_id).tm_delete.is_none(),
         "the hand-made key lives"
     );
-    assert!(key_by_secret(&s, &k1).tm_delete.is_none());
+    assert!(info_of(&s, &k1).tm_delete.is_none());
     assert_no_keys(&d.log(), &s);
 }
 
@@ -304,14 +218,14 @@ fn a_creation_answer_with_the_current_keys_id_deletes_nothing_but_the_orphan() {
     let (_, boot) = bootstrap(&s, &t, 365);
     t.write_config(
         &s.base_url(),
-        &key_cred(
+        &key_cred_30d(
             "grace = \"1s\"\ndelete-replaced = false",
             &output("mcp.env", "env"),
         ),
     );
     let d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
-    let k1_id = key_by_secret(&s, &k1).id;
+    let k1_id = info_of(&s, &k1).id;
     s.script_key_creations([Fault::KeyAnswerId(k1_id.clone())]);
     d.signal(Signal::SIGUSR1);
     let k2 = wait_env_key(&t, "mcp.env", &[&boot, &k1], &d);
@@ -328,7 +242,7 @@ fn a_creation_answer_with_the_current_keys_id_deletes_nothing_but_the_orphan() {
     let gone = deleted(&s);
     assert_eq!(gone.len(), 1, "{gone:#?}");
     assert_ne!(gone[0].id, k1_id);
-    assert_eq!(gone[0].name, key_name_of(&t));
+    assert_eq!(gone[0].name, my_key_name(&t));
     assert_ne!(gone[0].token_prefix, k2[..11]);
 }
 
@@ -341,7 +255,7 @@ fn an_edited_pending_deletion_naming_a_hand_made_key_deletes_nothing_and_is_drop
     let (hand2_id, _) = s.create_key("another script's key", 86_400 * 365);
     t.write_config(
         &s.base_url(),
-        &key_cred(
+        &key_cred_30d(
             "grace = \"1s\"\ndelete-replaced = false",
             &output("mcp.env", "env"),
         ),
@@ -353,7 +267,7 @@ fn an_edited_pending_deletion_naming_a_hand_made_key_deletes_nothing_and_is_drop
     // Someone edits the state (in place): a pending deletion with the
     // hand-made key's id and prefix, and one claiming to be the bootstrap
     // key with a prefix that is not that key's.
-    let mut state = state_json(&t, "mcp");
+    let mut state = state_json(&t);
     state["pending_deletions"] = serde_json::json!([
         {"id": hand_id, "prefix": &hand[..11], "delete_after": "2020-01-01T00:00:00Z"},
         {"id": hand2_id, "prefix": "vb_XXXXXXXX", "delete_after": "2020-01-01T00:00:00Z", "bootstrap": true},
@@ -370,7 +284,7 @@ fn an_edited_pending_deletion_naming_a_hand_made_key_deletes_nothing_and_is_drop
         WAIT,
         "the refused entries dropped from the state",
         || {
-            state_json(&t, "mcp")["pending_deletions"]
+            state_json(&t)["pending_deletions"]
                 .as_array()
                 .is_some_and(|p| p.is_empty())
         },
@@ -391,7 +305,7 @@ fn a_new_key_that_fails_its_test_call_is_never_saved_or_published() {
     s.script_key_creations([Fault::KeyAnswerWrongToken]);
     t.write_config(
         &s.base_url(),
-        &key_cred("grace = \"1s\"", &output("mcp.env", "env")),
+        &key_cred_30d("grace = \"1s\"", &output("mcp.env", "env")),
     );
     let d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
@@ -400,9 +314,9 @@ fn a_new_key_that_fails_its_test_call_is_never_saved_or_published() {
         s.issued_keys().contains(&k1),
         "the published key is one the server issued"
     );
-    assert_eq!(state_json(&t, "mcp")["current"]["key"], k1.as_str());
+    assert_eq!(state_json(&t)["current"]["key"], k1.as_str());
     // The unusable key is an orphan of this installation: swept.
-    let name = key_name_of(&t);
+    let name = my_key_name(&t);
     let first = s
         .keys()
         .into_iter()
@@ -430,7 +344,7 @@ fn a_key_list_that_never_ends_costs_a_bounded_number_of_requests() {
         s.set_key_list_paging(paging);
         t.write_config(
             &s.base_url(),
-            &key_cred("grace = \"1s\"", &output("mcp.env", "env")),
+            &key_cred_30d("grace = \"1s\"", &output("mcp.env", "env")),
         );
         let d = t.daemon();
         // Adopting the bootstrap key lists; the start-up sweep lists.
@@ -494,14 +408,14 @@ fn two_credentials_sharing_one_bootstrap_key_file_under_any_spelling_are_a_confi
         }
     }
     // Two files: fine.
-    write_key_file(&t, "second.key", &s.create_key("another", 86_400 * 365).1);
+    write_key_file_as(&t, "second.key", &s.create_key("another", 86_400 * 365).1);
     let cred2 =
         "[[credential]]\nname = \"other\"\nkind = \"access-key\"\nbootstrap-key-file = \"second.key\"\n\n";
     t.write_config(
         &s.base_url(),
         &format!(
             "{}{cred2}{}",
-            key_cred("", &output("a.env", "env")),
+            key_cred_30d("", &output("a.env", "env")),
             output("b.env", "env")
         ),
     );
@@ -516,21 +430,21 @@ fn renaming_a_key_credential_on_reload_keeps_its_key_and_the_deletions_it_owes()
     let (boot_id, boot) = bootstrap(&s, &t, 365);
     t.write_config(
         &s.base_url(),
-        &key_cred("grace = \"4s\"", &output("mcp.env", "env")),
+        &key_cred_30d("grace = \"4s\"", &output("mcp.env", "env")),
     );
     let d = t.daemon();
     let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
     wait_for(
         WAIT,
         "the grace recorded",
-        || state_json(&t, "mcp")["pending_deletions"][0]["delete_after"].is_string(),
+        || state_json(&t)["pending_deletions"][0]["delete_after"].is_string(),
         || d.log(),
     );
     let made = posts(&s);
     // Renamed (bootstrap-key-file spelt differently), in one reload.
     t.write_config(
         &s.base_url(),
-        &key_cred("grace = \"4s\"", &output("mcp.env", "env"))
+        &key_cred_30d("grace = \"4s\"", &output("mcp.env", "env"))
             .replace("name = \"mcp\"", "name = \"mcp-renamed\"")
             .replace("\"boot.key\"", "\"./boot.key\""),
     );
@@ -541,7 +455,7 @@ fn renaming_a_key_credential_on_reload_keeps_its_key_and_the_deletions_it_owes()
         WAIT,
     );
     assert!(t.read("state/keys/mcp.json").is_none(), "moved, not copied");
-    let state = state_json(&t, "mcp-renamed");
+    let state = key_state_json(&t, "mcp-renamed");
     assert_eq!(state["current"]["key"], k1.as_str());
     if key_named(&s.keys(), &boot_id).tm_delete.is_none() {
         assert_eq!(state["pending_deletions"][0]["id"], boot_id.as_str(), "{state}");
@@ -558,7 +472,7 @@ fn renaming_a_key_credential_on_reload_keeps_its_key_and_the_deletions_it_owes()
         WAIT,
         "the deletion saved",
         || {
-            state_json(&t, "mcp-renamed")["pending_deletions"]
+            key_state_json(&t, "mcp-renamed")["pending_deletions"]
                 .as_array()
                 .is_some_and(|p| p.is_empty())
         },

@@ -20,15 +20,13 @@ use crate::support::*;
 use nix::sys::signal::Signal;
 use voipbin_tokend::state::keys::{self as keystate, KeyState};
 
-/// A key "day" lasts this many seconds: with renew-at 0.5 a key is
-/// rotated every 4 s on its own.
-const DAY_SECS: f64 = 8.0;
 /// A key with less life than this left when a start is checked may expire
 /// before that start's sweep: the sweep need not delete it.
 const SWEEP_TIME: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(30);
 
-fn env_key(text: &str) -> Option<String> {
+/// The whole key (`vb_` and 32 more) in an env output's `text`.
+fn env_key_in(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("VOIPBIN_API_KEY="))
         .filter(|k| k.starts_with("vb_") && k.len() == 35)
@@ -52,7 +50,11 @@ fn watch_output(
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             let before = SystemTime::now();
-            if let Some(key) = std::fs::read_to_string(&path).ok().as_deref().and_then(env_key) {
+            if let Some(key) = std::fs::read_to_string(&path)
+                .ok()
+                .as_deref()
+                .and_then(env_key_in)
+            {
                 let mut s = seen.lock().unwrap();
                 if !s.last_seen.contains_key(&key) {
                     s.order.push(key.clone());
@@ -83,7 +85,8 @@ fn stale_temps(dir: &std::path::Path, pid: Option<i32>) -> Vec<String> {
         .collect()
 }
 
-fn live(s: &StandIn, key: &str) -> bool {
+/// Like `live`, but false for a key the server does not know.
+fn live_if_known(s: &StandIn, key: &str) -> bool {
     let now = SystemTime::now();
     s.keys()
         .iter()
@@ -130,16 +133,11 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     let mut rng = fastrand::Rng::with_seed(seed);
     eprintln!("torture: seed {seed} (TORTURE_SEED={seed} replays it)");
 
-    let s = standin(Duration::from_secs(3600));
-    s.set_key_time_scale(DAY_SECS / 86_400.0);
+    // A key "day" lasts `KEY_DAY_SECS` (8 s): with renew-at 0.5 a key is
+    // rotated every 4 s on its own.
+    let s = key_standin();
     let t = TestDir::new();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let (_, boot) = s.create_key("made on the admin page", 365 * 86_400);
-        let p = t.path("boot.key");
-        std::fs::write(&p, format!("{boot}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    bootstrap(&s, &t, 365);
     std::fs::create_dir(t.path("out")).unwrap();
     t.write_config(
         &s.base_url(),
@@ -178,9 +176,9 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
                     key = std::fs::read_to_string(&out)
                         .ok()
                         .as_deref()
-                        .and_then(env_key)
+                        .and_then(env_key_in)
                         .unwrap_or_default();
-                    !key.is_empty() && live(&s, &key)
+                    !key.is_empty() && live_if_known(&s, &key)
                 },
                 || format!("--- previous run ---\n{last_log}--- this run ---\n{}", d.log()),
             );
@@ -232,7 +230,7 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
             continue;
         }
         check_restart(&d, spawned, &mut installation, &last_log);
-        let output_key = || std::fs::read_to_string(&out).ok().as_deref().and_then(env_key);
+        let output_key = || std::fs::read_to_string(&out).ok().as_deref().and_then(env_key_in);
         let before = output_key();
         // Most rounds force a rotation, half of those with a slow creation
         // so that the kill lands while the request is at the server.
@@ -318,10 +316,10 @@ fn a_hundred_kill_9s_at_random_moments_lose_no_key_delete_no_published_key_and_l
     let final_key = std::fs::read_to_string(&out)
         .ok()
         .as_deref()
-        .and_then(env_key)
+        .and_then(env_key_in)
         .unwrap();
     assert!(
-        live(&s, &final_key),
+        live_if_known(&s, &final_key),
         "the output's key is live after the clean stop"
     );
     assert_eq!(

@@ -8,86 +8,15 @@ use std::time::Duration;
 
 use crate::support::*;
 use nix::sys::signal::Signal;
-use voipbin_tokend_standin::KeyInfo;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A stand-in whose key "day" lasts `day_secs` seconds.
-fn key_standin(day_secs: f64) -> StandIn {
-    let s = standin(Duration::from_secs(3600));
-    s.set_key_time_scale(day_secs / 86_400.0);
-    s
-}
-
-/// A bootstrap key as made on the admin page, written to ./boot.key (0600).
-fn bootstrap(s: &StandIn, t: &TestDir, days: u64) -> (String, String) {
-    use std::os::unix::fs::PermissionsExt;
-    let (id, key) = s.create_key("made on the admin page", days * 86_400);
-    let p = t.path("boot.key");
-    std::fs::write(&p, format!("{key}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (id, key)
-}
-
-/// A self-rotating key credential "mcp" with `extra` keys and `outputs`.
-fn key_cred(extra: &str, outputs: &str) -> String {
-    format!(
-        "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
-         lifetime = \"1d\"\ngrace = \"1s\"\nretry-min = \"100ms\"\nretry-max = \"1s\"\n{extra}\n{outputs}"
-    )
-}
-
-fn env_key(t: &TestDir, name: &str) -> Option<String> {
-    t.read(name)?
-        .lines()
-        .find_map(|l| l.strip_prefix("VOIPBIN_API_KEY="))
-        .map(str::to_owned)
-}
-
-fn wait_env_key(t: &TestDir, name: &str, not: &[&str], d: &Daemon) -> String {
-    let mut key = String::new();
-    wait_for(
-        WAIT,
-        &format!("a new key in {name}"),
-        || {
-            key = env_key(t, name).unwrap_or_default();
-            key.starts_with("vb_") && !not.contains(&key.as_str())
-        },
-        || d.log(),
-    );
-    key
-}
-
-fn state_json(t: &TestDir) -> serde_json::Value {
-    serde_json::from_str(&t.read("state/keys/mcp.json").expect("key state file")).unwrap()
-}
-
-/// The server's record of the key whose secret is `key` (by its prefix).
-fn info_of(s: &StandIn, key: &str) -> KeyInfo {
-    s.keys()
-        .into_iter()
-        .find(|k| k.token_prefix == key[..11])
-        .expect("the key on the server")
-}
-
-fn live(s: &StandIn, key: &str) -> bool {
-    let k = info_of(s, key);
-    k.tm_delete.is_none() && k.tm_expire > std::time::SystemTime::now()
-}
-
-fn posts(s: &StandIn) -> usize {
-    s.requests()
-        .iter()
-        .filter(|r| r.path.starts_with("/v1.0/accesskeys") && r.method == "POST")
-        .count()
-}
 
 // ---------------------------------------------------------------------------
 // Item 3: `once` beside a running daemon.
 
 #[test]
 fn once_beside_a_running_daemon_asks_it_to_rotate_and_never_deletes_the_key_it_holds() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     bootstrap(&s, &t, 365);
     t.write_config(
@@ -96,7 +25,7 @@ fn once_beside_a_running_daemon_asks_it_to_rotate_and_never_deletes_the_key_it_h
     );
     let d = t.daemon();
     let boot = std::fs::read_to_string(t.path("boot.key")).unwrap();
-    let k1 = wait_env_key(&t, "mcp.env", &[boot.trim()], &d);
+    let k1 = wait_env_key_within(WAIT, &t, "mcp.env", &[boot.trim()], &d);
     wait_for(
         WAIT,
         "the status file with the key",
@@ -131,7 +60,7 @@ fn once_beside_a_running_daemon_asks_it_to_rotate_and_never_deletes_the_key_it_h
     assert_eq!(out.status.code(), Some(0), "{}", both(&out));
     assert!(live(&s, &k2), "the key the daemon holds is live");
     d.signal(Signal::SIGUSR1);
-    let k3 = wait_env_key(&t, "mcp.env", &[&k1, &k2], &d);
+    let k3 = wait_env_key_within(WAIT, &t, "mcp.env", &[&k1, &k2], &d);
     assert!(live(&s, &k3));
     assert!(
         !d.log().contains("refused"),
@@ -144,7 +73,7 @@ fn once_beside_a_running_daemon_asks_it_to_rotate_and_never_deletes_the_key_it_h
 
 #[test]
 fn once_beside_a_daemon_running_another_config_refuses_naming_the_dir_and_pid() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     bootstrap(&s, &t, 365);
     // The daemon runs a login-token credential; `once` a key credential,
@@ -189,7 +118,7 @@ fn once_with_only_login_tokens_still_works_beside_a_daemon() {
 
 #[test]
 fn a_daemon_started_while_once_holds_the_lock_waits_for_it_and_runs() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     bootstrap(&s, &t, 365);
     t.write_config(
@@ -221,7 +150,7 @@ fn a_daemon_started_while_once_holds_the_lock_waits_for_it_and_runs() {
 
 #[test]
 fn two_once_passes_started_together_take_turns_and_make_one_key() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     bootstrap(&s, &t, 365);
     t.write_config(
@@ -262,7 +191,7 @@ fn two_once_passes_started_together_take_turns_and_make_one_key() {
 
 #[test]
 fn a_key_state_written_by_another_process_is_taken_before_a_rotation_not_overwritten() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     bootstrap(&s, &t, 365);
     t.write_config(
@@ -271,7 +200,7 @@ fn a_key_state_written_by_another_process_is_taken_before_a_rotation_not_overwri
     );
     let d = t.daemon();
     let boot = std::fs::read_to_string(t.path("boot.key")).unwrap();
-    let k1 = wait_env_key(&t, "mcp.env", &[boot.trim()], &d);
+    let k1 = wait_env_key_within(WAIT, &t, "mcp.env", &[boot.trim()], &d);
     wait_for(
         WAIT,
         "the bootstrap key's deletion done",
@@ -307,7 +236,7 @@ fn a_key_state_written_by_another_process_is_taken_before_a_rotation_not_overwri
     // The next rotation reads it: neither key is forgotten. Both end
     // deleted after the grace once the new key is out.
     d.signal(Signal::SIGUSR1);
-    let k3 = wait_env_key(&t, "mcp.env", &[&k1, &other_key], &d);
+    let k3 = wait_env_key_within(WAIT, &t, "mcp.env", &[&k1, &other_key], &d);
     wait_for(
         WAIT,
         "both replaced keys deleted",
@@ -326,7 +255,7 @@ fn a_key_state_written_by_another_process_is_taken_before_a_rotation_not_overwri
 
 #[test]
 fn temp_files_left_in_the_state_dir_by_a_kill_are_removed_at_start_and_their_key_is_swept() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     bootstrap(&s, &t, 365);
     t.write_config(
@@ -339,7 +268,7 @@ fn temp_files_left_in_the_state_dir_by_a_kill_are_removed_at_start_and_their_key
     );
     let mut d = t.daemon();
     let boot = std::fs::read_to_string(t.path("boot.key")).unwrap();
-    let k1 = wait_env_key(&t, "mcp.env", &[boot.trim()], &d);
+    let k1 = wait_env_key_within(WAIT, &t, "mcp.env", &[boot.trim()], &d);
     wait_file(&t.path("main.token"), WAIT, || d.log());
     // What a kill between a key's POST and its state's rename leaves: a
     // key of this installation (its nonce recorded before the POST) that
@@ -399,44 +328,23 @@ fn temp_files_left_in_the_state_dir_by_a_kill_are_removed_at_start_and_their_key
 // ---------------------------------------------------------------------------
 // Item 15: failing deletions are visible.
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut s = String::new();
-    let _ = c.read_to_string(&mut s);
-    s
-}
-
 #[test]
 fn a_failing_deletion_shows_as_overdue_in_status_and_the_metric_and_clears_once_done() {
-    let s = key_standin(120.0);
+    let s = key_standin_scaled(120.0);
     let t = TestDir::new();
     let (boot_id, boot) = bootstrap(&s, &t, 365);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "[health]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-            key_cred("renew-at = 0.9", &output("mcp.env", "env"))
-        ),
-    );
+    let (port, config) = with_health(&key_cred("renew-at = 0.9", &output("mcp.env", "env")));
+    t.write_config(&s.base_url(), &config);
     // Every deletion fails: the bootstrap key, replaced at once, stays.
     s.set_fail_deletes(Some(500));
     let d = t.daemon();
-    wait_env_key(&t, "mcp.env", &[boot.trim()], &d);
+    wait_env_key_within(WAIT, &t, "mcp.env", &[boot.trim()], &d);
     let gauge = "voipbin_tokend_access_keys_deletion_overdue{credential=\"mcp\"} 1";
     wait_for(
         WAIT,
         "the overdue deletion in the metric",
-        || http_get(port, "/metrics").contains(gauge),
-        || format!("{}\n{}", http_get(port, "/metrics"), d.log()),
+        || http_get_raw(port, "/metrics").contains(gauge),
+        || format!("{}\n{}", http_get_raw(port, "/metrics"), d.log()),
     );
     wait_for(
         WAIT,
@@ -470,7 +378,7 @@ fn a_failing_deletion_shows_as_overdue_in_status_and_the_metric_and_clears_once_
     assert!(overdue[0]["overdue_seconds"].as_i64().unwrap() >= 0);
     assert!(overdue[0]["failures"].as_u64().unwrap() >= 1);
     assert!(overdue[0]["last_error"].as_str().unwrap().contains("500"));
-    for text in [both(&out), http_get(port, "/metrics")] {
+    for text in [both(&out), http_get_raw(port, "/metrics")] {
         for key in s.issued_keys() {
             assert!(!text.contains(&key[11..]), "no key in:\n{text}");
         }
@@ -488,8 +396,8 @@ fn a_failing_deletion_shows_as_overdue_in_status_and_the_metric_and_clears_once_
     wait_for(
         WAIT,
         "the metric back at 0",
-        || http_get(port, "/metrics").contains(gauge0),
-        || http_get(port, "/metrics"),
+        || http_get_raw(port, "/metrics").contains(gauge0),
+        || http_get_raw(port, "/metrics"),
     );
     wait_for(
         WAIT,

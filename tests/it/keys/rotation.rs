@@ -9,88 +9,8 @@ use crate::support::*;
 use nix::sys::signal::Signal;
 use voipbin_tokend_standin::{AuthVia, KeyInfo, PERMISSION_CUSTOMER_AGENT};
 
-/// A day of key lifetime lasts this many seconds at the stand-in.
-const DAY_SECS: f64 = 8.0;
-const WAIT: Duration = Duration::from_secs(20);
-
-fn key_standin() -> StandIn {
-    let s = standin(Duration::from_secs(3600));
-    s.set_key_time_scale(DAY_SECS / 86_400.0);
-    s
-}
-
-/// A bootstrap key as made on the admin page, written to ./boot.key (0600).
-fn bootstrap(s: &StandIn, t: &TestDir, days: u64) -> (String, String) {
-    let (id, key) = s.create_key("made on the admin page", days * 86_400);
-    write_key_file(t, &key);
-    (id, key)
-}
-
-fn write_key_file(t: &TestDir, key: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let p = t.path("boot.key");
-    std::fs::write(&p, format!("{key}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// A self-rotating key credential "mcp" with `extra` keys and `outputs`.
-fn key_cred(extra: &str, outputs: &str) -> String {
-    format!(
-        "[[credential]]\nname = \"mcp\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
-         lifetime = \"1d\"\ngrace = \"1s\"\nretry-min = \"100ms\"\nretry-max = \"1s\"\n{extra}\n{outputs}"
-    )
-}
-
-/// The key in an env output (`VOIPBIN_API_KEY=vb_...`), if there is one.
-fn env_key(t: &TestDir, name: &str) -> Option<String> {
-    t.read(name)?
-        .lines()
-        .find_map(|l| l.strip_prefix("VOIPBIN_API_KEY="))
-        .map(str::to_owned)
-}
-
-fn wait_env_key(t: &TestDir, name: &str, not: &[&str], d: &Daemon) -> String {
-    let mut key = String::new();
-    wait_for(
-        WAIT,
-        &format!("a new key in {name}"),
-        || {
-            key = env_key(t, name).unwrap_or_default();
-            key.starts_with("vb_") && !not.contains(&key.as_str())
-        },
-        || d.log(),
-    );
-    key
-}
-
-fn key_named<'a>(keys: &'a [KeyInfo], id: &str) -> &'a KeyInfo {
-    keys.iter().find(|k| k.id == id).expect("key on the server")
-}
-
-fn key_calls(s: &StandIn) -> Vec<LoginRecord> {
-    s.requests()
-        .into_iter()
-        .filter(|r| r.path.starts_with("/v1.0/accesskeys"))
-        .collect()
-}
-
-fn posts(s: &StandIn) -> usize {
-    key_calls(s).iter().filter(|r| r.method == "POST").count()
-}
-
-/// No key made by the server appears in `text` past its public prefix.
-fn assert_no_keys(text: &str, s: &StandIn) {
-    for key in s.issued_keys() {
-        assert!(
-            !text.contains(&key[11..]),
-            "a key (beyond its prefix) appears in:\n{text}"
-        );
-    }
-}
-
-fn state_json(t: &TestDir) -> serde_json::Value {
-    serde_json::from_str(&t.read("state/keys/mcp.json").expect("key state file")).unwrap()
-}
+/// The wait of `wait_env_key`.
+const WAIT: Duration = SLOW_WAIT;
 
 #[test]
 fn self_rotation_from_a_bootstrap_key_writes_every_format_and_retires_every_replaced_key() {
@@ -620,17 +540,8 @@ fn metrics_count_deleted_keys() {
     let s = key_standin();
     let t = TestDir::new();
     let (boot_id, boot) = bootstrap(&s, &t, 365);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "[health]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-            key_cred("renew-at = 0.9", &output("mcp.env", "env"))
-        ),
-    );
+    let (port, config) = with_health(&key_cred("renew-at = 0.9", &output("mcp.env", "env")));
+    t.write_config(&s.base_url(), &config);
     let d = t.daemon();
     wait_env_key(&t, "mcp.env", &[&boot], &d);
     wait_for(
@@ -643,25 +554,13 @@ fn metrics_count_deleted_keys() {
     wait_for(
         WAIT,
         "the deletion counted",
-        || http_get(port, "/metrics").contains(needle),
-        || http_get(port, "/metrics"),
+        || http_get_raw(port, "/metrics").contains(needle),
+        || http_get_raw(port, "/metrics"),
     );
-    let body = http_get(port, "/metrics");
-    let health = http_get(port, "/readyz");
+    let body = http_get_raw(port, "/metrics");
+    let health = http_get_raw(port, "/readyz");
     assert_no_keys(&health, &s);
     assert_no_keys(&body, &s);
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut s = String::new();
-    let _ = c.read_to_string(&mut s);
-    s
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use nix::sys::signal::Signal;
 
-use super::{WAIT, bootstrap, env_key, key_cred, key_standin, my_key_name, posts, state_json, wait_env_key};
+use super::WAIT;
 
 // ---------------------------------------------------------------------------
 // Item 10 and the cap: keys made but not used do not pile up.

@@ -9,10 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 use nix::sys::signal::Signal;
 
-use super::{
-    WAIT, assert_idle, assert_no_keys, assert_output_stays, bootstrap, env_key, http_code, key_cred,
-    key_named, key_standin, my_key_name, state_json, status_state, wait_env_key, with_health, write_key_file,
-};
+use super::{WAIT, assert_idle, assert_output_stays, http_code, status_state};
 
 // ---------------------------------------------------------------------------
 // Item 1: a refused held key during housekeeping.

@@ -5,10 +5,7 @@
 use crate::support::*;
 use nix::sys::signal::Signal;
 
-use super::{
-    WAIT, assert_no_keys, assert_output_stays, bootstrap, key_cred, key_named, key_standin, posts,
-    state_json, wait_env_key,
-};
+use super::{WAIT, assert_output_stays};
 
 // ---------------------------------------------------------------------------
 // Item 4: a restored state file.
