@@ -57,6 +57,7 @@ pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
+mod process;
 mod rlimit;
 pub mod schedule;
 pub mod secret;
