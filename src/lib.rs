@@ -50,6 +50,8 @@ pub mod cli;
 pub mod config;
 pub(crate) mod credential;
 pub(crate) mod daemon;
+pub(crate) mod exec;
+pub(crate) mod export;
 pub(crate) mod fsread;
 pub(crate) mod health;
 pub(crate) mod hooks;
