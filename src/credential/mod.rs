@@ -525,8 +525,17 @@ impl Credential {
     /// not refused it) goes to the supervisor. Watchers are woken only
     /// when the value changed: a rewrite of the same secret restarts nothing.
     fn export(&self, now: OffsetDateTime) {
-        let (Some(tx), Some(held)) = (&self.export, &self.held) else { return };
+        let (Some(tx), Some(held)) = (&self.export, &self.held) else {
+            return;
+        };
         if !self.is_fresh(now) {
+            return;
+        }
+        // The first secret, already due (a bootstrap key, a token found on
+        // disk late in its life): the renewal under way decides, so a
+        // child does not start only to be restarted a moment later. If it
+        // fails, the secret held is exported after all.
+        if tx.borrow().is_none() && now >= held.due_at && self.failures == 0 {
             return;
         }
         let next = Exported {
