@@ -3,3 +3,4 @@
 
 pub mod forward;
 pub mod rewrite;
+pub mod serve;
