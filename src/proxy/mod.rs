@@ -4,3 +4,5 @@
 pub mod forward;
 pub mod rewrite;
 pub mod serve;
+#[cfg(test)]
+mod tests;
