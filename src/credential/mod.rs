@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::board;
 use crate::config::CredentialConfig;
+use crate::export::{ExportSender, Exported, InUse};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::output::write::remove_stale_temps;
@@ -44,6 +45,7 @@ macro_rules! ctx {
             api: &$cred.api,
             metrics: &$cred.metrics,
             state_dir: &$cred.state_dir,
+            in_use: &$cred.in_use,
         }
     };
 }
@@ -101,6 +103,10 @@ pub struct Credential {
     /// one starts, cleared by a due rotation (so the first forced one after
     /// a start or a due rotation is not delayed).
     forced_not_before: Option<OffsetDateTime>,
+    /// `exec` mode: where the secret goes once every output holds it.
+    export: Option<Arc<ExportSender>>,
+    /// `exec` mode: the keys running children hold (never deleted).
+    in_use: InUse,
 }
 
 /// Renew-now requests (SIGUSR1) are coalesced over this long after a
@@ -147,6 +153,25 @@ impl Credential {
             one_shot: false,
             last_renewed: None,
             forced_not_before: None,
+            export: None,
+            in_use: InUse::default(),
+        }
+    }
+
+    /// `exec` mode: publish the secret on `export` once every output holds
+    /// it, and keep the keys in `in_use` alive.
+    pub fn exported(mut self, export: Arc<ExportSender>, in_use: InUse) -> Credential {
+        self.export = Some(export);
+        self.in_use = in_use;
+        self
+    }
+
+    /// The keys running children hold changed: a key let go starts its
+    /// deletion grace (if every output holds its successor).
+    pub async fn children_changed(&mut self) {
+        if !self.stale.iter().any(|s| *s) {
+            self.source.published(&ctx!(self), crate::now()).await;
+            self.publish(crate::now());
         }
     }
 
@@ -493,6 +518,29 @@ impl Credential {
         if let Some(board) = &self.board {
             board.publish(self.status(now));
         }
+        self.export(now);
+    }
+
+    /// `exec` mode: a fresh secret (every output holds it, the server has
+    /// not refused it) goes to the supervisor. Watchers are woken only
+    /// when the value changed: a rewrite of the same secret restarts nothing.
+    fn export(&self, now: OffsetDateTime) {
+        let (Some(tx), Some(held)) = (&self.export, &self.held) else { return };
+        if !self.is_fresh(now) {
+            return;
+        }
+        let next = Exported {
+            secret: held.token.clone(),
+            expires_at: held.validity.expires_at,
+            key_id: held.key_id.clone(),
+        };
+        tx.send_if_modified(|current| {
+            let changed = current.as_ref().is_none_or(|c| c.secret != next.secret);
+            if current.as_ref() != Some(&next) {
+                *current = Some(next);
+            }
+            changed
+        });
     }
 }
 

@@ -90,9 +90,9 @@ async fn bootstrap_then_rotate_persists_before_returning_and_queues_the_old_key(
 
     // Grace, then the deletion falls due and is done.
     let now = crate::now();
-    assert!(start_grace(&mut state, Duration::from_secs(60), now));
-    assert!(due_deletions(&state, now).is_empty());
-    let due = due_deletions(&state, now + time::Duration::minutes(2));
+    assert!(start_grace(&mut state, Duration::from_secs(60), now, |_| false));
+    assert!(due_deletions(&state, now, |_| false).is_empty());
+    let due = due_deletions(&state, now + time::Duration::minutes(2), |_| false);
     assert_eq!(due.len(), 1);
     let current = state.current.as_ref().unwrap().key.clone();
     assert!(due[0].bootstrap, "the replaced key was the bootstrap key");
