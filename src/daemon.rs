@@ -20,17 +20,17 @@ use crate::api::budget::Api;
 use crate::board::file::{self as status, StatusFile};
 use crate::board::{CredentialStatus, StatusBoard};
 use crate::config::{Config, ConfigError, CredentialConfig, Use};
+use crate::credential::Credential;
+use crate::credential::task::{self, Command};
 use crate::exec::plan::Plan;
 use crate::exec::{self, Supervisor, ToChild};
 use crate::export::{ExportSender, InUse};
-use crate::process::{self, Exit};
-use nix::sys::signal::Signal;
-use crate::credential::Credential;
-use crate::credential::task::{self, Command};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
+use crate::process::{self, Exit};
 use crate::signals::{self, Event};
 use crate::state::{Locked, held_by_once, lock_state_dir, remove_state_temps, wait_for_once};
+use nix::sys::signal::Signal;
 
 /// How long shutdown waits for in-flight work (the interface promises exit within 5 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
@@ -278,7 +278,11 @@ fn start_supervisor(
         .iter()
         .map(|e| (e.credential.clone(), Arc::new(ExportSender::new(None))))
         .collect();
-    let receivers = plan.exports.iter().map(|e| exports[&e.credential].subscribe()).collect();
+    let receivers = plan
+        .exports
+        .iter()
+        .map(|e| exports[&e.credential].subscribe())
+        .collect();
     let (in_use_tx, in_use_rx) = tokio::sync::watch::channel(Default::default());
     let (to_child, commands) = mpsc::unbounded_channel();
     let supervisor = Supervisor {
@@ -392,7 +396,11 @@ impl Daemon {
         let validate_path = path.clone();
         // Validation looks at the filesystem (output paths, ca-file): blocking pool.
         let before = self.config.clone();
-        let use_ = if self.exec.is_some() { Use::Exec } else { Use::Daemon };
+        let use_ = if self.exec.is_some() {
+            Use::Exec
+        } else {
+            Use::Daemon
+        };
         let validated = blocking(&path, move || {
             text.and_then(|t| Config::from_file_text_for(&t, &validate_path, use_).map(|c| (c, t)))
                 .map(|(c, t)| {

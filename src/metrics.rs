@@ -166,7 +166,9 @@ impl Metrics {
         );
         m.registry
             .register("child_up", "1 while the exec child runs", m.child_up.clone());
-        let _ = m.child_restarts.get_or_create(&ReasonLabel { reason: "rotation" });
+        let _ = m
+            .child_restarts
+            .get_or_create(&ReasonLabel { reason: "rotation" });
         m
     }
 

@@ -170,8 +170,8 @@ fn start_reaper() -> std::io::Result<()> {
     let started = STARTED.get_or_init(|| {
         // The handler is in place before the thread runs, and before any
         // child this module starts: no exit goes unnoticed.
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD])
-            .map_err(|e| e.to_string())?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGCHLD]).map_err(|e| e.to_string())?;
         std::thread::Builder::new()
             .name("reaper".into())
             .stack_size(REAPER_STACK)
@@ -233,13 +233,16 @@ fn prepare(command: &mut Command, options: Options) {
         command.pre_exec(move || {
             if let Some((soft, hard)) = fd_limit {
                 // A program with the daemon's higher limit still runs.
-                let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard);
+                let _ =
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard);
             }
             if options.die_with_parent {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
                 // The parent died before the call: the signal will never come.
                 if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::other("the daemon exited while starting the child"));
+                    return Err(std::io::Error::other(
+                        "the daemon exited while starting the child",
+                    ));
                 }
             }
             Ok(())
@@ -263,11 +266,18 @@ mod tests {
 
     #[test]
     fn a_spawned_process_is_reaped_and_its_status_delivered() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut ok = spawn(Command::new("/bin/sh").args(["-c", "exit 3"]), Options::default()).unwrap();
             assert_eq!(ok.wait().await, Exit::Code(3));
-            let mut slow = spawn(Command::new("/bin/sh").args(["-c", "sleep 30"]), Options::default()).unwrap();
+            let mut slow = spawn(
+                Command::new("/bin/sh").args(["-c", "sleep 30"]),
+                Options::default(),
+            )
+            .unwrap();
             assert!(slow.signal(Signal::SIGTERM));
             assert_eq!(slow.wait().await, Exit::Signal(15));
             // Reaped: no more signals to that pid.

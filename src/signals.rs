@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use nix::sys::signal::Signal;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -104,7 +104,9 @@ fn forward_for_exec(events: mpsc::UnboundedSender<Event>, exec: ExecSignals) -> 
         .spawn(move || {
             let mut stopping = false;
             for number in signals.forever() {
-                let Ok(signal) = Signal::try_from(number) else { continue };
+                let Ok(signal) = Signal::try_from(number) else {
+                    continue;
+                };
                 let event = match signal {
                     Signal::SIGHUP => {
                         info!(signal = "SIGHUP", "reloading the config");
@@ -118,9 +120,17 @@ fn forward_for_exec(events: mpsc::UnboundedSender<Event>, exec: ExecSignals) -> 
                     _ => {
                         if !stopping {
                             stopping = true;
-                            info!(signal = signal.as_str(), "stopping: passing the signal on to the child");
+                            info!(
+                                signal = signal.as_str(),
+                                "stopping: passing the signal on to the child"
+                            );
                             // The child's stop timeout, then the daemon's own stop.
-                            start_hard_stop(exec.stop_timeout.saturating_add(HARD_STOP).saturating_add(HARD_STOP), 1);
+                            start_hard_stop(
+                                exec.stop_timeout
+                                    .saturating_add(HARD_STOP)
+                                    .saturating_add(HARD_STOP),
+                                1,
+                            );
                         }
                         Event::StopChild(signal)
                     }
@@ -134,14 +144,16 @@ fn forward_for_exec(events: mpsc::UnboundedSender<Event>, exec: ExecSignals) -> 
 /// Ends the process `after` from now with `status`, whatever the runtime
 /// is doing.
 fn start_hard_stop(after: Duration, status: i32) {
-    let spawned = std::thread::Builder::new().name("hard-stop".into()).spawn(move || {
-        std::thread::sleep(after);
-        let after = humantime::format_duration(after);
-        warn!("shutdown did not finish within {after}; exiting now");
-        eprintln!("voipbin-tokend: shutdown did not finish within {after}; exiting now");
-        // _exit: no destructors, no atexit handlers that could hang too.
-        signal_hook::low_level::exit(status);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("hard-stop".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            let after = humantime::format_duration(after);
+            warn!("shutdown did not finish within {after}; exiting now");
+            eprintln!("voipbin-tokend: shutdown did not finish within {after}; exiting now");
+            // _exit: no destructors, no atexit handlers that could hang too.
+            signal_hook::low_level::exit(status);
+        });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start the hard-stop timer");
     }

@@ -135,7 +135,7 @@ pub fn main() -> ExitCode {
         Command::Once { config, force } => run::once(&config.config, force),
         Command::Check(c) => check::check(&c.config),
         Command::Inspect { json, file } => inspect::inspect(&file, json),
-        Command::Status { config, json } => match load::load(&config.config) {
+        Command::Status { config, json } => match load::load_for(&config.config, crate::config::Use::Exec) {
             Ok(c) => status::command(&c.state_dir, json),
             Err(code) => code,
         },

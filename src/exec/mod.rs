@@ -33,6 +33,7 @@ use plan::{OnChange, Plan};
 /// Changes of exported secrets within this long of each other cost one
 /// restart (a rotation of two credentials at once, a renewal and a reload).
 pub const DEBOUNCE: Duration = Duration::from_secs(1);
+const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
 
 /// Where the supervisor records the keys running children hold.
 pub type InUseSender = watch::Sender<BTreeSet<String>>;
@@ -92,6 +93,7 @@ pub async fn supervise(mut s: Supervisor, mut commands: mpsc::UnboundedReceiver<
     };
     // When a change seen is acted on: DEBOUNCE after the last one.
     let mut act_at: Option<tokio::time::Instant> = None;
+    let mut first_change: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             exit = child.wait() => {
@@ -100,10 +102,15 @@ pub async fn supervise(mut s: Supervisor, mut commands: mpsc::UnboundedReceiver<
                 return Some(exit);
             }
             Some(()) = changes.recv() => {
-                act_at = Some(tokio::time::Instant::now() + DEBOUNCE);
+                // A second after the last change, but no later than
+                // MAX_DEBOUNCE after the first (changes that never stop).
+                let now = tokio::time::Instant::now();
+                let first = *first_change.get_or_insert(now);
+                act_at = Some((now + DEBOUNCE).min(first + MAX_DEBOUNCE));
             }
             _ = async { tokio::time::sleep_until(act_at.expect("guarded")).await }, if act_at.is_some() => {
                 act_at = None;
+                first_change = None;
                 let Some(now) = current(&s.exports) else { continue };
                 let changed = plan::changed(&s.plan.exports, &started, &now);
                 if changed.is_empty() {
@@ -204,7 +211,12 @@ fn start(s: &Supervisor, values: &[Exported], restarts: u64) -> Result<Running, 
     cmd.args(command.argv.iter().skip(1)).env_clear().envs(env);
     // Spawned here, on the runtime's thread, which lives as long as the
     // daemon: the parent-death signal follows the thread that forked.
-    match process::spawn(&mut cmd, process::Options { die_with_parent: true }) {
+    match process::spawn(
+        &mut cmd,
+        process::Options {
+            die_with_parent: true,
+        },
+    ) {
         Ok(child) => {
             info!(pid = child.pid(), restarts, command = %command.name(), "child started");
             s.board.set_child(Some(ChildStatus {
@@ -217,7 +229,11 @@ fn start(s: &Supervisor, values: &[Exported], restarts: u64) -> Result<Running, 
             Ok(child)
         }
         Err(e) => {
-            let status = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let status = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
             error!(command = %command.name(), error = %e, "cannot start the child");
             child_gone(s);
             Err(Exit::Code(status))

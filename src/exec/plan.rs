@@ -91,7 +91,9 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
         format!("SIG{upper}")
     };
     match name.parse::<Signal>() {
-        Ok(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!("{text}: cannot be caught, so cannot ask anything")),
+        Ok(Signal::SIGKILL | Signal::SIGSTOP) => {
+            Err(format!("{text}: cannot be caught, so cannot ask anything"))
+        }
         Ok(s) => Ok(s),
         Err(_) => Err(format!("{text:?} is not a signal name (e.g. SIGTERM, HUP)")),
     }
@@ -145,10 +147,11 @@ pub fn exports(env_flags: &[String], config: &Config) -> Result<Vec<Export>, Str
             ));
         }
         let expires = format!("{variable}_EXPIRES_AT");
-        if exports
-            .iter()
-            .any(|e| e.variable == variable || format!("{}_EXPIRES_AT", e.variable) == variable || e.variable == expires)
-        {
+        if exports.iter().any(|e| {
+            e.variable == variable
+                || format!("{}_EXPIRES_AT", e.variable) == variable
+                || e.variable == expires
+        }) {
             return Err(format!("--env {flag:?}: {variable} is exported twice"));
         }
         exports.push(Export {
@@ -161,9 +164,7 @@ pub fn exports(env_flags: &[String], config: &Config) -> Result<Vec<Export>, Str
 
 fn valid_variable(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -225,7 +226,9 @@ pub fn child_env(
         .into_iter()
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
-            !hidden.contains(k.as_ref()) && !NEVER_INHERITED.contains(&k.as_ref()) && !exported.contains(k.as_ref())
+            !hidden.contains(k.as_ref())
+                && !NEVER_INHERITED.contains(&k.as_ref())
+                && !exported.contains(k.as_ref())
         })
         .collect();
     for (e, v) in values {
@@ -327,7 +330,9 @@ fn runnable(path: &Path) -> Runnable {
         Err(_) => Runnable::Missing,
         Ok(m) if m.is_dir() => Runnable::No("is a directory"),
         Ok(m) if !m.is_file() => Runnable::No("is not a regular file"),
-        Ok(_) if access(path, AccessFlags::X_OK).is_err() => Runnable::No("permission denied (not executable)"),
+        Ok(_) if access(path, AccessFlags::X_OK).is_err() => {
+            Runnable::No("permission denied (not executable)")
+        }
         Ok(_) => Runnable::Yes,
     }
 }
@@ -395,7 +400,10 @@ path = "/run/t/b"
         assert_eq!(parse_signal("Term"), Ok(Signal::SIGTERM));
         assert!(parse_signal("SIGKILL").is_err());
         assert!(parse_signal("NOPE").is_err());
-        assert_eq!(parse_on_change("signal:USR2"), Ok(OnChange::Signal(Signal::SIGUSR2)));
+        assert_eq!(
+            parse_on_change("signal:USR2"),
+            Ok(OnChange::Signal(Signal::SIGUSR2))
+        );
         assert_eq!(parse_on_change("none"), Ok(OnChange::None));
         assert!(parse_on_change("restart-please").is_err());
         assert!(parse_on_change("signal:").is_err());
@@ -419,10 +427,19 @@ path = "/run/t/b"
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let hidden: BTreeSet<String> = ["A_PASSWORD".to_string()].into();
         let env = child_env(inherited, &hidden, &[(&e, &v)]);
-        let get = |k: &str| env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        let get = |k: &str| {
+            env.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(get("PATH"), ["/bin"]);
         assert!(get("A_PASSWORD").is_empty());
-        assert!(get("NOTIFY_SOCKET").is_empty() && get("WATCHDOG_USEC").is_empty() && get("WATCHDOG_PID").is_empty());
+        assert!(
+            get("NOTIFY_SOCKET").is_empty()
+                && get("WATCHDOG_USEC").is_empty()
+                && get("WATCHDOG_PID").is_empty()
+        );
         assert_eq!(get("VOIPBIN_API_KEY"), ["vb_secretvalue"]);
         assert_eq!(get("VOIPBIN_API_KEY_EXPIRES_AT"), ["2026-12-09T10:00:00Z"]);
         assert_eq!(keys_held(&[(&e, &v)]), ["k1".to_string()].into());
@@ -477,7 +494,10 @@ path = "/run/t/b"
         assert_eq!(find_command(&argv("plain"), path).unwrap_err().status, 126);
         let dir_arg = dir.path().to_str().unwrap().to_string();
         assert_eq!(find_command(&argv(&dir_arg), path).unwrap_err().status, 126);
-        assert_eq!(find_command(&argv("/nonexistent/x"), path).unwrap_err().status, 127);
+        assert_eq!(
+            find_command(&argv("/nonexistent/x"), path).unwrap_err().status,
+            127
+        );
         assert_eq!(find_command(&[], path).unwrap_err().status, 2);
     }
 }

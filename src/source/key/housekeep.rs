@@ -52,7 +52,11 @@ pub fn start_grace(
 
 /// The pending deletions whose grace is over, but never one a running
 /// child holds (`in_use`).
-pub fn due_deletions(state: &KeyState, now: OffsetDateTime, in_use: impl Fn(&str) -> bool) -> Vec<PendingDeletion> {
+pub fn due_deletions(
+    state: &KeyState,
+    now: OffsetDateTime,
+    in_use: impl Fn(&str) -> bool,
+) -> Vec<PendingDeletion> {
     state
         .pending_deletions
         .iter()
@@ -567,7 +571,9 @@ impl KeySource {
         auth: KeyAuth<'_>,
         now: OffsetDateTime,
     ) -> Result<Housekept, FailureKind> {
-        let due = due_deletions(self.state.as_ref().expect("loaded"), now, |id| ctx.in_use.holds(id));
+        let due = due_deletions(self.state.as_ref().expect("loaded"), now, |id| {
+            ctx.in_use.holds(id)
+        });
         for p in due {
             let checked = match self.state.as_ref() {
                 Some(state) => delete_checked(client, auth, state, &p).await,
