@@ -75,6 +75,13 @@ fn half_of(usec: u64) -> Duration {
 /// The least time between two `WATCHDOG=1`.
 const MIN_WATCHDOG_FEED: Duration = Duration::from_millis(50);
 
+/// `CLOCK_MONOTONIC` in microseconds, for `RELOADING=1`'s `MONOTONIC_USEC=`.
+pub fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -83,11 +90,4 @@ mod tests {
         assert_eq!(super::half_of(1), Duration::from_millis(50));
         assert_eq!(super::half_of(10_000_000), Duration::from_secs(5));
     }
-}
-
-/// `CLOCK_MONOTONIC` in microseconds, for `RELOADING=1`'s `MONOTONIC_USEC=`.
-pub fn monotonic_usec() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
-        .unwrap_or(0)
 }
