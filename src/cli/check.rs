@@ -119,8 +119,45 @@ pub(super) fn check(path: &Path) -> ExitCode {
             say!("{line}");
         }
     }
+    for (i, proxy) in config.proxies.iter().enumerate() {
+        print_proxy(&config, i, proxy);
+    }
     for w in &config.warnings {
         say!("warning: {w}");
     }
     ExitCode::SUCCESS
+}
+
+/// One `[[proxy]]`: where it listens, whose secret it adds and how.
+fn print_proxy(config: &crate::config::Config, i: usize, proxy: &crate::config::ProxyConfig) {
+    let how = match config
+        .credentials
+        .iter()
+        .find(|c| c.name == proxy.credential)
+        .map(|c| &c.kind)
+    {
+        Some(Kind::AccessKey(_)) => "its access key as the accesskey cookie",
+        _ => "its login token as Authorization: Bearer",
+    };
+    let mut line = format!(
+        "proxy[{i}] {} -> credential {} ({how})",
+        proxy.listen, proxy.credential
+    );
+    if let crate::config::Listen::Unix(path) = &proxy.listen {
+        line.push_str(&format!(
+            ", socket mode {:04o}",
+            proxy.mode.unwrap_or(crate::config::DEFAULT_SOCKET_MODE)
+        ));
+        if let Some(g) = &proxy.group {
+            line.push_str(&format!(", group {}", g.name));
+        }
+        match path.parent() {
+            Some(parent) if !parent.is_dir() => line.push_str(&format!(
+                " WARNING: directory {} does not exist",
+                parent.display()
+            )),
+            _ => {}
+        }
+    }
+    println!("{line}");
 }

@@ -14,6 +14,9 @@
 //!   bootstrap key, key times, renewal policy);
 //! - `output`: the checks of one `[[credential.output]]` (format, mode,
 //!   owner and group, hooks);
+//! - `proxy`: the checks of each `[[proxy]]` (a loopback address or a unix
+//!   socket, its credential, mode and group; the socket against the
+//!   daemon's files);
 //! - `paths`: the checks that look at the filesystem (outputs never on an
 //!   input or in the state directory, one file per bootstrap key).
 
@@ -21,6 +24,7 @@ mod credential;
 mod model;
 mod output;
 mod paths;
+mod proxy;
 mod raw;
 mod validate;
 
@@ -32,12 +36,15 @@ use std::path::Path;
 
 pub use model::{
     AccessKeyConfig, ApiConfig, Config, ConfigError, CredentialConfig, DEFAULT_BASE_URL, DEFAULT_CONFIG_PATH,
-    HealthConfig, Kind, Login, MIN_KEY_LIFETIME, OutputConfig, Owner, RenewalPolicy,
+    DEFAULT_SOCKET_MODE, HealthConfig, Kind, Listen, Login, MIN_KEY_LIFETIME, OutputConfig, Owner,
+    ProxyConfig, RenewalPolicy,
 };
 pub use paths::{same_input, same_key_source};
+pub use proxy::MAX_SOCKET_PATH;
 pub use validate::read_ca_file;
 
 use paths::{check_bootstrap_files, check_paths};
+use proxy::check_proxy_paths;
 use raw::RawConfig;
 
 impl Config {
@@ -87,6 +94,7 @@ impl Config {
         }
         check_paths(&config)?;
         check_bootstrap_files(&config)?;
+        check_proxy_paths(&config)?;
         Ok(config)
     }
 

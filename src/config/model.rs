@@ -48,6 +48,9 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     pub state_dir: PathBuf,
     pub credentials: Vec<CredentialConfig>,
+    /// `[[proxy]]`: local listeners that forward to the API with a
+    /// credential's secret added.
+    pub proxies: Vec<ProxyConfig>,
     /// Things worth a warning that do not make the config invalid.
     pub warnings: Vec<String>,
 }
@@ -177,6 +180,40 @@ pub struct OutputConfig {
     pub hook_env: Vec<String>,
     pub signal: Option<nix::sys::signal::Signal>,
     pub pid_file: Option<PathBuf>,
+}
+
+/// One `[[proxy]]`: where it listens and whose secret it adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: Listen,
+    /// The name of the credential whose secret is added to each request.
+    pub credential: String,
+    /// A unix socket's permission bits (default 0660); `None` for TCP.
+    pub mode: Option<u32>,
+    /// A unix socket's group; never set for TCP.
+    pub group: Option<Owner>,
+}
+
+/// The default mode of a proxy's unix socket.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
+/// Where a proxy listens: a unix socket or a loopback address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Listen {
+    /// `unix:/abs/path`.
+    Unix(PathBuf),
+    /// A loopback IP and a port (`127.0.0.1:8787`, `[::1]:8787`).
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Listen {
+    /// As written in the config: `unix:/path` or `ip:port`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Tcp(a) => write!(f, "{a}"),
+        }
+    }
 }
 
 /// A user or group, as written in the config and as resolved to an id.

@@ -253,13 +253,13 @@ fn may_chown_to_user(uid: u32) -> bool {
     uid == nix::unistd::geteuid().as_raw() || has_cap_chown()
 }
 
-fn may_chown_to_group(gid: u32) -> bool {
+pub(super) fn may_chown_to_group(gid: u32) -> bool {
     let ours = gid == nix::unistd::getegid().as_raw()
         || nix::unistd::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid));
     ours || has_cap_chown()
 }
 
-fn cannot_chown(what: &str, name: &str) -> String {
+pub(super) fn cannot_chown(what: &str, name: &str) -> String {
     format!(
         "this process (uid {}) may not give files to {what} {name:?}: that needs CAP_CHOWN \
          (run as root, or grant CAP_CHOWN with the unit's CapabilityBoundingSet= and AmbientCapabilities=)",
@@ -297,7 +297,7 @@ fn resolve_user(name: &str) -> Result<Owner, String> {
     }
 }
 
-fn resolve_group(name: &str) -> Result<Owner, String> {
+pub(super) fn resolve_group(name: &str) -> Result<Owner, String> {
     if let Ok(id) = name.parse::<u32>() {
         refuse_unchanged_id(id, "group id")?;
         return Ok(Owner {

@@ -157,7 +157,7 @@ pub fn same_key_source(old: &CredentialConfig, new: &CredentialConfig) -> bool {
 
 /// Every file the daemon reads, with the config key that names it: an
 /// output must never be one of these. (A new input is added here.)
-fn daemon_inputs(config: &Config) -> Vec<(String, PathBuf)> {
+pub(super) fn daemon_inputs(config: &Config) -> Vec<(String, PathBuf)> {
     let mut inputs = vec![("config file".to_string(), config.path.clone())];
     if let Some(ca) = &config.api.ca_file {
         inputs.push(("api.ca-file".into(), ca.clone()));

@@ -18,6 +18,8 @@ pub(super) struct RawConfig {
     pub(super) state: RawState,
     #[serde(default)]
     pub(super) credential: Vec<RawCredential>,
+    #[serde(default)]
+    pub(super) proxy: Vec<RawProxy>,
 }
 
 #[derive(Deserialize, Default)]
@@ -78,4 +80,13 @@ pub(super) struct RawOutput {
     pub(super) hook_env: Option<Vec<String>>,
     pub(super) signal: Option<String>,
     pub(super) pid_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub(super) listen: String,
+    pub(super) credential: String,
+    pub(super) mode: Option<String>,
+    pub(super) group: Option<String>,
 }

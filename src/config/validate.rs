@@ -23,6 +23,12 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
     let health = raw.health.map(|h| v.health(h)).transpose()?;
     let state_dir = v.state_dir(raw.state)?;
     let credentials = v.credentials(raw.credential, &mut warnings)?;
+    let proxies = v.proxies(
+        raw.proxy,
+        &credentials,
+        health.as_ref().map(|h| h.listen),
+        &mut warnings,
+    )?;
     v.key_state(&credentials, &state_dir, &mut warnings)?;
     refuse_passwords_in_hook_env(&v, &credentials)?;
 
@@ -32,6 +38,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         health,
         state_dir,
         credentials,
+        proxies,
         warnings,
     })
 }
