@@ -28,12 +28,17 @@ use crate::export::{ExportSender, InUse};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::process::{self, Exit};
+use crate::proxy::{Proxies, Wiring};
 use crate::signals::{self, Event};
 use crate::state::{Locked, held_by_once, lock_state_dir, remove_state_temps, wait_for_once};
 use nix::sys::signal::Signal;
 
 /// How long shutdown waits for in-flight work (the interface promises exit within 5 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+
+/// How often the status file is rewritten while proxies run (their
+/// request counts).
+const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Changes to the status board within this window are reported together.
 const STATUS_COALESCE: Duration = Duration::from_millis(50);
@@ -47,6 +52,9 @@ pub enum DaemonError {
     /// Another daemon holds `{state dir}/lock`.
     #[error(transparent)]
     Locked(#[from] Locked),
+    /// A config-time error: a proxy cannot listen.
+    #[error("{}: {message}", config.display())]
+    Proxy { config: std::path::PathBuf, message: String },
     /// A config-time error: the `[health] listen` address cannot be bound.
     #[error("{}: health.listen: cannot listen on {addr}: {source}", config.display())]
     Bind {
@@ -69,6 +77,14 @@ struct Daemon {
     config: Config,
     /// `exec` mode: the child's supervisor and what credentials export.
     exec: Option<ExecSide>,
+    /// Per credential: where its secret goes once every output holds it
+    /// (the exec child and the proxies read it). Kept across a restart of
+    /// the credential's task, so readers keep their channel.
+    exports: BTreeMap<String, Arc<ExportSender>>,
+    /// The local API proxies.
+    proxies: Proxies,
+    /// A proxy's request to renew a credential now (a 401 from the API).
+    renew_requests: mpsc::UnboundedSender<String>,
     /// The config file's text when last loaded, to skip no-op file events.
     config_text: Option<String>,
     api: Arc<Api>,
@@ -85,8 +101,6 @@ struct Daemon {
 struct ExecSide {
     plan: Plan,
     to_child: mpsc::UnboundedSender<ToChild>,
-    /// Per exported credential: where its secret goes.
-    exports: BTreeMap<String, Arc<ExportSender>>,
     in_use: InUse,
 }
 
@@ -181,15 +195,21 @@ async fn run_with_events(
         crate::health::serve(listener, board.clone(), metrics.clone(), cancel.clone());
     }
     let api = Api::new(&config.api).map_err(DaemonError::Api)?;
+    let mut exports = BTreeMap::new();
     let (exec, mut supervisor) = match exec {
         Some(plan) => {
-            let (side, task) = start_supervisor(plan, &config, &board, &metrics);
+            let (side, task) = start_supervisor(plan, &config, &mut exports, &board, &metrics);
             (Some(side), Some(task))
         }
         None => (None, None),
     };
+    let (renew_requests, mut renew_rx) = mpsc::unbounded_channel::<String>();
+    let proxies = Proxies::new(metrics.clone(), board.clone(), cancel.clone());
     let mut daemon = Daemon {
         exec,
+        exports,
+        proxies,
+        renew_requests,
         config_text,
         api,
         board,
@@ -208,6 +228,13 @@ async fn run_with_events(
     for cred in daemon.config.credentials.clone() {
         daemon.spawn(cred);
     }
+    let config = daemon.config.clone();
+    if let Some(e) = daemon.start_proxies(&config, false).await.into_iter().next() {
+        return Err(DaemonError::Proxy {
+            config: config.path.clone(),
+            message: e,
+        });
+    }
     tokio::spawn(report_status(
         daemon.board.clone(),
         daemon.notifier.clone(),
@@ -223,6 +250,14 @@ async fn run_with_events(
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
+            Some(name) = renew_rx.recv() => {
+                // A proxy saw the credential's secret refused (401).
+                if let Some(task) = daemon.tasks.get(&name) {
+                    info!(credential = %name, "the API refused the credential on a proxied request; renewing now");
+                    let _ = task.commands.send(Command::RenewNow);
+                }
+                continue;
+            }
             exit = async { supervisor.as_mut().expect("guarded").await }, if supervisor.is_some() => {
                 // A supervisor that failed (a bug) is a failure: EX_SOFTWARE.
                 child = exit.unwrap_or(Some(Exit::Code(70)));
@@ -276,18 +311,14 @@ async fn run_with_events(
 fn start_supervisor(
     plan: Plan,
     config: &Config,
+    exports: &mut BTreeMap<String, Arc<ExportSender>>,
     board: &Arc<StatusBoard>,
     metrics: &Arc<Metrics>,
 ) -> (ExecSide, tokio::task::JoinHandle<Option<Exit>>) {
-    let exports: BTreeMap<String, Arc<ExportSender>> = plan
-        .exports
-        .iter()
-        .map(|e| (e.credential.clone(), Arc::new(ExportSender::new(None))))
-        .collect();
     let receivers = plan
         .exports
         .iter()
-        .map(|e| exports[&e.credential].subscribe())
+        .map(|e| exports.entry(e.credential.clone()).or_default().subscribe())
         .collect();
     let (in_use_tx, in_use_rx) = tokio::sync::watch::channel(Default::default());
     let (to_child, commands) = mpsc::unbounded_channel();
@@ -303,7 +334,6 @@ fn start_supervisor(
     let side = ExecSide {
         plan,
         to_child,
-        exports,
         in_use: InUse::new(in_use_rx),
     };
     (side, task)
@@ -329,10 +359,8 @@ impl Daemon {
         let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
         let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
-        let exported = self.exec.as_ref().map(|e| {
-            let export = e.exports.get(&name).cloned().unwrap_or_default();
-            (export, e.in_use.clone())
-        });
+        let export = self.exports.entry(name.clone()).or_default().clone();
+        let in_use = self.exec.as_ref().map(|e| e.in_use.clone()).unwrap_or_default();
         self.board.register(&name);
         let done = self.tracker.spawn(
             async move {
@@ -353,9 +381,7 @@ impl Daemon {
                     }
                 }
                 let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
-                if let Some((export, in_use)) = exported {
-                    cred = cred.exported(export, in_use);
-                }
+                cred = cred.exported(export, in_use);
                 cred.adopt_from_disk(crate::now()).await;
                 task::run(cred, rx, task_cancel).await;
             }
@@ -369,6 +395,22 @@ impl Daemon {
                 done,
             },
         );
+    }
+
+    /// Starts, keeps or stops the proxies to match `config`; the errors.
+    async fn start_proxies(&mut self, config: &Config, api_changed: bool) -> Vec<String> {
+        let (exports, renew) = (&self.exports, &self.renew_requests);
+        let wiring = |name: &str| {
+            let secret = exports.get(name)?.subscribe();
+            let (renew, name) = (renew.clone(), name.to_string());
+            Some(Wiring {
+                secret,
+                renew: Arc::new(move || {
+                    let _ = renew.send(name.clone());
+                }),
+            })
+        };
+        self.proxies.reconcile(config, api_changed, wiring).await
     }
 
     /// `exec`: passes a request to the supervisor.
@@ -452,6 +494,8 @@ impl Daemon {
         }
         self.config_text = Some(text);
         self.reconcile(new, api_changed, renames);
+        let config = self.config.clone();
+        self.start_proxies(&config, api_changed).await;
         true
     }
 
@@ -469,6 +513,9 @@ impl Daemon {
                 && let Some(task) = self.tasks.remove(name)
             {
                 task.cancel.cancel();
+                if !renames.iter().any(|(old, _)| old == name) {
+                    self.exports.remove(name);
+                }
                 self.board.remove(name);
                 self.metrics.forget(name);
                 if let Some((_, new_name)) = renames.iter().find(|(old, _)| old == name) {
@@ -591,6 +638,7 @@ async fn report_status(
             config: config.path.clone(),
             credentials: all,
             child: board.child(),
+            proxies: board.proxies(),
         };
         let state_dir = config.state_dir.clone();
         match tokio::task::spawn_blocking(move || status::write(&state_dir, &file)).await {
@@ -603,9 +651,13 @@ async fn report_status(
             }
             Err(_) => {}
         }
+        // Proxies count requests without a board change: their figures
+        // are refreshed every STATUS_REFRESH while any runs.
+        let refresh = !board.proxies().is_empty();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = changed => {}
+            _ = tokio::time::sleep(STATUS_REFRESH), if refresh => {}
         }
         // Let a burst of changes (many credentials starting) settle.
         tokio::time::sleep(STATUS_COALESCE).await;

@@ -59,7 +59,6 @@ pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
-#[allow(dead_code)]
 pub(crate) mod proxy;
 mod process;
 mod rlimit;

@@ -36,6 +36,12 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub credential: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -57,6 +63,8 @@ pub struct Metrics {
     /// `exec` mode only (see [`Metrics::with_child`]).
     child_restarts: Family<ReasonLabel, Counter>,
     child_up: Gauge,
+    proxy_requests: Family<CodeLabel, Counter>,
+    proxy_duration: Family<CredentialLabel, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -136,6 +144,20 @@ impl Metrics {
             "Replaced access keys whose deletion is overdue (it failed, or is late by more than 5 minutes)",
             deletions_overdue.clone(),
         );
+        let proxy_requests = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests the local API proxy answered, by credential and HTTP status",
+            proxy_requests.clone(),
+        );
+        let proxy_duration = Family::<CredentialLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time from a proxied request to its answer's head",
+            proxy_duration.clone(),
+        );
         // Series that alerts look for exist from the start, at 0.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabel { result });
@@ -153,6 +175,8 @@ impl Metrics {
             deletions_overdue,
             child_restarts: Family::default(),
             child_up: Gauge::default(),
+            proxy_requests,
+            proxy_duration,
         }
     }
 
@@ -170,6 +194,16 @@ impl Metrics {
             .child_restarts
             .get_or_create(&ReasonLabel { reason: "rotation" });
         m
+    }
+
+    pub fn proxy_request(&self, credential: &str, code: u16, seconds: f64) {
+        self.proxy_requests
+            .get_or_create(&CodeLabel {
+                credential: credential.to_string(),
+                code,
+            })
+            .inc();
+        self.proxy_duration.get_or_create(&label(credential)).observe(seconds);
     }
 
     pub fn child_restart(&self, reason: &'static str) {

@@ -24,6 +24,9 @@ pub struct StatusFile {
     /// `exec` mode: the child (absent before it first started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<super::ChildStatus>,
+    /// The local API proxies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<super::ProxyStatus>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

@@ -84,7 +84,31 @@ pub struct StatusBoard {
     inner: Mutex<std::collections::BTreeMap<String, CredentialStatus>>,
     /// `exec` mode: the child, once started.
     child: Mutex<Option<ChildStatus>>,
+    /// The local API proxies.
+    proxies: Mutex<Vec<ProxyStatus>>,
     changed: tokio::sync::Notify,
+}
+
+/// What `status` shows of a local API proxy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProxyStatus {
+    pub listen: String,
+    pub credential: String,
+    /// Requests answered since it started (as of the status file's time).
+    pub requests: u64,
+    #[serde(skip)]
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ProxyStatus {
+    pub fn new(listen: String, credential: String, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> ProxyStatus {
+        ProxyStatus {
+            listen,
+            credential,
+            requests: 0,
+            counter,
+        }
+    }
 }
 
 /// What `status` shows of the `exec` child. Its arguments are not shown
@@ -134,6 +158,20 @@ impl StatusBoard {
     pub fn set_child(&self, child: Option<ChildStatus>) {
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = child;
         self.changed.notify_waiters();
+    }
+
+    pub fn set_proxies(&self, proxies: Vec<ProxyStatus>) {
+        *self.proxies.lock().unwrap_or_else(|p| p.into_inner()) = proxies;
+        self.changed.notify_waiters();
+    }
+
+    /// Each proxy, with its count of requests as of now.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        let mut all = self.proxies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for p in &mut all {
+            p.requests = p.counter.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        all
     }
 
     pub fn child(&self) -> Option<ChildStatus> {

@@ -26,7 +26,7 @@ pub(super) fn run(path: &Path) -> ExitCode {
     };
     match rt.block_on(crate::daemon::run(config, std::future::pending())) {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e @ crate::daemon::DaemonError::Bind { .. }) => {
+        Err(e @ (crate::daemon::DaemonError::Bind { .. } | crate::daemon::DaemonError::Proxy { .. })) => {
             eprintln!("voipbin-tokend: invalid config: {e}");
             ExitCode::from(EXIT_CONFIG)
         }

@@ -117,6 +117,9 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
         if let Some(child) = &status.child {
             v["child"] = serde_json::to_value(child).unwrap_or_default();
         }
+        if !status.proxies.is_empty() {
+            v["proxies"] = serde_json::to_value(&status.proxies).unwrap_or_default();
+        }
         say!("{v:#}");
     } else {
         if running {
@@ -131,6 +134,12 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
                 "daemon: NOT RUNNING (pid {} is gone or now another process); figures below are from {}",
                 status.pid,
                 rfc3339(status.written_at)
+            );
+        }
+        for p in &status.proxies {
+            say!(
+                "proxy: {} -> credential {}, {} request(s) served",
+                p.listen, p.credential, p.requests
             );
         }
         if let Some(child) = &status.child {

@@ -4,6 +4,7 @@
 //! and replay once, if the body was small enough to keep.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use url::Url;
 use super::rewrite::{self, Credential, Refused};
 use crate::config::ApiConfig;
 use crate::export::Exported;
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 /// A request body up to this size is kept, for one replay after a 401.
@@ -44,6 +46,9 @@ pub struct Route {
     /// The secret a renewal was last asked for: one request per refused
     /// secret, however many requests saw it refused.
     pub renewal_asked_for: Mutex<Option<Secret>>,
+    /// Requests answered (for `status`).
+    pub served: Arc<AtomicU64>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The client the proxy forwards with: the daemon's TLS rules and
@@ -101,12 +106,17 @@ pub async fn handle(route: &Route, request: Request<Incoming>) -> Response<Proxy
         Ok(r) => pass_back(r),
         Err(e) => error(StatusCode::BAD_GATEWAY, &upstream_error(&e)),
     };
+    route.served.fetch_add(1, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    route
+        .metrics
+        .proxy_request(&route.credential, response.status().as_u16(), elapsed.as_secs_f64());
     debug!(
         credential = %route.credential,
         method = %parts.method,
         path = %parts.uri.path(),
         status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = elapsed.as_millis() as u64,
         "proxied"
     );
     response

@@ -1,8 +1,197 @@
-//! The local API proxy (`[[proxy]]`, issue 17): work in progress. Only
-//! the pure request rules exist so far ([`rewrite`]).
+//! The local API proxy (`[[proxy]]`): a client calls the daemon on a unix
+//! socket or a loopback port, and the daemon forwards each request to the
+//! API with the current credential added, so the client holds no secret.
+//!
+//! [`Proxies`] starts and stops listeners as the config says (an
+//! unchanged one keeps its socket and its connections across a reload);
+//! [`serve`] accepts and bounds connections; [`forward`] answers one
+//! request; [`rewrite`] holds the pure rules (what is stripped and added,
+//! where a request goes, what is refused).
 
 pub mod forward;
 pub mod rewrite;
 pub mod serve;
 #[cfg(test)]
 mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span};
+
+use crate::board::{ProxyStatus, StatusBoard};
+use crate::config::{Config, Listen, ProxyConfig};
+use crate::export::Exported;
+use crate::metrics::Metrics;
+
+use forward::Route;
+use serve::Listener;
+
+/// What a proxy needs of the daemon, per credential.
+pub struct Wiring {
+    /// The credential's current secret.
+    pub secret: watch::Receiver<Option<Exported>>,
+    /// Asks the credential to renew now.
+    pub renew: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// The running proxies, by listen address.
+pub struct Proxies {
+    running: HashMap<Listen, Running>,
+    client: Option<reqwest::Client>,
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    cancel: CancellationToken,
+}
+
+struct Running {
+    config: ProxyConfig,
+    base_url: url::Url,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    served: Arc<AtomicU64>,
+}
+
+impl Proxies {
+    /// No proxy yet; each stops with `cancel`.
+    pub fn new(metrics: Arc<Metrics>, board: Arc<StatusBoard>, cancel: CancellationToken) -> Proxies {
+        Proxies {
+            running: HashMap::new(),
+            client: None,
+            metrics,
+            board,
+            cancel,
+        }
+    }
+
+    /// Makes the running proxies those of `config`: an unchanged one is
+    /// left alone (its socket, its connections), a changed or removed one
+    /// stops accepting (its open connections finish), a new one binds.
+    /// `api_changed` rebuilds the HTTP client (TLS settings, timeouts).
+    /// Errors name the proxy (`proxy[N].listen`) and what failed; the
+    /// other proxies are started anyway.
+    pub async fn reconcile(
+        &mut self,
+        config: &Config,
+        api_changed: bool,
+        wiring: impl Fn(&str) -> Option<Wiring>,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        if (api_changed || self.client.is_none()) && !config.proxies.is_empty() {
+            match forward::client(&config.api) {
+                Ok(c) => self.client = Some(c),
+                Err(e) => {
+                    errors.push(e);
+                    return errors;
+                }
+            }
+        }
+        let wanted: HashMap<&Listen, (&ProxyConfig, url::Url)> = config
+            .proxies
+            .iter()
+            .map(|p| (&p.listen, (p, base_url_of(config, &p.credential))))
+            .collect();
+        let stale: Vec<Listen> = self
+            .running
+            .iter()
+            .filter(|(listen, r)| {
+                wanted
+                    .get(listen)
+                    .is_none_or(|(p, base)| **p != r.config || *base != r.base_url || api_changed)
+            })
+            .map(|(listen, _)| listen.clone())
+            .collect();
+        for listen in stale {
+            if let Some(r) = self.running.remove(&listen) {
+                r.stop.cancel();
+                // The listener is closed when its accept loop ends.
+                let _ = r.task.await;
+                info!(listen = %listen, "proxy stopped accepting; its open connections finish");
+            }
+        }
+        for (i, p) in config.proxies.iter().enumerate() {
+            if self.running.contains_key(&p.listen) {
+                continue;
+            }
+            let Some(w) = wiring(&p.credential) else {
+                errors.push(format!("proxy[{i}].credential: no credential {:?}", p.credential));
+                continue;
+            };
+            let listener = match bind(p).await {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(format!("proxy[{i}].listen: cannot listen on {}: {e}", p.listen));
+                    continue;
+                }
+            };
+            let base_url = base_url_of(config, &p.credential);
+            let is_key = config
+                .credentials
+                .iter()
+                .any(|c| c.name == p.credential && c.key().is_some());
+            let served = Arc::new(AtomicU64::new(0));
+            let route = Arc::new(Route {
+                credential: p.credential.clone(),
+                is_key,
+                base_url: base_url.clone(),
+                secret: w.secret,
+                renew: w.renew,
+                client: self.client.clone().expect("built above"),
+                renewal_asked_for: Mutex::new(None),
+                served: served.clone(),
+                metrics: self.metrics.clone(),
+            });
+            let stop = self.cancel.child_token();
+            let task = tokio::spawn(
+                serve::serve(listener, route, stop.clone()).instrument(info_span!("proxy", listen = %p.listen)),
+            );
+            info!(listen = %p.listen, credential = %p.credential, "proxy listening");
+            self.running.insert(
+                p.listen.clone(),
+                Running {
+                    config: p.clone(),
+                    base_url,
+                    stop,
+                    task,
+                    served,
+                },
+            );
+        }
+        for e in &errors {
+            error!(config = %config.path.display(), error = %e, "proxy not started");
+        }
+        self.publish();
+        errors
+    }
+
+    /// What `status` shows of each proxy.
+    fn publish(&self) {
+        let mut all: Vec<ProxyStatus> = self
+            .running
+            .values()
+            .map(|r| ProxyStatus::new(r.config.listen.to_string(), r.config.credential.clone(), r.served.clone()))
+            .collect();
+        all.sort_by(|a, b| a.listen.cmp(&b.listen));
+        self.board.set_proxies(all);
+    }
+}
+
+/// The credential's base URL. (Per-credential `base-url` comes with the
+/// proxy-prep branch; until then `[api] base-url`.)
+fn base_url_of(config: &Config, _credential: &str) -> url::Url {
+    config.api.base_url.clone()
+}
+
+async fn bind(p: &ProxyConfig) -> std::io::Result<Listener> {
+    match &p.listen {
+        Listen::Tcp(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+        Listen::Unix(path) => serve::bind_unix(
+            path,
+            p.mode.unwrap_or(crate::config::DEFAULT_SOCKET_MODE),
+            p.group.as_ref().map(|g| g.id),
+        ),
+    }
+}

@@ -51,6 +51,8 @@ fn a_refused_key_is_renewed_once_and_the_request_replayed() {
             renew,
             client: forward::client(&cfg.api).unwrap(),
             renewal_asked_for: Mutex::new(None),
+            served: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
