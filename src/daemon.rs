@@ -54,7 +54,10 @@ pub enum DaemonError {
     Locked(#[from] Locked),
     /// A config-time error: a proxy cannot listen.
     #[error("{}: {message}", config.display())]
-    Proxy { config: std::path::PathBuf, message: String },
+    Proxy {
+        config: std::path::PathBuf,
+        message: String,
+    },
     /// A config-time error: the `[health] listen` address cannot be bound.
     #[error("{}: health.listen: cannot listen on {addr}: {source}", config.display())]
     Bind {

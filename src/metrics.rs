@@ -151,7 +151,9 @@ impl Metrics {
             proxy_requests.clone(),
         );
         let proxy_duration = Family::<CredentialLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
         });
         registry.register(
             "proxy_request_duration_seconds",
@@ -203,7 +205,9 @@ impl Metrics {
                 code,
             })
             .inc();
-        self.proxy_duration.get_or_create(&label(credential)).observe(seconds);
+        self.proxy_duration
+            .get_or_create(&label(credential))
+            .observe(seconds);
     }
 
     pub fn child_restart(&self, reason: &'static str) {

@@ -101,7 +101,11 @@ pub struct ProxyStatus {
 }
 
 impl ProxyStatus {
-    pub fn new(listen: String, credential: String, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> ProxyStatus {
+    pub fn new(
+        listen: String,
+        credential: String,
+        counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> ProxyStatus {
         ProxyStatus {
             listen,
             credential,

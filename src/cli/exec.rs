@@ -90,7 +90,9 @@ pub(super) fn exec(args: ExecArgs) -> ExitCode {
             Some(exit) => ExitCode::from(exit.as_status()),
             None => ExitCode::SUCCESS,
         },
-        Err(e @ (crate::daemon::DaemonError::Bind { .. } | crate::daemon::DaemonError::Proxy { .. })) => config_error(e),
+        Err(e @ (crate::daemon::DaemonError::Bind { .. } | crate::daemon::DaemonError::Proxy { .. })) => {
+            config_error(e)
+        }
         Err(e) => fatal(e),
     }
 }

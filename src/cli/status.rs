@@ -139,7 +139,9 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
         for p in &status.proxies {
             say!(
                 "proxy: {} -> credential {}, {} request(s) served",
-                p.listen, p.credential, p.requests
+                p.listen,
+                p.credential,
+                p.requests
             );
         }
         if let Some(child) = &status.child {

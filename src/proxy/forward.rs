@@ -74,8 +74,10 @@ pub fn client(cfg: &ApiConfig) -> Result<reqwest::Client, String> {
 }
 
 /// Answers one request.
-pub async fn handle(route: &Route, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(route: &Route, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
+    // A WebSocket (or other) upgrade: the client's side, once answered 101.
+    let client_side = rewrite::is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let url = match rewrite::upstream_url(&route.base_url, &parts.method, &parts.uri) {
         Ok(url) => url,
@@ -86,7 +88,12 @@ pub async fn handle(route: &Route, request: Request<Incoming>) -> Response<Proxy
     };
     let (first, kept) = match read_body(body).await {
         Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+            );
+        }
     };
     let mut answer = send(route, &parts, &url, &sent_with.secret, first).await;
     if let Ok(r) = &answer
@@ -99,18 +106,23 @@ pub async fn handle(route: &Route, request: Request<Incoming>) -> Response<Proxy
                 sent_with = fresh;
                 answer = send(route, &parts, &url, &sent_with.secret, replay).await;
             }
-            None => debug!(credential = %route.credential, "401 from the API and no renewed credential in time"),
+            None => {
+                debug!(credential = %route.credential, "401 from the API and no renewed credential in time")
+            }
         }
     }
-    let response = match answer {
-        Ok(r) => pass_back(r),
-        Err(e) => error(StatusCode::BAD_GATEWAY, &upstream_error(&e)),
+    let response = match (answer, client_side) {
+        (Ok(r), Some(client_side)) if r.status() == StatusCode::SWITCHING_PROTOCOLS => splice(r, client_side),
+        (Ok(r), _) => pass_back(r),
+        (Err(e), _) => error(StatusCode::BAD_GATEWAY, &upstream_error(&e)),
     };
     route.served.fetch_add(1, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    route
-        .metrics
-        .proxy_request(&route.credential, response.status().as_u16(), elapsed.as_secs_f64());
+    route.metrics.proxy_request(
+        &route.credential,
+        response.status().as_u16(),
+        elapsed.as_secs_f64(),
+    );
     debug!(
         credential = %route.credential,
         method = %parts.method,
@@ -228,12 +240,36 @@ where
     }
 }
 
+/// A 101 from the API: the answer goes back as it is (its `Upgrade` and
+/// `Connection` too), then both upgraded connections are joined.
+fn splice(answer: reqwest::Response, client_side: hyper::upgrade::OnUpgrade) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = answer.status();
+    *response.headers_mut() = answer.headers().clone();
+    tokio::spawn(async move {
+        let (Ok(api_side), Ok(client_side)) = (answer.upgrade().await, client_side.await) else {
+            debug!("an upgraded connection failed before it was joined");
+            return;
+        };
+        let mut client_side = hyper_util::rt::TokioIo::new(client_side);
+        let mut api_side = api_side;
+        let _ = tokio::io::copy_bidirectional(&mut client_side, &mut api_side).await;
+    });
+    response
+}
+
 /// The API's answer, streamed back with its hop-by-hop headers removed.
 fn pass_back(answer: reqwest::Response) -> Response<ProxyBody> {
     let answer: hyper::http::Response<reqwest::Body> = answer.into();
     let (mut parts, body) = answer.into_parts();
     parts.headers = rewrite::response_headers(&parts.headers);
-    let body = body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
+    let body = body
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        .boxed();
     Response::from_parts(parts, body)
 }
 
@@ -248,15 +284,23 @@ fn not_yet() -> Response<ProxyBody> {
         StatusCode::SERVICE_UNAVAILABLE,
         "the credential has no secret yet; try again shortly",
     );
-    r.headers_mut()
-        .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("5"));
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("5"),
+    );
     r
 }
 
 /// An answer of the proxy's own, in the API's error shape.
 fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": {"status": status.as_u16(), "reason": "PROXY", "message": message}}).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let body =
+        serde_json::json!({"error": {"status": status.as_u16(), "reason": "PROXY", "message": message}})
+            .to_string();
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

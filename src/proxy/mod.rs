@@ -146,7 +146,8 @@ impl Proxies {
             });
             let stop = self.cancel.child_token();
             let task = tokio::spawn(
-                serve::serve(listener, route, stop.clone()).instrument(info_span!("proxy", listen = %p.listen)),
+                serve::serve(listener, route, stop.clone())
+                    .instrument(info_span!("proxy", listen = %p.listen)),
             );
             info!(listen = %p.listen, credential = %p.credential, "proxy listening");
             self.running.insert(
@@ -172,7 +173,13 @@ impl Proxies {
         let mut all: Vec<ProxyStatus> = self
             .running
             .values()
-            .map(|r| ProxyStatus::new(r.config.listen.to_string(), r.config.credential.clone(), r.served.clone()))
+            .map(|r| {
+                ProxyStatus::new(
+                    r.config.listen.to_string(),
+                    r.config.credential.clone(),
+                    r.served.clone(),
+                )
+            })
             .collect();
         all.sort_by(|a, b| a.listen.cmp(&b.listen));
         self.board.set_proxies(all);

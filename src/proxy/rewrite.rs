@@ -80,9 +80,9 @@ pub fn upstream_url(base: &Url, method: &Method, target: &Uri) -> Result<Url, Re
     if let Some(authority) = target.authority() {
         // Absolute-form: only the API's own host (as a client configured
         // with the API's URL and this proxy as its HTTP proxy would send).
-        let same_host = base
-            .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(authority.host().trim_start_matches('[').trim_end_matches(']')));
+        let same_host = base.host_str().is_some_and(|h| {
+            h.eq_ignore_ascii_case(authority.host().trim_start_matches('[').trim_end_matches(']'))
+        });
         if !same_host {
             return Err(Refused::OtherHost);
         }
@@ -170,7 +170,26 @@ pub fn request_headers(incoming: &HeaderMap, api: &Url, credential: Credential<'
     {
         out.insert(header::HOST, v);
     }
+    // An upgrade keeps the two hop-by-hop headers that ask for it.
+    if is_upgrade(incoming)
+        && let Some(upgrade) = incoming.get(header::UPGRADE)
+    {
+        out.insert(header::UPGRADE, upgrade.clone());
+        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     out
+}
+
+/// A request to switch protocols (a WebSocket): `Connection: upgrade`
+/// and an `Upgrade` header.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The response headers as passed back: hop-by-hop headers removed.
@@ -226,7 +245,12 @@ mod tests {
 
     #[test]
     fn the_path_goes_under_the_base_path_and_credentials_leave_the_query() {
-        let u = upstream_url(&base(), &Method::GET, &uri("/v1.0/calls?page_size=10&accesskey=vb_x&token=ey")).unwrap();
+        let u = upstream_url(
+            &base(),
+            &Method::GET,
+            &uri("/v1.0/calls?page_size=10&accesskey=vb_x&token=ey"),
+        )
+        .unwrap();
         assert_eq!(u.as_str(), "https://api.voipbin.net/v1.0/calls?page_size=10");
         let with_path: Url = "http://127.0.0.1:9000/api/".parse().unwrap();
         let u = upstream_url(&with_path, &Method::POST, &uri("/v1.0/calls")).unwrap();
@@ -258,7 +282,10 @@ mod tests {
     fn every_client_credential_is_stripped_and_the_daemons_added() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer client-token".parse().unwrap());
-        h.append(header::COOKIE, "a=1; token=client; accesskey=vb_client".parse().unwrap());
+        h.append(
+            header::COOKIE,
+            "a=1; token=client; accesskey=vb_client".parse().unwrap(),
+        );
         h.append(header::COOKIE, "b=2".parse().unwrap());
         h.insert(header::HOST, "127.0.0.1:8787".parse().unwrap());
         h.insert(header::CONNECTION, "keep-alive, x-hop".parse().unwrap());
@@ -268,7 +295,10 @@ mod tests {
         let key = Secret::new("vb_daemonkey".into());
         let out = request_headers(&h, &base(), Credential::Key(&key));
         assert!(out.get(header::AUTHORIZATION).is_none());
-        assert_eq!(out.get(header::COOKIE).unwrap(), "a=1; b=2; accesskey=vb_daemonkey");
+        assert_eq!(
+            out.get(header::COOKIE).unwrap(),
+            "a=1; b=2; accesskey=vb_daemonkey"
+        );
         assert_eq!(out.get(header::HOST).unwrap(), "api.voipbin.net");
         assert!(out.get("x-hop").is_none() && out.get(header::CONNECTION).is_none());
         assert!(out.get("proxy-authorization").is_none());

@@ -26,7 +26,10 @@ fn exported(secret: &str) -> Option<Exported> {
 fn a_refused_key_is_renewed_once_and_the_request_replayed() {
     let standin = StandIn::start(StandInOptions::default()).unwrap();
     let (_, good) = standin.create_key("k", 86_400);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (tx, rx) = watch::channel(exported("vb_notavalidkeyatallxxxxxxxxxxxxxxxx"));
         let tx = Arc::new(tx);
@@ -72,6 +75,105 @@ fn a_refused_key_is_renewed_once_and_the_request_replayed() {
             assert_eq!(r.await.unwrap().status(), 200);
         }
         assert_eq!(asked.load(Ordering::SeqCst), 1, "one renewal for every request that saw the key refused");
+        cancel.cancel();
+    });
+}
+
+/// An upstream that answers an upgrade with 101 when the daemon's token is
+/// on it, then echoes bytes.
+async fn upgrading_upstream() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|mut req: hyper::Request<hyper::body::Incoming>| async move {
+                    let authorized = req
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|v| v == "Bearer ey.daemon.token");
+                    let mut answer = hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    if !authorized || !super::rewrite::is_upgrade(req.headers()) {
+                        *answer.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                        return Ok::<_, std::convert::Infallible>(answer);
+                    }
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let mut io = hyper_util::rt::TokioIo::new(up);
+                            let (mut r, mut w) = tokio::io::split(&mut io);
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                    *answer.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                    answer
+                        .headers_mut()
+                        .insert("upgrade", "websocket".parse().unwrap());
+                    answer
+                        .headers_mut()
+                        .insert("connection", "upgrade".parse().unwrap());
+                    Ok(answer)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_websocket_upgrade_passes_through_with_the_daemons_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let upstream = upgrading_upstream().await;
+        let (_tx, rx) = watch::channel(exported("ey.daemon.token"));
+        let cfg = crate::config::Config::parse(
+            &format!("[api]\nbase-url = \"http://{upstream}\"\n[[credential]]\nname = \"t\"\nusername = \"u@example.com\"\npassword = \"p\"\n[[credential.output]]\npath = \"/nonexistent/x\"\n"),
+            std::path::Path::new("/etc/t/config.toml"),
+        )
+        .unwrap();
+        let route = Arc::new(Route {
+            credential: "t".into(),
+            is_key: false,
+            base_url: format!("http://{upstream}").parse().unwrap(),
+            secret: rx,
+            renew: Arc::new(|| {}),
+            client: forward::client(&cfg.api).unwrap(),
+            renewal_asked_for: Mutex::new(None),
+            served: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        });
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve::serve(Listener::Tcp(tcp), route, cancel.clone()));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1.0/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer client\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte)).await.unwrap().unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
+        assert_eq!(&echo, b"ping");
         cancel.cancel();
     });
 }
