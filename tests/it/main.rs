@@ -14,6 +14,7 @@ mod hooks;
 mod hostile_files;
 mod keys;
 mod outputs;
+mod proxy;
 mod proxy_config;
 mod reload;
 mod schedule;

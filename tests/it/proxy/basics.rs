@@ -1,0 +1,245 @@
+//! Stripping and adding credentials, refusals, 503 before the first
+//! secret, unix sockets, reloads and status.
+
+use std::time::Duration;
+
+use super::*;
+use crate::support::*;
+
+#[test]
+fn a_request_reaches_the_api_with_the_daemons_token_and_never_the_clients() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info,voipbin_tokend=debug", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    // The client's own (bad) credentials in every place the API reads one:
+    // the API would answer 401 if any of them reached it.
+    let (status, _, body) = get(
+        addr,
+        "/v1.0/accesskeys?token=bogus&accesskey=vb_bogus&page_size=1",
+        "Authorization: Bearer bogus\r\nCookie: token=bogus; accesskey=vb_bogus\r\n",
+    );
+    assert_eq!(status, 200, "{body}\n{}", d.log());
+    // A debug line per request, and no secret in the log at that level.
+    d.wait_log("proxied", 1, Duration::from_secs(5));
+    let tokens = s.issued_tokens();
+    assert_no_secrets(&d.log(), PASSWORD, &tokens);
+    assert!(
+        !d.log().contains("page_size"),
+        "no query string in the log\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn before_the_first_secret_the_proxy_answers_503_with_retry_after() {
+    let s = standin(Duration::from_secs(3600));
+    s.set_default(Some(Fault::Status {
+        status: 503,
+        body: String::new(),
+        headers: vec![],
+    }));
+    let t = TestDir::new();
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", FAST_RETRY, &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    let (status, head, _) = get(addr, "/v1.0/accesskeys", "");
+    assert_eq!(status, 503, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    s.set_default(None);
+    wait_for(
+        Duration::from_secs(15),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let ok = voipbin_tokend_testkit::poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        get(addr, "/v1.0/accesskeys", "").0 == 200
+    });
+    assert!(ok.is_some(), "200 once the credential holds a token\n{}", d.log());
+}
+
+#[test]
+fn connect_and_absolute_form_targets_naming_another_host_are_refused() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let before = s.requests().len();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let (status, _, _) = exchange(
+        &mut c,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
+    assert_eq!(status, 405);
+    let (status, _, _) = get(addr, "http://example.com/v1.0/accesskeys", "");
+    assert_eq!(status, 400);
+    assert_eq!(s.requests().len(), before, "nothing reached the API");
+}
+
+#[test]
+fn over_a_unix_socket_with_mode_0660_by_default() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let sock = t.path("api.sock");
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&format!("unix:{}", sock.display()), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_for(
+        Duration::from_secs(10),
+        "the socket",
+        || sock.exists(),
+        || d.log(),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (status, _, _) = exchange(
+        &mut c,
+        "GET /v1.0/accesskeys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{}", d.log());
+}
+
+#[test]
+fn a_reload_keeps_an_unchanged_listener_and_its_keep_alive_connection() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    let config = |extra_output: &str| {
+        format!(
+            "{}{}",
+            cred(
+                "main",
+                USER,
+                "password",
+                "",
+                &format!("{}{extra_output}", output("main.token", "raw"))
+            ),
+            proxy(&addr.to_string(), "main", "")
+        )
+    };
+    t.write_config(&s.base_url(), &config(""));
+    let mut d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!("GET /v1.0/accesskeys HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    assert_eq!(exchange(&mut c, &request).0, 200);
+    // A reload that changes another part of the config.
+    t.write_config(&s.base_url(), &config(&output("second.token", "raw")));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(
+        Duration::from_secs(10),
+        "the new output",
+        || t.read("second.token").is_some(),
+        || d.log(),
+    );
+    assert_eq!(
+        exchange(&mut c, &request).0,
+        200,
+        "the same connection still served\n{}",
+        d.log()
+    );
+    assert!(!d.log().contains("proxy stopped accepting"), "{}", d.log());
+    stop(&mut d, nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn status_shows_each_proxy_and_metrics_count_its_requests() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    let health = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "[health]\nlisten = \"{health}\"\n\n{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/v1.0/accesskeys", "").0, 200);
+    }
+    let (_, _, metrics) = get(health, "/metrics", "");
+    assert!(
+        metrics.contains("voipbin_tokend_proxy_requests_total{credential=\"main\",code=\"200\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("voipbin_tokend_proxy_request_duration_seconds"),
+        "{metrics}"
+    );
+    let out = t.run(&["status", "--json", "-c", t.config_path().to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["proxies"][0]["listen"], addr.to_string(), "{v:#}");
+    assert_eq!(v["proxies"][0]["credential"], "main");
+}
