@@ -86,7 +86,10 @@ pub(super) fn check(path: &Path) -> ExitCode {
             humantime::format_duration(r.retry_min),
             humantime::format_duration(r.retry_max)
         );
-        if cred.outputs.is_empty() {
+        let proxied = config.proxies.iter().any(|p| p.credential == cred.name);
+        if cred.outputs.is_empty() && proxied {
+            say!("  no output: its secret is only added to proxied requests");
+        } else if cred.outputs.is_empty() {
             say!(
                 "  no output: its secret only reaches an `exec` child's environment (`run` refuses this credential)"
             );

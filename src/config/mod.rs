@@ -109,13 +109,16 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
         let config = validate::validate(raw, path)?;
         if use_ == Use::Daemon
-            && let Some(c) = config.credentials.iter().find(|c| c.outputs.is_empty())
+            && let Some(c) = config
+                .credentials
+                .iter()
+                .find(|c| c.outputs.is_empty() && !config.proxies.iter().any(|p| p.credential == c.name))
         {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 key: format!("credential[{}].output", c.name),
                 message: "no [[credential.output]]; a credential needs at least one file to write \
-                          (only `exec` runs one without: its secret then lives in the child's environment)"
+                          (only `exec` or a [[proxy]] uses one without: its secret then lives in the child's environment or is added to proxied requests)"
                     .into(),
             });
         }
