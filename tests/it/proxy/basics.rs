@@ -243,3 +243,47 @@ fn status_shows_each_proxy_and_metrics_count_its_requests() {
     assert_eq!(v["proxies"][0]["listen"], addr.to_string(), "{v:#}");
     assert_eq!(v["proxies"][0]["credential"], "main");
 }
+
+#[test]
+fn three_hundred_client_connections_are_served_at_once() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    // Each connection stays open (keep-alive) while the next is made.
+    let mut open = Vec::new();
+    for i in 0..300 {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (status, _, _) = exchange(
+            &mut c,
+            &format!("GET /v1.0/accesskeys HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        );
+        assert_eq!(status, 200, "connection {i}\n{}", d.log());
+        open.push(c);
+    }
+    // And every one of them is still served.
+    for c in open.iter_mut().step_by(50) {
+        let (status, _, _) = exchange(
+            c,
+            &format!("GET /v1.0/accesskeys HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        );
+        assert_eq!(status, 200);
+    }
+    assert!(!d.log().contains("too many open"), "{}", d.log());
+}
