@@ -71,6 +71,12 @@ pub(super) fn check(path: &Path) -> ExitCode {
                 );
             }
         }
+        if let Some(own) = &cred.base_url {
+            match crate::api::login_url(own) {
+                Ok(url) if cred.login.is_some() => println!("  its own server {own}: POST {url}"),
+                _ => println!("  its own server {own}"),
+            }
+        }
         if let Some(login) = &cred.login {
             let readable = match login.password.read() {
                 Ok(_) => "readable now".to_string(),
