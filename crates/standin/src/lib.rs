@@ -26,6 +26,11 @@
 //! - `GET /v1.0/me`, which answers 200 with the agent when the token (from a
 //!   `token` cookie, else `Authorization: Bearer `, else `?token=`, in the real
 //!   server's order) verifies and has not expired, else 401.
+//! - For testing a proxy: `ANY /v1.0/echo[/...]` answers what arrived
+//!   (method, path, query, headers, body length and SHA-256, chunked or not)
+//!   as JSON, and `GET /v1.0/bytes/{n}` streams `n` bytes of
+//!   [`BYTES_PATTERN`]; both want a valid token or access key (401
+//!   otherwise), as the real API does.
 //! - An `X-Request-Id` header on every answer.
 //!
 //! # Faults on demand
@@ -60,7 +65,8 @@
 //! - `answer`: the answer helpers the handlers share;
 //! - `server`: the accept loop, the login and `me` handlers;
 //! - `keys`: the access-key API (`/v1.0/accesskeys`), with a time scale for short key lifetimes;
-//! - `body`: response bodies (whole, dribbled, huge).
+//! - `echo`: the echo and bytes endpoints a proxy is tested against;
+//! - `body`: response bodies (whole, dribbled, huge, a streamed pattern).
 
 use std::fmt;
 use std::io;
@@ -75,6 +81,7 @@ use tracing::debug;
 
 mod answer;
 mod body;
+mod echo;
 mod faults;
 mod keys;
 mod model;
@@ -86,8 +93,8 @@ mod tests;
 pub use faults::Fault;
 use model::add_or_now;
 pub use model::{
-    AuthVia, COOKIE_MAX_AGE_SECS, ClaimStyle, LOGIN_PATH, LoginRecord, MAX_BODY_BYTES, ME_PATH, RateLimit,
-    StandInOptions, format_expire, format_http_date,
+    AuthVia, BYTES_PATH, BYTES_PATTERN, COOKIE_MAX_AGE_SECS, ClaimStyle, ECHO_PATH, LOGIN_PATH, LoginRecord,
+    MAX_BODY_BYTES, ME_PATH, RateLimit, StandInOptions, format_expire, format_http_date,
 };
 use server::serve;
 pub use state::{
