@@ -140,3 +140,26 @@ fn a_reload_that_moves_a_credential_to_another_server_logs_it_in_there() {
     assert_eq!(logins(&a).len(), 2, "the other credential did not log in again");
     assert_eq!(t.read("stay.token"), Some(stay_token));
 }
+
+#[test]
+fn the_login_budget_is_shared_by_every_server() {
+    // max-logins-per-second = 1: four credentials, two on each server,
+    // log in one second apart at least, whichever server they go to.
+    let (a, b) = (standin(LONG), standin(LONG));
+    let t = TestDir::new();
+    let rest: String = (0..4)
+        .map(|i| {
+            let server = if i % 2 == 0 { a.base_url() } else { b.base_url() };
+            cred_at(&format!("c{i}"), &server, &format!("c{i}.token"))
+        })
+        .collect();
+    std::fs::write(t.config_path(), config_api(&a.base_url(), "5s", 1, &rest)).unwrap();
+    let out = t.run(&["once", "-c", t.config_path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", both(&out));
+    let mut at: Vec<_> = logins(&a).iter().chain(logins(&b).iter()).map(|r| r.at).collect();
+    assert_eq!((logins(&a).len(), logins(&b).len()), (2, 2));
+    at.sort();
+    // 100 ms of slack for the way from the limiter to the server.
+    let closest = at.windows(2).map(|w| secs(w[0], w[1])).fold(f64::MAX, f64::min);
+    assert!(closest >= 0.9, "two logins {closest:.2} s apart across servers");
+}
