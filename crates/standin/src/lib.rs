@@ -255,6 +255,16 @@ impl StandIn {
         self.inner.state().records.iter().cloned().collect()
     }
 
+    /// Revokes every token handed out so far: each is answered 401 from
+    /// now on, as a token the server revoked; tokens of later logins work.
+    /// Returns how many were revoked.
+    pub fn revoke_tokens(&self) -> usize {
+        let mut state = self.inner.state();
+        let issued: Vec<String> = state.issued.iter().cloned().collect();
+        state.revoked.extend(issued);
+        state.revoked.len()
+    }
+
     /// Every token handed out so far (valid, expired or malformed), oldest
     /// first, so tests can check that none of them shows up in logs.
     pub fn issued_tokens(&self) -> Vec<String> {

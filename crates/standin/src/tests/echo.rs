@@ -284,3 +284,34 @@ async fn bytes_streams_n_bytes_of_the_pattern_with_or_without_a_length() {
         assert_eq!(response.status(), status, "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_and_a_new_login_works() {
+    let server = StandIn::start(options()).expect("start");
+    let old = token_of(login(&server).await).await;
+    let url = format!("{}/v1.0/echo/x", server.base_url());
+    let status = |token: String| {
+        let url = url.clone();
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(old.clone()).await, 200);
+    assert_eq!(server.revoke_tokens(), 1);
+    assert_eq!(status(old.clone()).await, 401);
+    let me = client()
+        .get(format!("{}{}", server.base_url(), crate::ME_PATH))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401);
+    let new = token_of(login(&server).await).await;
+    assert_eq!(status(new).await, 200);
+}
