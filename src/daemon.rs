@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::api::budget::Api;
+use crate::api::budget::Apis;
 use crate::board::file::{self as status, StatusFile};
 use crate::board::{CredentialStatus, StatusBoard};
 use crate::config::{Config, ConfigError, CredentialConfig, Use};
@@ -90,7 +90,8 @@ struct Daemon {
     renew_requests: mpsc::UnboundedSender<String>,
     /// The config file's text when last loaded, to skip no-op file events.
     config_text: Option<String>,
-    api: Arc<Api>,
+    /// One API client per base URL, one login budget.
+    apis: Apis,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
     notifier: Arc<Notifier>,
@@ -197,7 +198,7 @@ async fn run_with_events(
         info!(listen = %health.listen, "serving /healthz, /readyz, /metrics");
         crate::health::serve(listener, board.clone(), metrics.clone(), cancel.clone());
     }
-    let api = Api::new(&config.api).map_err(DaemonError::Api)?;
+    let apis = Apis::new(&config).map_err(DaemonError::Api)?;
     let mut exports = BTreeMap::new();
     let (exec, mut supervisor) = match exec {
         Some(plan) => {
@@ -214,7 +215,7 @@ async fn run_with_events(
         proxies,
         renew_requests,
         config_text,
-        api,
+        apis,
         board,
         metrics,
         notifier: Arc::new(Notifier::from_env()),
@@ -356,10 +357,17 @@ impl Daemon {
         cfg: CredentialConfig,
         renamed_from: Option<(String, tokio::task::JoinHandle<()>)>,
     ) {
+        let name = cfg.name.clone();
+        let api = match self.apis.for_credential(&cfg) {
+            Ok(api) => api,
+            Err(e) => {
+                error!(credential = %name, error = %e, "cannot start the credential: no API client");
+                return;
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = self.cancel.child_token();
-        let name = cfg.name.clone();
-        let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
+        let (board, metrics) = (self.board.clone(), self.metrics.clone());
         let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
         let export = self.exports.entry(name.clone()).or_default().clone();
@@ -475,21 +483,20 @@ impl Daemon {
             self.to_child(ToChild::Hide(exec::plan::password_variables(&new)));
         }
         let api_changed = new.api != self.config.api;
-        if api_changed {
-            let (api_config, handle) = (new.api.clone(), tokio::runtime::Handle::current());
-            // Api::new reads the ca-file; it builds the HTTP client inside the runtime.
-            let built = tokio::task::spawn_blocking(move || {
-                let _runtime = handle.enter();
-                Api::new(&api_config)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            match built {
-                Ok(api) => self.api = api,
-                Err(e) => {
-                    error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
-                    return false;
-                }
+        // Clients of base URLs still in use are kept unless [api] changed.
+        // Building reads the ca-file; it builds HTTP clients inside the runtime.
+        let (apis, for_new, handle) = (self.apis.clone(), new.clone(), tokio::runtime::Handle::current());
+        let built = tokio::task::spawn_blocking(move || {
+            let _runtime = handle.enter();
+            apis.rebuilt(&for_new)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match built {
+            Ok(apis) => self.apis = apis,
+            Err(e) => {
+                error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
+                return false;
             }
         }
         for w in &new.warnings {
@@ -543,14 +550,22 @@ impl Daemon {
                     self.spawn(cfg.clone());
                     changed += 1;
                 }
-                (Some(before), Some(task)) => {
-                    if before != cfg || api_changed {
-                        let _ = task
-                            .commands
-                            .send(Command::Reconfigure(Box::new(cfg.clone()), self.api.clone()));
-                        changed += 1;
+                (Some(before), Some(task)) if before != cfg || api_changed => {
+                    // A changed base-url (its own or [api]'s) gives another client:
+                    // the credential logs in anew there.
+                    match self.apis.for_credential(cfg) {
+                        Ok(api) => {
+                            let _ = task
+                                .commands
+                                .send(Command::Reconfigure(Box::new(cfg.clone()), api));
+                            changed += 1;
+                        }
+                        Err(e) => {
+                            error!(credential = %cfg.name, error = %e, "credential not reconfigured: no API client")
+                        }
                     }
                 }
+                (Some(_), Some(_)) => {}
                 _ => {
                     self.spawn_after(cfg.clone(), renamed.remove(&cfg.name));
                     added += 1;

@@ -1,31 +1,109 @@
-//! The API client and the login budget all credentials share.
+//! The API clients and the login budget all credentials share.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use super::ApiClient;
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, Config, CredentialConfig};
 
 /// Logins allowed in flight at once, whatever the per-second budget.
 const MAX_CONCURRENT_LOGINS: usize = 16;
 
-/// The API client and the login budget it shares among all credentials.
+/// The API client of one base URL and the login budget it shares with
+/// every other (all credentials, all servers: the budget is this host's).
 #[derive(Debug)]
 pub struct Api {
     pub config: ApiConfig,
     pub client: ApiClient,
-    pub(crate) limiter: LoginLimiter,
+    pub(crate) limiter: Arc<LoginLimiter>,
 }
 
 impl Api {
+    /// A client with a login budget of its own (one server, one budget).
     pub fn new(config: &ApiConfig) -> Result<Arc<Api>, String> {
+        Api::sharing(config, Arc::new(LoginLimiter::new(config.max_logins_per_second)))
+    }
+
+    /// A client that counts its logins in `limiter`.
+    fn sharing(config: &ApiConfig, limiter: Arc<LoginLimiter>) -> Result<Arc<Api>, String> {
         Ok(Arc::new(Api {
             client: ApiClient::new(config)?,
-            limiter: LoginLimiter::new(config.max_logins_per_second),
+            limiter,
             config: config.clone(),
         }))
+    }
+}
+
+/// One [`Api`] per distinct base URL of a config (`[api] base-url` and each
+/// credential's `base-url`), all sharing one [`LoginLimiter`].
+#[derive(Debug, Clone)]
+pub struct Apis {
+    api: ApiConfig,
+    limiter: Arc<LoginLimiter>,
+    by_url: BTreeMap<String, Arc<Api>>,
+}
+
+impl Apis {
+    /// The clients `config` needs. Reads `ca-file`; builds HTTP clients,
+    /// so it runs inside the runtime.
+    pub fn new(config: &Config) -> Result<Apis, String> {
+        let limiter = Arc::new(LoginLimiter::new(config.api.max_logins_per_second));
+        Apis::build(config, limiter, &BTreeMap::new())
+    }
+
+    /// The clients of a reloaded `config`. With `[api]` unchanged, the
+    /// clients (and their pools) of base URLs still in use are kept, and
+    /// the login budget with them; otherwise everything is built anew.
+    pub fn rebuilt(&self, config: &Config) -> Result<Apis, String> {
+        if config.api != self.api {
+            return Apis::new(config);
+        }
+        Apis::build(config, self.limiter.clone(), &self.by_url)
+    }
+
+    fn build(
+        config: &Config,
+        limiter: Arc<LoginLimiter>,
+        keep: &BTreeMap<String, Arc<Api>>,
+    ) -> Result<Apis, String> {
+        let mut by_url = BTreeMap::new();
+        let wanted = std::iter::once(config.api.clone())
+            .chain(config.credentials.iter().map(|c| config.api.for_credential(c)));
+        for api in wanted {
+            let url = api.base_url.to_string();
+            if by_url.contains_key(&url) {
+                continue;
+            }
+            let client = match keep.get(&url) {
+                Some(kept) => kept.clone(),
+                None => Api::sharing(&api, limiter.clone())?,
+            };
+            by_url.insert(url, client);
+        }
+        Ok(Apis {
+            api: config.api.clone(),
+            limiter,
+            by_url,
+        })
+    }
+
+    /// The client of `cred`'s base URL: one built for its config, or (a
+    /// credential of another config) a new one sharing the budget, which
+    /// fails only if `ca-file` cannot be read now.
+    pub fn for_credential(&self, cred: &CredentialConfig) -> Result<Arc<Api>, String> {
+        let api = self.api.for_credential(cred);
+        match self.by_url.get(api.base_url.as_str()) {
+            Some(client) => Ok(client.clone()),
+            None => Api::sharing(&api, self.limiter.clone()),
+        }
+    }
+
+    /// How many distinct servers these clients reach.
+    pub fn servers(&self) -> usize {
+        self.by_url.len()
     }
 }
 
@@ -89,5 +167,64 @@ impl LoginLimiter {
             _in_flight: in_flight,
             window,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let creds = |name: &str, base: &str| {
+            format!(
+                "[[credential]]\nname = \"{name}\"\n{base}username = \"a@b.c\"\npassword-env = \"PW\"\n\
+                 [[credential.output]]\npath = \"/run/t/{name}.token\"\n"
+            )
+        };
+        let text = format!(
+            "{text}{}{}{}",
+            creds("a", ""),
+            creds("b", "base-url = \"http://127.0.0.1:9001/x\"\n"),
+            creds("c", "base-url = \"http://127.0.0.1:9001/x\"\n"),
+        );
+        Config::parse(&text, Path::new("/etc/t/config.toml")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_client_per_base_url_all_sharing_one_login_budget() {
+        let c = config("[api]\nbase-url = \"http://127.0.0.1:9000\"\n");
+        let apis = Apis::new(&c).unwrap();
+        assert_eq!(apis.servers(), 2);
+        let [a, b, cc] = [0, 1, 2].map(|i| apis.for_credential(&c.credentials[i]).unwrap());
+        assert_eq!(a.config.base_url.as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(b.config.base_url.as_str(), "http://127.0.0.1:9001/x");
+        assert_eq!(
+            b.client.login_url().as_str(),
+            "http://127.0.0.1:9001/x/auth/login"
+        );
+        assert!(Arc::ptr_eq(&b, &cc), "one client per base URL");
+        assert!(Arc::ptr_eq(&a.limiter, &b.limiter), "one login budget for all");
+        // The other [api] settings hold for every server.
+        assert_eq!(b.config.timeout, c.api.timeout);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_clients_and_budget_unless_api_changed() {
+        let c = config("[api]\nbase-url = \"http://127.0.0.1:9000\"\n");
+        let apis = Apis::new(&c).unwrap();
+        let again = apis.rebuilt(&c).unwrap();
+        let (a0, a1) = (
+            apis.for_credential(&c.credentials[0]).unwrap(),
+            again.for_credential(&c.credentials[0]).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a0, &a1));
+        let changed = config("[api]\nbase-url = \"http://127.0.0.1:9000\"\ntimeout = \"5s\"\n");
+        let fresh = apis.rebuilt(&changed).unwrap();
+        let a2 = fresh.for_credential(&changed.credentials[0]).unwrap();
+        assert!(!Arc::ptr_eq(&a0, &a2));
+        assert!(!Arc::ptr_eq(&a0.limiter, &a2.limiter));
+        assert_eq!(a2.config.timeout, std::time::Duration::from_secs(5));
     }
 }

@@ -71,6 +71,12 @@ pub(super) fn check(path: &Path) -> ExitCode {
                 );
             }
         }
+        if let Some(own) = &cred.base_url {
+            match crate::api::login_url(own) {
+                Ok(url) if cred.login.is_some() => println!("  its own server {own}: POST {url}"),
+                _ => println!("  its own server {own}"),
+            }
+        }
         if let Some(login) = &cred.login {
             let readable = match login.password.read() {
                 Ok(_) => "readable now".to_string(),
@@ -133,17 +139,16 @@ pub(super) fn check(path: &Path) -> ExitCode {
 
 /// One `[[proxy]]`: where it listens, whose secret it adds and how.
 fn print_proxy(config: &crate::config::Config, i: usize, proxy: &crate::config::ProxyConfig) {
-    let how = match config
-        .credentials
-        .iter()
-        .find(|c| c.name == proxy.credential)
-        .map(|c| &c.kind)
-    {
+    let cred = config.credentials.iter().find(|c| c.name == proxy.credential);
+    let how = match cred.map(|c| &c.kind) {
         Some(Kind::AccessKey(_)) => "its access key as the accesskey cookie",
         _ => "its login token as Authorization: Bearer",
     };
+    let upstream = cred.map_or(&config.api.base_url, |c| {
+        c.base_url.as_ref().unwrap_or(&config.api.base_url)
+    });
     let mut line = format!(
-        "proxy[{i}] {} -> credential {} ({how})",
+        "proxy[{i}] {} -> {upstream} with credential {} ({how})",
         proxy.listen, proxy.credential
     );
     if let crate::config::Listen::Unix(path) = &proxy.listen {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::load::{EXIT_CONFIG, fatal, load, refuse_unreadable_inputs};
 use super::{beside, runtime};
-use crate::api::budget::Api;
+use crate::api::budget::{Api, Apis};
 use crate::credential;
 use crate::state;
 
@@ -75,14 +75,17 @@ pub(super) fn once(path: &Path, force: bool) -> ExitCode {
         Err(e) => return fatal(e),
     };
     rt.block_on(async {
-        let api = match Api::new(&config.api) {
-            Ok(api) => api,
+        let apis = match Apis::new(&config) {
+            Ok(apis) => apis,
             Err(e) => return fatal(e),
         };
         let mut set = tokio::task::JoinSet::new();
         let state_dir = config.state_dir.clone();
         for cred in config.credentials {
-            let api: Arc<Api> = api.clone();
+            let api: Arc<Api> = match apis.for_credential(&cred) {
+                Ok(api) => api,
+                Err(e) => return fatal(e),
+            };
             let span = tracing::info_span!("credential", name = %cred.name);
             set.spawn(tracing::Instrument::instrument(
                 credential::task::once(cred, api, state_dir.clone(), force),

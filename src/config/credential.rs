@@ -40,6 +40,11 @@ impl Validator<'_> {
         self.credential_name(i, &raw.name)?;
         let key = |k: &str| format!("credential[{}].{k}", raw.name);
         let is_key = self.is_access_key(&key, &raw)?;
+        let base_url = raw
+            .base_url
+            .as_deref()
+            .map(|u| self.base_url(&key("base-url"), u))
+            .transpose()?;
         let bootstrap = raw
             .bootstrap_key_file
             .as_ref()
@@ -75,6 +80,7 @@ impl Validator<'_> {
         Ok(CredentialConfig {
             name: raw.name,
             kind,
+            base_url,
             login,
             renewal,
             outputs,

@@ -65,6 +65,18 @@ pub struct ApiConfig {
     pub max_logins_per_second: u32,
 }
 
+impl ApiConfig {
+    /// The API settings of one credential: these, with its own `base-url`
+    /// if it has one.
+    pub fn for_credential(&self, cred: &CredentialConfig) -> ApiConfig {
+        let mut api = self.clone();
+        if let Some(url) = &cred.base_url {
+            api.base_url = url.clone();
+        }
+        api
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
     pub listen: SocketAddr,
@@ -74,6 +86,9 @@ pub struct HealthConfig {
 pub struct CredentialConfig {
     pub name: String,
     pub kind: Kind,
+    /// `base-url` of this credential: its logins and key calls go there
+    /// instead of `[api] base-url` (see [`ApiConfig::for_credential`]).
+    pub base_url: Option<reqwest::Url>,
     /// The agent login: the whole point of a login-token credential; for an
     /// access key, how key calls authenticate when it has no
     /// `bootstrap-key-file`.

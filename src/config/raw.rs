@@ -48,6 +48,7 @@ pub(super) struct RawState {
 pub(super) struct RawCredential {
     pub(super) name: String,
     pub(super) kind: Option<String>,
+    pub(super) base_url: Option<String>,
     pub(super) username: Option<String>,
     pub(super) bootstrap_key_file: Option<PathBuf>,
     pub(super) lifetime: Option<String>,

@@ -67,6 +67,45 @@ fn http_only_on_loopback() {
 }
 
 #[test]
+fn a_credential_base_url_overrides_the_api_one_under_the_same_rules() {
+    let own = MINIMAL.replace(
+        "name = \"main\"",
+        "name = \"main\"\nbase-url = \"https://voipbin.example.org/api\"",
+    );
+    let c = parse(&own).unwrap();
+    let cred = &c.credentials[0];
+    assert_eq!(
+        cred.base_url.as_ref().map(|u| u.as_str()),
+        Some("https://voipbin.example.org/api")
+    );
+    let api = c.api.for_credential(cred);
+    assert_eq!(api.base_url.as_str(), "https://voipbin.example.org/api");
+    assert_eq!(api.timeout, c.api.timeout);
+    // Without its own, the [api] one.
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.credentials[0].base_url, None);
+    assert_eq!(c.api.for_credential(&c.credentials[0]), c.api);
+    for bad in [
+        "http://voipbin.example.org",
+        "ftp://127.0.0.1/",
+        "not a url",
+        "https://u:p@voipbin.example.org",
+        "https://voipbin.example.org/?a=1",
+    ] {
+        let text = MINIMAL.replace(
+            "name = \"main\"",
+            &format!("name = \"main\"\nbase-url = \"{bad}\""),
+        );
+        assert_eq!(invalid_key(&text), "credential[main].base-url", "{bad}");
+    }
+    let loopback = MINIMAL.replace(
+        "name = \"main\"",
+        "name = \"main\"\nbase-url = \"http://127.0.0.1:8080\"",
+    );
+    parse(&loopback).unwrap();
+}
+
+#[test]
 fn exactly_one_password_source() {
     let two = MINIMAL.replace(
         "password-env = \"PW\"",

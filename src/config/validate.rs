@@ -147,25 +147,7 @@ impl Validator<'_> {
 
     fn api(&self, raw: RawApi) -> Result<ApiConfig, ConfigError> {
         let text = raw.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        let base_url = reqwest::Url::parse(&text)
-            .map_err(|e| self.err("api.base-url", format!("{text:?} is not a URL: {e}")))?;
-        match base_url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&base_url) => {}
-            "http" => {
-                return Err(self.err(
-                    "api.base-url",
-                    "http:// is allowed only for loopback addresses (tests, demo); use https://".into(),
-                ));
-            }
-            other => return Err(self.err("api.base-url", format!("scheme {other:?} is not http(s)"))),
-        }
-        if !base_url.username().is_empty() || base_url.password().is_some() {
-            return Err(self.err("api.base-url", "must not carry a user or password".into()));
-        }
-        if base_url.query().is_some() || base_url.fragment().is_some() {
-            return Err(self.err("api.base-url", "must not have a query or fragment".into()));
-        }
+        let base_url = self.base_url("api.base-url", &text)?;
         let timeout = self.duration("api.timeout", raw.timeout, Duration::from_secs(30))?;
         let ca_file = match raw.ca_file {
             Some(p) => {
@@ -181,6 +163,31 @@ impl Validator<'_> {
             ca_file,
             max_logins_per_second: raw.max_logins_per_second.unwrap_or(5),
         })
+    }
+
+    /// A base URL of the API (`api.base-url`, a credential's `base-url`):
+    /// https, or http on loopback only; no user, password, query or fragment.
+    pub(super) fn base_url(&self, key: &str, text: &str) -> Result<reqwest::Url, ConfigError> {
+        let base_url =
+            reqwest::Url::parse(text).map_err(|e| self.err(key, format!("{text:?} is not a URL: {e}")))?;
+        match base_url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&base_url) => {}
+            "http" => {
+                return Err(self.err(
+                    key,
+                    "http:// is allowed only for loopback addresses (tests, demo); use https://".into(),
+                ));
+            }
+            other => return Err(self.err(key, format!("scheme {other:?} is not http(s)"))),
+        }
+        if !base_url.username().is_empty() || base_url.password().is_some() {
+            return Err(self.err(key, "must not carry a user or password".into()));
+        }
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(self.err(key, "must not have a query or fragment".into()));
+        }
+        Ok(base_url)
     }
 
     fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {

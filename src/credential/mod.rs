@@ -301,7 +301,10 @@ impl Credential {
     /// (outputs are brought up to date without a login) unless the login
     /// itself changed, in which case a login is forced.
     pub fn reconfigure(&mut self, cfg: CredentialConfig, api: Arc<Api>, now: OffsetDateTime) {
-        let login_changed = !self.cfg.same_login(&cfg) || self.api.config != api.config;
+        // Another base URL (the credential's or [api]'s) is another server:
+        // a token or agent login of the old one is not used there.
+        let server_changed = self.api.config != api.config;
+        let login_changed = !self.cfg.same_login(&cfg) || server_changed;
         let renewal_changed = self.cfg.renewal != cfg.renewal;
         for out in &self.cfg.outputs {
             if !cfg.outputs.iter().any(|o| o.path == out.path) {
@@ -314,7 +317,7 @@ impl Credential {
             .filter_map(|(h, p)| h.map(|h| (p, h)))
             .collect();
         self.hooks = start_hooks(&cfg, old_hooks, &self.metrics);
-        self.source.reconfigure(&self.cfg, &cfg);
+        self.source.reconfigure(&self.cfg, &cfg, server_changed);
         self.cfg = cfg;
         self.api = api;
         // Unchanged files are detected by content and not rewritten.

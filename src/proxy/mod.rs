@@ -186,10 +186,14 @@ impl Proxies {
     }
 }
 
-/// The credential's base URL. (Per-credential `base-url` comes with the
-/// proxy-prep branch; until then `[api] base-url`.)
-fn base_url_of(config: &Config, _credential: &str) -> url::Url {
-    config.api.base_url.clone()
+/// The credential's base URL: its own `base-url`, else `[api] base-url`.
+fn base_url_of(config: &Config, credential: &str) -> url::Url {
+    config
+        .credentials
+        .iter()
+        .find(|c| c.name == credential)
+        .and_then(|c| c.base_url.clone())
+        .unwrap_or_else(|| config.api.base_url.clone())
 }
 
 async fn bind(p: &ProxyConfig) -> std::io::Result<Listener> {

@@ -75,9 +75,11 @@ impl Source {
 
     /// A reloaded config of the same kind (the daemon restarts a credential
     /// whose kind changed).
-    pub fn reconfigure(&mut self, old: &CredentialConfig, new: &CredentialConfig) {
+    /// `server_changed`: its API settings changed (another base URL): an
+    /// agent's token from the old server is not used on the new one.
+    pub fn reconfigure(&mut self, old: &CredentialConfig, new: &CredentialConfig, server_changed: bool) {
         if let (Source::Key(s), Kind::AccessKey(k)) = (self, &new.kind) {
-            s.reconfigure(k.clone(), old.login != new.login);
+            s.reconfigure(k.clone(), old.login != new.login || server_changed);
         }
     }
 

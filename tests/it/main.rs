@@ -4,6 +4,7 @@
 
 mod support;
 
+mod base_url;
 mod check;
 mod commands;
 mod core;

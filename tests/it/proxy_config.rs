@@ -21,36 +21,53 @@ fn write(t: &TestDir, s: &StandIn, proxies: &str) {
     );
 }
 
+/// The stand-in's base URL as a parsed URL prints it (with its `/`).
+fn url(s: &StandIn) -> String {
+    format!("{}/", s.base_url().trim_end_matches('/'))
+}
+
 #[test]
-fn check_prints_each_proxy_with_its_credential_mode_and_group() {
-    let s = standin(LONG);
+fn check_prints_each_proxy_with_its_server_credential_mode_and_group() {
+    let (s, other) = (standin(LONG), standin(LONG));
     let t = TestDir::new();
     let sock = t.path("api.sock");
     let gid = nix::unistd::getegid().as_raw();
+    let elsewhere = cred(
+        "elsewhere",
+        USER,
+        "password",
+        &format!("base-url = \"{}\"", other.base_url()),
+        &output("elsewhere.token", "raw"),
+    );
     write(
         &t,
         &s,
         &format!(
-            "{}{}",
+            "{elsewhere}{}{}",
             proxy(
                 &format!("unix:{}", sock.display()),
                 "main",
                 &format!("group = \"{gid}\"")
             ),
-            proxy("127.0.0.1:18787", "main", "")
+            proxy("127.0.0.1:18787", "elsewhere", "")
         ),
     );
     let (code, text) = check(&t);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains(&format!(
-            "proxy[0] unix:{} -> credential main (its login token as Authorization: Bearer), socket mode 0660, group {gid}",
-            sock.display()
+            "proxy[0] unix:{} -> {} with credential main (its login token as Authorization: Bearer), socket mode 0660, group {gid}",
+            sock.display(),
+            url(&s)
         )),
         "{text}"
     );
+    // A proxy follows its credential's base-url.
     assert!(
-        text.contains("proxy[1] 127.0.0.1:18787 -> credential main"),
+        text.contains(&format!(
+            "proxy[1] 127.0.0.1:18787 -> {} with credential elsewhere",
+            url(&other)
+        )),
         "{text}"
     );
 }

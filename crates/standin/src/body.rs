@@ -13,6 +13,7 @@ pub(crate) enum Payload {
     Full(Option<Bytes>),
     Dribble(Dribble),
     Huge(Huge),
+    Pattern(Pattern),
 }
 
 impl Payload {
@@ -68,6 +69,41 @@ impl Huge {
     }
 }
 
+/// `GET /v1.0/bytes/{n}`: `total` bytes of [`crate::BYTES_PATTERN`]
+/// repeated, made up as they are sent (16 KiB at a time), so any size costs
+/// no memory.
+pub(crate) struct Pattern {
+    pub(crate) total: u64,
+    pub(crate) pos: u64,
+    pub(crate) chunked: bool,
+}
+
+/// The pattern, 16 KiB of it: every chunk starts at a multiple of its period.
+static PATTERN_FILL: [u8; 16 * 1024] = {
+    let pattern = crate::model::BYTES_PATTERN;
+    let mut fill = [0u8; 16 * 1024];
+    let mut i = 0;
+    while i < fill.len() {
+        fill[i] = pattern[i % pattern.len()];
+        i += 1;
+    }
+    fill
+};
+
+impl Pattern {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let left = self.total.saturating_sub(self.pos);
+        if left == 0 {
+            return None;
+        }
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(PATTERN_FILL.len());
+        self.pos += n as u64;
+        Some(Bytes::from_static(&PATTERN_FILL[..n]))
+    }
+}
+
 impl Body for Payload {
     type Data = Bytes;
     type Error = Infallible;
@@ -89,6 +125,7 @@ impl Body for Payload {
                 Poll::Ready(Some(Ok(Frame::data(piece))))
             }
             Payload::Huge(h) => Poll::Ready(h.next_chunk().map(|b| Ok(Frame::data(b)))),
+            Payload::Pattern(p) => Poll::Ready(p.next_chunk().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -97,6 +134,7 @@ impl Body for Payload {
             Payload::Full(data) => data.is_none(),
             Payload::Dribble(d) => d.data.is_empty(),
             Payload::Huge(h) => h.pos >= h.total,
+            Payload::Pattern(p) => p.pos >= p.total,
         }
     }
 
@@ -106,6 +144,8 @@ impl Body for Payload {
             Payload::Dribble(d) => SizeHint::with_exact(d.data.len() as u64),
             Payload::Huge(h) if h.chunked => SizeHint::default(),
             Payload::Huge(h) => SizeHint::with_exact((h.total - h.pos.min(h.total)) as u64),
+            Payload::Pattern(p) if p.chunked => SizeHint::default(),
+            Payload::Pattern(p) => SizeHint::with_exact(p.total.saturating_sub(p.pos)),
         }
     }
 }

@@ -84,7 +84,7 @@ fn error(status: StatusCode, code: &str, reason: &str, message: &str, request_id
     json(status, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-fn unauthenticated(request_id: &str) -> Response<Payload> {
+pub(crate) fn unauthenticated(request_id: &str) -> Response<Payload> {
     error(
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
@@ -98,6 +98,13 @@ fn unauthenticated(request_id: &str) -> Response<Payload> {
 enum Caller {
     Key,
     Agent { permission: u64 },
+}
+
+/// True when the request carries a valid token or, failing any token, a
+/// live access key (the API's other endpoints, the echo and bytes ones
+/// included, accept either).
+pub(crate) fn authenticated(inner: &Inner, req: &Request<Incoming>, via: &mut AuthVia) -> bool {
+    authenticate(inner, req, via).is_some()
 }
 
 /// Authenticates as the real server does: a token wins over a key.

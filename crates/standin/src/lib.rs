@@ -26,6 +26,11 @@
 //! - `GET /v1.0/me`, which answers 200 with the agent when the token (from a
 //!   `token` cookie, else `Authorization: Bearer `, else `?token=`, in the real
 //!   server's order) verifies and has not expired, else 401.
+//! - For testing a proxy: `ANY /v1.0/echo[/...]` answers what arrived
+//!   (method, path, query, headers, body length and SHA-256, chunked or not)
+//!   as JSON, and `GET /v1.0/bytes/{n}` streams `n` bytes of
+//!   [`BYTES_PATTERN`]; both want a valid token or access key (401
+//!   otherwise), as the real API does.
 //! - An `X-Request-Id` header on every answer.
 //!
 //! # Faults on demand
@@ -60,7 +65,8 @@
 //! - `answer`: the answer helpers the handlers share;
 //! - `server`: the accept loop, the login and `me` handlers;
 //! - `keys`: the access-key API (`/v1.0/accesskeys`), with a time scale for short key lifetimes;
-//! - `body`: response bodies (whole, dribbled, huge).
+//! - `echo`: the echo and bytes endpoints a proxy is tested against;
+//! - `body`: response bodies (whole, dribbled, huge, a streamed pattern).
 
 use std::fmt;
 use std::io;
@@ -75,6 +81,7 @@ use tracing::debug;
 
 mod answer;
 mod body;
+mod echo;
 mod faults;
 mod keys;
 mod model;
@@ -86,8 +93,8 @@ mod tests;
 pub use faults::Fault;
 use model::add_or_now;
 pub use model::{
-    AuthVia, COOKIE_MAX_AGE_SECS, ClaimStyle, LOGIN_PATH, LoginRecord, MAX_BODY_BYTES, ME_PATH, RateLimit,
-    StandInOptions, format_expire, format_http_date,
+    AuthVia, BYTES_PATH, BYTES_PATTERN, COOKIE_MAX_AGE_SECS, ClaimStyle, ECHO_PATH, LOGIN_PATH, LoginRecord,
+    MAX_BODY_BYTES, ME_PATH, RateLimit, StandInOptions, format_expire, format_http_date,
 };
 use server::serve;
 pub use state::{
@@ -246,6 +253,16 @@ impl StandIn {
     /// logins; at most the last 100 000).
     pub fn requests(&self) -> Vec<LoginRecord> {
         self.inner.state().records.iter().cloned().collect()
+    }
+
+    /// Revokes every token handed out so far: each is answered 401 from
+    /// now on, as a token the server revoked; tokens of later logins work.
+    /// Returns how many were revoked.
+    pub fn revoke_tokens(&self) -> usize {
+        let mut state = self.inner.state();
+        let issued: Vec<String> = state.issued.iter().cloned().collect();
+        state.revoked.extend(issued);
+        state.revoked.len()
     }
 
     /// Every token handed out so far (valid, expired or malformed), oldest

@@ -14,6 +14,12 @@ pub const LOGIN_PATH: &str = "/auth/login";
 pub const ME_PATH: &str = "/v1.0/me";
 /// Largest login body read; anything larger is answered with a 400.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// `ANY /v1.0/echo[/...]` answers what arrived, as JSON (see `echo`).
+pub const ECHO_PATH: &str = "/v1.0/echo";
+/// `GET /v1.0/bytes/{n}` answers `n` bytes of [`BYTES_PATTERN`], streamed.
+pub const BYTES_PATH: &str = "/v1.0/bytes/";
+/// The body of `/v1.0/bytes/{n}`: byte `i` is `BYTES_PATTERN[i % 16]`.
+pub const BYTES_PATTERN: &[u8; 16] = b"0123456789abcdef";
 /// `Max-Age` of the login cookie: the real server's 7 days.
 pub const COOKIE_MAX_AGE_SECS: u64 = 7 * 24 * 60 * 60;
 

@@ -22,11 +22,13 @@ use tracing::debug;
 
 use crate::answer::{Answer, DropConnection, canned, empty, json, set, text, with_body};
 use crate::body::{Dribble, Huge, Payload};
+use crate::echo;
 use crate::faults::{Fault, fault_name};
 use crate::keys;
 use crate::model::{
-    AuthVia, COOKIE_MAX_AGE_SECS, ClaimStyle, EXPIRED_AGO, JSON, LOGIN_PATH, LoginRecord, MAX_BODY_BYTES,
-    ME_PATH, NOT_FOUND_BODY, RATE_LIMITED_BODY, UNAUTHENTICATED_BODY, add_or_now, format_http_date,
+    AuthVia, BYTES_PATH, COOKIE_MAX_AGE_SECS, ClaimStyle, ECHO_PATH, EXPIRED_AGO, JSON, LOGIN_PATH,
+    LoginRecord, MAX_BODY_BYTES, ME_PATH, NOT_FOUND_BODY, RATE_LIMITED_BODY, UNAUTHENTICATED_BODY,
+    add_or_now, format_http_date,
 };
 use crate::state::{ACCESSKEYS_PATH, Claims, Inner};
 
@@ -87,6 +89,8 @@ pub(crate) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
     let mut auth = AuthVia::None;
     let answer = if path.starts_with(ACCESSKEYS_PATH) {
         keys::route(&inner, req, &request_id, &mut auth).await
+    } else if is_echo_path(&path) || path.starts_with(BYTES_PATH) {
+        echo::route(&inner, req, &request_id, &mut auth).await
     } else {
         route(&inner, client, req, &mut username).await
     };
@@ -129,6 +133,12 @@ pub(crate) async fn handle(inner: Arc<Inner>, client: IpAddr, req: Request<Incom
         }
         response
     })
+}
+
+/// `/v1.0/echo` and everything under `/v1.0/echo/`.
+fn is_echo_path(path: &str) -> bool {
+    path.strip_prefix(ECHO_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 pub(crate) async fn route(

@@ -41,6 +41,9 @@ pub(crate) struct State {
     /// Seconds added to real time in every answer's `Date` header that
     /// does not set its own (see [`StandIn::set_date_offset`](crate::StandIn::set_date_offset)).
     pub(crate) date_offset: Option<i64>,
+    /// Tokens refused from now on although they verify (see
+    /// [`StandIn::revoke_tokens`](crate::StandIn::revoke_tokens)).
+    pub(crate) revoked: std::collections::HashSet<String>,
 }
 
 pub(crate) struct User {
@@ -121,6 +124,7 @@ impl Inner {
                 records: VecDeque::new(),
                 issued: VecDeque::new(),
                 date_offset: None,
+                revoked: Default::default(),
             }),
         }
     }
@@ -265,7 +269,7 @@ impl Inner {
             // No expiry claim: good for as long as the key is.
             false
         };
-        if expired {
+        if expired || self.state().revoked.contains(token) {
             return None;
         }
         claims.get("agent").cloned()

@@ -1,7 +1,8 @@
 //! Unit tests of the stand-in: it must say no the way the real server does.
 //!
 //! By subject: `login` (the login and its token, the rate limit, `/me`),
-//! `faults` (scripted faults), `keys` (the access-key API) and `handle`
+//! `faults` (scripted faults), `keys` (the access-key API), `echo` (the
+//! echo and bytes endpoints) and `handle`
 //! (the handle's debug output, runtimes and threads); the helpers they
 //! share are here.
 
@@ -12,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::{LOGIN_PATH, ME_PATH, StandIn, StandInOptions};
 
+mod echo;
 mod faults;
 mod handle;
 mod keys;
