@@ -96,19 +96,25 @@ pub async fn handle(route: &Route, mut request: Request<Incoming>) -> Response<P
         }
     };
     let mut answer = send(route, &parts, &url, &sent_with.secret, first).await;
-    if let Ok(r) = &answer
-        && r.status() == StatusCode::UNAUTHORIZED
-        && let Some(replay) = kept.map(reqwest::Body::from)
+    if answer
+        .as_ref()
+        .is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED)
     {
-        match fresh_secret(route, &sent_with.secret).await {
-            Some(fresh) => {
-                debug!(credential = %route.credential, "401 from the API; replaying with the renewed credential");
-                sent_with = fresh;
-                answer = send(route, &parts, &url, &sent_with.secret, replay).await;
-            }
-            None => {
-                debug!(credential = %route.credential, "401 from the API and no renewed credential in time")
-            }
+        match kept.map(reqwest::Body::from) {
+            // Kept: wait for a secret other than the refused one, replay.
+            Some(replay) => match fresh_secret(route, &sent_with.secret).await {
+                Some(fresh) => {
+                    debug!(credential = %route.credential, "401 from the API; replaying with the renewed credential");
+                    sent_with = fresh;
+                    answer = send(route, &parts, &url, &sent_with.secret, replay).await;
+                }
+                None => {
+                    debug!(credential = %route.credential, "401 from the API and no renewed credential in time")
+                }
+            },
+            // Not kept (over the replay limit): the 401 goes back, but the
+            // next request gets a renewed secret.
+            None => ask_renewal(route, &sent_with.secret),
         }
     }
     let response = match (answer, client_side) {
@@ -147,6 +153,25 @@ async fn fresh_secret(route: &Route, refused: &Secret) -> Option<Exported> {
             return Some(current.clone());
         }
     }
+    ask_renewal(route, refused);
+    let changed = secret.wait_for(|s| s.as_ref().is_some_and(|s| &s.secret != refused));
+    match tokio::time::timeout(RENEWAL_WAIT, changed).await {
+        Ok(Ok(current)) => current.clone(),
+        _ => None,
+    }
+}
+
+/// Asks the credential to renew, unless it was asked already for this
+/// refused secret (or the secret has been replaced meanwhile).
+fn ask_renewal(route: &Route, refused: &Secret) {
+    if route
+        .secret
+        .borrow()
+        .as_ref()
+        .is_some_and(|current| &current.secret != refused)
+    {
+        return;
+    }
     let ask = {
         let mut asked = route.renewal_asked_for.lock().unwrap_or_else(|p| p.into_inner());
         if asked.as_ref() == Some(refused) {
@@ -158,11 +183,6 @@ async fn fresh_secret(route: &Route, refused: &Secret) -> Option<Exported> {
     };
     if ask {
         (route.renew)();
-    }
-    let changed = secret.wait_for(|s| s.as_ref().is_some_and(|s| &s.secret != refused));
-    match tokio::time::timeout(RENEWAL_WAIT, changed).await {
-        Ok(Ok(current)) => current.clone(),
-        _ => None,
     }
 }
 

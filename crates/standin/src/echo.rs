@@ -38,6 +38,11 @@ pub(crate) async fn route(
     via: &mut AuthVia,
 ) -> Answer {
     if !authenticated(inner, &req, via) {
+        // The whole body is read first, as a server that answers after its
+        // request is parsed does: the client then always gets the 401, not
+        // a connection closed under its upload.
+        let mut body = req.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
         return Ok(unauthenticated(request_id));
     }
     match req.uri().path().strip_prefix(BYTES_PATH) {

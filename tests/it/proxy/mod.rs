@@ -3,6 +3,7 @@
 //! open proxy), 401 → one renewal → replay, unix sockets, reloads, status.
 
 mod basics;
+mod bodies;
 mod renewal;
 
 use std::io::{Read, Write};
