@@ -287,3 +287,52 @@ fn three_hundred_client_connections_are_served_at_once() {
     }
     assert!(!d.log().contains("too many open"), "{}", d.log());
 }
+
+#[test]
+fn each_proxy_follows_its_credentials_base_url() {
+    let (one, two) = (
+        standin(Duration::from_secs(3600)),
+        standin(Duration::from_secs(3600)),
+    );
+    let t = TestDir::new();
+    let (a, b) = (free_port(), free_port());
+    t.write_config(
+        &one.base_url(),
+        &format!(
+            "{}{}{}{}",
+            cred("first", USER, "password", "", &output("first.token", "raw")),
+            cred(
+                "second",
+                USER,
+                "password",
+                &format!("base-url = \"{}\"", two.base_url()),
+                &output("second.token", "raw")
+            ),
+            proxy(&a.to_string(), "first", ""),
+            proxy(&b.to_string(), "second", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(a, &d);
+    wait_listening(b, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "tokens",
+        || t.read("first.token").is_some() && t.read("second.token").is_some(),
+        || d.log(),
+    );
+    let echoes = |s: &StandIn| {
+        s.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/v1.0/echo"))
+            .count()
+    };
+    assert_eq!(get(a, "/v1.0/echo/one", "").0, 200, "{}", d.log());
+    assert_eq!(get(b, "/v1.0/echo/two", "").0, 200, "{}", d.log());
+    assert_eq!(get(b, "/v1.0/echo/two", "").0, 200, "{}", d.log());
+    assert_eq!(
+        (echoes(&one), echoes(&two)),
+        (1, 2),
+        "each proxy reached its own server"
+    );
+}
