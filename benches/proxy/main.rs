@@ -100,7 +100,7 @@ fn run() -> Result<(), String> {
         Some(target) => measure("(c) voipbin-tokend proxy", target, &load, &warmup),
         None => Row {
             name: "(c) voipbin-tokend proxy".into(),
-            result: Err("not measured yet: the slot targets::daemon_proxy is empty".into()),
+            result: Err("not measured".into()),
         },
     });
     print_table(&rows, &load_text);

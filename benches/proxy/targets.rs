@@ -131,20 +131,77 @@ http {{
     })
 }
 
-/// (c) THE SLOT FOR THE DAEMON'S PROXY (the lead fills it in).
-///
-/// To fill: write a config whose `[api] base-url` is
-/// `http://{upstream.addr}` (the upstream answers `POST /auth/login` with
-/// a real token, so a login-token credential works), with one
-/// `[[proxy]] listen = "127.0.0.1:{free_port()}"` and `credential` naming
-/// it; start `voipbin-tokend run -c ...` (the release build, as
-/// `benches/footprint` does); wait until the listen address answers (e.g.
-/// [`wait_listening`] and one request that is not a 503), and return a
-/// [`Target`] whose `url` is `http://{listen}{PATH}`, `headers` empty (the
-/// proxy adds the credential), `pid` the daemon's and `_guard` its child.
-/// Until then: `None`, and the row says it was not measured.
-pub fn daemon_proxy(_upstream: &Upstream, _dir: &Path) -> Option<Result<Target, String>> {
-    None
+/// (c) The daemon's proxy: `voipbin-tokend run` (the release build, or
+/// `PROXY_BENCH_BIN`) with one login-token credential whose `[api]
+/// base-url` is the upstream (it answers `POST /auth/login` with a real
+/// token) and one `[[proxy]]` on a free loopback port. `None` when the
+/// release binary cannot be built.
+pub fn daemon_proxy(upstream: &Upstream, dir: &Path) -> Option<Result<Target, String>> {
+    Some(start_daemon_proxy(upstream, dir))
+}
+
+fn start_daemon_proxy(upstream: &Upstream, dir: &Path) -> Result<Target, String> {
+    let bin = daemon_binary()?;
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    std::fs::write(dir.join("password"), "bench-password\n").map_err(|e| format!("write password: {e}"))?;
+    let config = format!(
+        "[api]\nbase-url = \"http://{}\"\n\n[state]\ndir = \"{}\"\n\n\
+         [[credential]]\nname = \"bench\"\nusername = \"bench@example.com\"\npassword-file = \"{}\"\n\n\
+         [[proxy]]\nlisten = \"{addr}\"\ncredential = \"bench\"\n",
+        upstream.addr,
+        dir.join("state").display(),
+        dir.join("password").display(),
+    );
+    let config_path = dir.join("tokend.toml");
+    std::fs::write(&config_path, config).map_err(|e| format!("write config: {e}"))?;
+    let child = Command::new(&bin)
+        .args(["run", "-c"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", bin.display()))?;
+    let guard = ChildGuard(child);
+    wait_listening(addr, Duration::from_secs(10)).map_err(|e| format!("voipbin-tokend: {e}"))?;
+    // Listening comes before the first token: wait for a 200.
+    let start = Instant::now();
+    while status_of(addr, &[])? != 200 {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err("the daemon's proxy answered no 200 within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Target {
+        name: "(c) voipbin-tokend proxy".into(),
+        url: format!("http://{addr}{PATH}"),
+        addr,
+        headers: Vec::new(),
+        pid: guard.0.id(),
+        _guard: Some(guard),
+    })
+}
+
+/// The daemon to measure: `PROXY_BENCH_BIN`, else the release build
+/// (built now if needed: the figures are those of the shipped profile).
+fn daemon_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("PROXY_BENCH_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--bin", "voipbin-tokend"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .map_err(|e| format!("cargo build --release: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build --release failed: {status}"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    Ok(target.join("release").join("voipbin-tokend"))
 }
 
 /// The status of one `GET {PATH}` to `addr` with `headers` (bounded: 5 s).
