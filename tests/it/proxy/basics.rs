@@ -336,3 +336,125 @@ fn each_proxy_follows_its_credentials_base_url() {
         "each proxy reached its own server"
     );
 }
+
+#[test]
+fn nothing_of_a_request_reaches_the_log_even_at_trace_level() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "trace", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = "BODYMARKER-7c1f";
+    let (status, _, answer) = exchange(
+        &mut c,
+        &format!(
+            "POST /v1.0/echo/x?QUERYMARKER=1&accesskey=vb_CLIENTKEYMARKER HTTP/1.1\r\nHost: {addr}\r\n\
+             Cookie: session=COOKIEMARKER\r\nAuthorization: Bearer CLIENTTOKENMARKER\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    d.wait_log("proxied", 1, Duration::from_secs(5));
+    let log = d.log();
+    for marker in [
+        "BODYMARKER",
+        "QUERYMARKER",
+        "CLIENTKEYMARKER",
+        "COOKIEMARKER",
+        "CLIENTTOKENMARKER",
+    ] {
+        assert!(!log.contains(marker), "{marker} in the log");
+    }
+    assert_no_secrets(&log, PASSWORD, &s.issued_tokens());
+}
+
+#[test]
+fn an_oversized_request_head_is_refused_not_forwarded() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let before = s.requests().len();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let huge = "x".repeat(200 * 1024);
+    use std::io::{Read, Write};
+    let _ =
+        c.write_all(format!("GET /v1.0/echo HTTP/1.1\r\nHost: {addr}\r\nX-Huge: {huge}\r\n\r\n").as_bytes());
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(s.requests().len(), before, "nothing reached the API");
+    // The proxy still serves others.
+    assert_eq!(get(addr, "/v1.0/echo", "").0, 200);
+}
+
+#[test]
+fn a_proxy_removed_by_a_reload_stops_accepting_and_the_others_go_on() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let (a, b) = (free_port(), free_port());
+    let base = cred("main", USER, "password", "", &output("main.token", "raw"));
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{base}{}{}",
+            proxy(&a.to_string(), "main", ""),
+            proxy(&b.to_string(), "main", "")
+        ),
+    );
+    let mut d = daemon_with(&t, "info", &[]);
+    wait_listening(a, &d);
+    wait_listening(b, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    t.write_config(
+        &s.base_url(),
+        &format!("{base}{}", proxy(&a.to_string(), "main", "")),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("proxy stopped accepting", 1, Duration::from_secs(10));
+    assert!(std::net::TcpStream::connect_timeout(&b, Duration::from_secs(1)).is_err());
+    assert_eq!(get(a, "/v1.0/echo", "").0, 200);
+    stop(&mut d, nix::sys::signal::Signal::SIGTERM);
+}
