@@ -23,7 +23,7 @@ fn token_proxy(s: &StandIn, t: &TestDir) -> (Daemon, SocketAddr) {
             proxy(&addr.to_string(), "main", "")
         ),
     );
-    let d = daemon_with(&t, "info", &[]);
+    let d = daemon_with(t, "info", &[]);
     wait_listening(addr, &d);
     wait_for(
         Duration::from_secs(10),

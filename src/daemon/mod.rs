@@ -14,12 +14,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::api::budget::Apis;
-use crate::board::file::{self as status, StatusFile};
-use crate::board::{CredentialStatus, StatusBoard};
-use crate::config::{Config, ConfigError, CredentialConfig, Use};
+use crate::board::StatusBoard;
+use crate::config::{Config, CredentialConfig};
 use crate::credential::Credential;
 use crate::credential::task::{self, Command};
 use crate::exec::plan::Plan;
@@ -31,17 +30,16 @@ use crate::process::{self, Exit};
 use crate::proxy::{Proxies, Wiring};
 use crate::signals::{self, Event};
 use crate::state::{Locked, held_by_once, lock_state_dir, remove_state_temps, wait_for_once};
+
+mod reload;
+mod status;
+
 use nix::sys::signal::Signal;
+use reload::blocking;
+use status::report_status;
 
 /// How long shutdown waits for in-flight work (the interface promises exit within 5 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
-
-/// How often the status file is rewritten while proxies run (their
-/// request counts).
-const STATUS_REFRESH: Duration = Duration::from_secs(30);
-
-/// Changes to the status board within this window are reported together.
-const STATUS_COALESCE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -430,279 +428,4 @@ impl Daemon {
             let _ = exec.to_child.send(command);
         }
     }
-
-    /// Loads the config again and reconciles. `forced` (SIGHUP) reloads
-    /// even when the file's text is unchanged.
-    /// The file work runs on the blocking pool, never on the runtime thread.
-    async fn reload(&mut self, forced: bool) {
-        let path = self.config.path.clone();
-        let text = blocking(&self.config.path, move || Config::read(&path)).await;
-        if !forced && text.as_ref().ok() == self.config_text.as_ref() {
-            debug!("config file touched but unchanged");
-            return;
-        }
-        self.notifier.notify(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}",
-            notify::monotonic_usec()
-        ));
-        let ok = self.try_reload(text).await;
-        self.metrics.reload(ok);
-        self.notifier.notify("READY=1");
-    }
-
-    async fn try_reload(&mut self, text: Result<String, ConfigError>) -> bool {
-        let path = self.config.path.clone();
-        let validate_path = path.clone();
-        // Validation looks at the filesystem (output paths, ca-file): blocking pool.
-        let before = self.config.clone();
-        let use_ = if self.exec.is_some() {
-            Use::Exec
-        } else {
-            Use::Daemon
-        };
-        let validated = blocking(&path, move || {
-            text.and_then(|t| Config::from_file_text_for(&t, &validate_path, use_).map(|c| (c, t)))
-                .map(|(c, t)| {
-                    let renames = renames(&before, &c);
-                    (c, t, renames)
-                })
-        })
-        .await;
-        let (new, text, renames) = match validated {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                error!(error = %e, "config reload failed; keeping the last good config");
-                return false;
-            }
-        };
-        if let Some(exec) = &self.exec {
-            if let Err(e) = exec::plan::check_reload(&exec.plan.exports, &self.config, &new) {
-                error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
-                return false;
-            }
-            self.to_child(ToChild::Hide(exec::plan::password_variables(&new)));
-        }
-        let api_changed = new.api != self.config.api;
-        // Clients of base URLs still in use are kept unless [api] changed.
-        // Building reads the ca-file; it builds HTTP clients inside the runtime.
-        let (apis, for_new, handle) = (self.apis.clone(), new.clone(), tokio::runtime::Handle::current());
-        let built = tokio::task::spawn_blocking(move || {
-            let _runtime = handle.enter();
-            apis.rebuilt(&for_new)
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match built {
-            Ok(apis) => self.apis = apis,
-            Err(e) => {
-                error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
-                return false;
-            }
-        }
-        for w in &new.warnings {
-            warn!("{w}");
-        }
-        self.config_text = Some(text);
-        self.reconcile(new, api_changed, renames);
-        let config = self.config.clone();
-        self.start_proxies(&config, api_changed).await;
-        true
-    }
-
-    fn reconcile(&mut self, new: Config, api_changed: bool, renames: Vec<(String, String)>) {
-        let mut renamed: BTreeMap<String, (String, tokio::task::JoinHandle<()>)> = BTreeMap::new();
-        let (mut added, mut changed, mut removed) = (0, 0, 0);
-        let old: BTreeMap<String, CredentialConfig> = self
-            .config
-            .credentials
-            .iter()
-            .map(|c| (c.name.clone(), c.clone()))
-            .collect();
-        for name in old.keys() {
-            if !new.credentials.iter().any(|c| &c.name == name)
-                && let Some(task) = self.tasks.remove(name)
-            {
-                task.cancel.cancel();
-                if !renames.iter().any(|(old, _)| old == name) {
-                    self.exports.remove(name);
-                }
-                self.board.remove(name);
-                self.metrics.forget(name);
-                if let Some((_, new_name)) = renames.iter().find(|(old, _)| old == name) {
-                    info!(credential = %name, renamed_to = %new_name, "credential renamed in the config");
-                    renamed.insert(new_name.clone(), (name.clone(), task.done));
-                } else {
-                    info!(credential = %name, "credential removed from the config; its files are left in place");
-                }
-                removed += 1;
-            }
-        }
-        for cfg in &new.credentials {
-            match (old.get(&cfg.name), self.tasks.get(&cfg.name)) {
-                (Some(before), Some(_))
-                    if std::mem::discriminant(&before.kind) != std::mem::discriminant(&cfg.kind) =>
-                {
-                    // Another kind of secret: start this credential afresh.
-                    if let Some(task) = self.tasks.remove(&cfg.name) {
-                        task.cancel.cancel();
-                    }
-                    info!(credential = %cfg.name, "credential kind changed; starting it anew");
-                    self.spawn(cfg.clone());
-                    changed += 1;
-                }
-                (Some(before), Some(task)) if before != cfg || api_changed => {
-                    // A changed base-url (its own or [api]'s) gives another client:
-                    // the credential logs in anew there.
-                    match self.apis.for_credential(cfg) {
-                        Ok(api) => {
-                            let _ = task
-                                .commands
-                                .send(Command::Reconfigure(Box::new(cfg.clone()), api));
-                            changed += 1;
-                        }
-                        Err(e) => {
-                            error!(credential = %cfg.name, error = %e, "credential not reconfigured: no API client")
-                        }
-                    }
-                }
-                (Some(_), Some(_)) => {}
-                _ => {
-                    self.spawn_after(cfg.clone(), renamed.remove(&cfg.name));
-                    added += 1;
-                }
-            }
-        }
-        if new.health != self.config.health || new.state_dir != self.config.state_dir {
-            warn!("[health] and [state] changes take effect at the next restart");
-        }
-        info!(added, changed, removed, "config reloaded");
-        self.config = new;
-    }
-}
-
-/// Access-key credentials renamed from `old` to `new` (old name, new name):
-/// one that is gone and one that is new, with the same bootstrap key file
-/// (any spelling) or the same agent login. Each pairs at most once.
-fn renames(old: &Config, new: &Config) -> Vec<(String, String)> {
-    let gone: Vec<&CredentialConfig> = old
-        .credentials
-        .iter()
-        .filter(|c| c.key().is_some() && !new.credentials.iter().any(|n| n.name == c.name))
-        .collect();
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for added in new
-        .credentials
-        .iter()
-        .filter(|c| c.key().is_some() && !old.credentials.iter().any(|o| o.name == c.name))
-    {
-        if let Some(before) = gone
-            .iter()
-            .find(|g| !pairs.iter().any(|(o, _)| *o == g.name) && crate::config::same_key_source(g, added))
-        {
-            pairs.push((before.name.clone(), added.name.clone()));
-        }
-    }
-    pairs
-}
-
-/// Runs blocking filesystem work on the blocking pool, so the runtime
-/// thread (signals, health, every credential) never waits on a disk. A
-/// panic in `f` becomes a config read error.
-async fn blocking<T: Send + 'static>(
-    path: &std::path::Path,
-    f: impl FnOnce() -> Result<T, ConfigError> + Send + 'static,
-) -> Result<T, ConfigError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(ConfigError::Read {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })
-}
-
-/// After each change of any credential's state: `READY=1` the first time
-/// every credential is fresh, a `STATUS=` line, and the status file.
-async fn report_status(
-    board: Arc<StatusBoard>,
-    notifier: Arc<Notifier>,
-    config: Config,
-    cancel: CancellationToken,
-) {
-    let mut ready = false;
-    let mut last_summary = String::new();
-    let mut status_file_ok = true;
-    let process = status::ProcessId::of_self();
-    loop {
-        let changed = board.changed();
-        let all = board.snapshot();
-        let now = crate::now();
-        let summary = summarize(&all, now);
-        if summary != last_summary {
-            notifier.notify(&format!("STATUS={summary}"));
-            last_summary = summary;
-        }
-        if !ready && !all.is_empty() && all.iter().all(|s| s.is_fresh_at(now)) {
-            ready = true;
-            info!(
-                credentials = all.len(),
-                "every credential has a fresh token on disk"
-            );
-            notifier.notify("READY=1");
-        }
-        let file = StatusFile {
-            pid: std::process::id(),
-            process: process.clone(),
-            written_at: now,
-            config: config.path.clone(),
-            credentials: all,
-            child: board.child(),
-            proxies: board.proxies(),
-        };
-        let state_dir = config.state_dir.clone();
-        match tokio::task::spawn_blocking(move || status::write(&state_dir, &file)).await {
-            Ok(Ok(())) => status_file_ok = true,
-            Ok(Err(e)) => {
-                if status_file_ok {
-                    warn!(error = %e, "cannot write the status file; `status` will not see this daemon");
-                }
-                status_file_ok = false;
-            }
-            Err(_) => {}
-        }
-        // Proxies count requests without a board change: their figures
-        // are refreshed every STATUS_REFRESH while any runs.
-        let refresh = !board.proxies().is_empty();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = changed => {}
-            _ = tokio::time::sleep(STATUS_REFRESH), if refresh => {}
-        }
-        // Let a burst of changes (many credentials starting) settle.
-        tokio::time::sleep(STATUS_COALESCE).await;
-    }
-}
-
-/// One line for systemd's STATUS=: "2/2 fresh; next renewal main in 5days 14h".
-pub fn summarize(all: &[CredentialStatus], now: time::OffsetDateTime) -> String {
-    let fresh = all.iter().filter(|s| s.is_fresh_at(now)).count();
-    let mut line = format!("{fresh}/{} fresh", all.len());
-    let failing: Vec<&str> = all
-        .iter()
-        .filter(|s| s.failures > 0)
-        .map(|s| s.name.as_str())
-        .collect();
-    if !failing.is_empty() {
-        line.push_str(&format!("; failing: {}", failing.join(", ")));
-    }
-    if let Some(next) = all
-        .iter()
-        .filter(|s| s.next_renewal.is_some())
-        .min_by_key(|s| s.next_renewal)
-    {
-        let at = next.next_renewal.unwrap_or(now);
-        let secs = (at - now).whole_seconds().max(0).unsigned_abs();
-        let short = status::short_duration(Duration::from_secs(secs));
-        line.push_str(&format!("; next renewal {} in {short}", next.name));
-    }
-    line
 }
