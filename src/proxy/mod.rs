@@ -50,6 +50,8 @@ pub struct Proxies {
 struct Running {
     config: ProxyConfig,
     base_url: url::Url,
+    /// An access key (a cookie) or a login token (a header) is added.
+    is_key: bool,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     served: Arc<AtomicU64>,
@@ -89,18 +91,27 @@ impl Proxies {
                 }
             }
         }
-        let wanted: HashMap<&Listen, (&ProxyConfig, url::Url)> = config
+        let wanted: HashMap<&Listen, (&ProxyConfig, url::Url, bool)> = config
             .proxies
             .iter()
-            .map(|p| (&p.listen, (p, base_url_of(config, &p.credential))))
+            .map(|p| {
+                (
+                    &p.listen,
+                    (
+                        p,
+                        base_url_of(config, &p.credential),
+                        is_key(config, &p.credential),
+                    ),
+                )
+            })
             .collect();
         let stale: Vec<Listen> = self
             .running
             .iter()
             .filter(|(listen, r)| {
-                wanted
-                    .get(listen)
-                    .is_none_or(|(p, base)| **p != r.config || *base != r.base_url || api_changed)
+                wanted.get(listen).is_none_or(|(p, base, key)| {
+                    **p != r.config || *base != r.base_url || *key != r.is_key || api_changed
+                })
             })
             .map(|(listen, _)| listen.clone())
             .collect();
@@ -128,10 +139,7 @@ impl Proxies {
                 }
             };
             let base_url = base_url_of(config, &p.credential);
-            let is_key = config
-                .credentials
-                .iter()
-                .any(|c| c.name == p.credential && c.key().is_some());
+            let is_key = is_key(config, &p.credential);
             let served = Arc::new(AtomicU64::new(0));
             let route = Arc::new(Route {
                 credential: p.credential.clone(),
@@ -155,6 +163,7 @@ impl Proxies {
                 Running {
                     config: p.clone(),
                     base_url,
+                    is_key,
                     stop,
                     task,
                     served,
@@ -194,6 +203,14 @@ fn base_url_of(config: &Config, credential: &str) -> url::Url {
         .find(|c| c.name == credential)
         .and_then(|c| c.base_url.clone())
         .unwrap_or_else(|| config.api.base_url.clone())
+}
+
+/// Does `credential` hold an access key (else a login token)?
+fn is_key(config: &Config, credential: &str) -> bool {
+    config
+        .credentials
+        .iter()
+        .any(|c| c.name == credential && c.key().is_some())
 }
 
 async fn bind(p: &ProxyConfig) -> std::io::Result<Listener> {
