@@ -41,7 +41,7 @@ pub use model::{
 };
 pub use paths::{same_input, same_key_source};
 pub use proxy::MAX_SOCKET_PATH;
-pub use validate::read_ca_file;
+pub use validate::{read_ca_file, read_ca_file_der};
 
 use paths::{check_bootstrap_files, check_paths};
 use proxy::check_proxy_paths;

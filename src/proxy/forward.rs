@@ -17,7 +17,7 @@ use tracing::debug;
 use url::Url;
 
 use super::rewrite::{self, Credential, Refused};
-use crate::config::ApiConfig;
+use super::upstream::{Upstream, UpstreamError};
 use crate::export::Exported;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -28,8 +28,11 @@ pub const REPLAY_LIMIT: usize = 1024 * 1024;
 /// How long a request that saw a 401 waits for the renewal it asked for.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 
-/// What the proxy answers with.
-pub type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// What the proxy answers with (and sends upstream).
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A body's error, whatever its source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where one proxy sends its requests, and with what.
 pub struct Route {
@@ -38,11 +41,13 @@ pub struct Route {
     /// (added as `Authorization: Bearer`).
     pub is_key: bool,
     pub base_url: Url,
+    /// `scheme://authority` of `base_url`, and its `Host` header.
+    pub origin: (hyper::http::uri::Scheme, hyper::http::uri::Authority),
     /// The credential's current secret (see [`crate::export`]).
     pub secret: watch::Receiver<Option<Exported>>,
     /// Asks the credential to renew now (a 401 seen with its secret).
     pub renew: Arc<dyn Fn() + Send + Sync>,
-    pub client: reqwest::Client,
+    pub client: Arc<Upstream>,
     /// The secret a renewal was last asked for: one request per refused
     /// secret, however many requests saw it refused.
     pub renewal_asked_for: Mutex<Option<Secret>>,
@@ -51,26 +56,25 @@ pub struct Route {
     pub metrics: Arc<Metrics>,
 }
 
-/// The client the proxy forwards with: the daemon's TLS rules and
-/// `ca-file`; `timeout` bounds connecting and each wait for the API, not a
-/// whole streamed transfer; redirects are passed back, never followed.
-pub fn client(cfg: &ApiConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-        .read_timeout(cfg.timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .http1_only();
-    if let Some(path) = &cfg.ca_file {
-        for cert in crate::config::read_ca_file(path)? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the proxy's HTTP client: {e}"))
+/// `scheme` and `authority` of a base URL, for building request URIs
+/// without parsing one each time.
+pub fn origin_of(base: &Url) -> Result<(hyper::http::uri::Scheme, hyper::http::uri::Authority), String> {
+    let scheme = base
+        .scheme()
+        .parse()
+        .map_err(|e| format!("{base}: scheme: {e}"))?;
+    let host = base.host_str().ok_or_else(|| format!("{base}: no host"))?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let authority = match base.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    };
+    let authority = authority.parse().map_err(|e| format!("{base}: authority: {e}"))?;
+    Ok((scheme, authority))
 }
 
 /// Answers one request.
@@ -79,48 +83,51 @@ pub async fn handle(route: &Route, mut request: Request<Incoming>) -> Response<P
     // A WebSocket (or other) upgrade: the client's side, once answered 101.
     let client_side = rewrite::is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
-    let url = match rewrite::upstream_url(&route.base_url, &parts.method, &parts.uri) {
-        Ok(url) => url,
+    let path = match rewrite::upstream_path(&route.base_url, &parts.method, &parts.uri) {
+        Ok(path) => path,
         Err(refused) => return refusal(&refused),
     };
     let Some(mut sent_with) = route.secret.borrow().clone() else {
         return not_yet();
     };
-    let (first, kept) = match read_body(body).await {
-        Ok(body) => body,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {e}"),
-            );
+    let response = if let Some(client_side) = client_side {
+        upgrade(route, &parts, &path, &sent_with.secret, client_side).await
+    } else {
+        let (first, kept) = match read_body(body).await {
+            Ok(body) => body,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                );
+            }
+        };
+        let mut answer = send(route, &parts, &path, &sent_with.secret, first).await;
+        if answer
+            .as_ref()
+            .is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED)
+        {
+            match kept.map(full) {
+                // Kept: wait for a secret other than the refused one, replay.
+                Some(replay) => match fresh_secret(route, &sent_with.secret).await {
+                    Some(fresh) => {
+                        debug!(credential = %route.credential, "401 from the API; replaying with the renewed credential");
+                        sent_with = fresh;
+                        answer = send(route, &parts, &path, &sent_with.secret, replay).await;
+                    }
+                    None => {
+                        debug!(credential = %route.credential, "401 from the API and no renewed credential in time")
+                    }
+                },
+                // Not kept (over the replay limit): the 401 goes back, but the
+                // next request gets a renewed secret.
+                None => ask_renewal(route, &sent_with.secret),
+            }
         }
-    };
-    let mut answer = send(route, &parts, &url, &sent_with.secret, first).await;
-    if answer
-        .as_ref()
-        .is_ok_and(|r| r.status() == StatusCode::UNAUTHORIZED)
-    {
-        match kept.map(reqwest::Body::from) {
-            // Kept: wait for a secret other than the refused one, replay.
-            Some(replay) => match fresh_secret(route, &sent_with.secret).await {
-                Some(fresh) => {
-                    debug!(credential = %route.credential, "401 from the API; replaying with the renewed credential");
-                    sent_with = fresh;
-                    answer = send(route, &parts, &url, &sent_with.secret, replay).await;
-                }
-                None => {
-                    debug!(credential = %route.credential, "401 from the API and no renewed credential in time")
-                }
-            },
-            // Not kept (over the replay limit): the 401 goes back, but the
-            // next request gets a renewed secret.
-            None => ask_renewal(route, &sent_with.secret),
+        match answer {
+            Ok(r) => pass_back(r).await,
+            Err(e) => error(StatusCode::BAD_GATEWAY, &upstream_error(&e)),
         }
-    }
-    let response = match (answer, client_side) {
-        (Ok(r), Some(client_side)) if r.status() == StatusCode::SWITCHING_PROTOCOLS => splice(r, client_side),
-        (Ok(r), _) => pass_back(r),
-        (Err(e), _) => error(StatusCode::BAD_GATEWAY, &upstream_error(&e)),
     };
     route.served.fetch_add(1, Ordering::Relaxed);
     let elapsed = started.elapsed();
@@ -186,33 +193,95 @@ fn ask_renewal(route: &Route, refused: &Secret) {
     }
 }
 
-/// One request upstream.
-async fn send(
+/// The request as it goes upstream: method, URI under the base URL,
+/// headers rewritten with `secret` added, `body`.
+fn upstream_request(
     route: &Route,
     parts: &hyper::http::request::Parts,
-    url: &Url,
+    path: &str,
     secret: &Secret,
-    body: reqwest::Body,
-) -> Result<reqwest::Response, reqwest::Error> {
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, String> {
     let credential = if route.is_key {
         Credential::Key(secret)
     } else {
         Credential::Token(secret)
     };
-    let headers = rewrite::request_headers(&parts.headers, &route.base_url, credential);
-    route
-        .client
-        .request(parts.method.clone(), url.clone())
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
+    let uri = hyper::Uri::builder()
+        .scheme(route.origin.0.clone())
+        .authority(route.origin.1.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("the request target: {e}"))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = rewrite::request_headers(&parts.headers, &route.base_url, credential);
+    Ok(request)
+}
+
+/// One request upstream.
+async fn send(
+    route: &Route,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    secret: &Secret,
+    body: ProxyBody,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    let request = upstream_request(route, parts, path, secret, body).map_err(UpstreamError::Request)?;
+    route.client.send(request).await
+}
+
+/// An upgrade (a WebSocket): sent without a body; after a 101 from the
+/// API both upgraded connections are joined; any other answer goes back.
+async fn upgrade(
+    route: &Route,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    secret: &Secret,
+    client_side: hyper::upgrade::OnUpgrade,
+) -> Response<ProxyBody> {
+    let request = match upstream_request(route, parts, path, secret, empty()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let mut answer = match route.client.send_upgrade(request).await {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, &upstream_error(&e)),
+    };
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return answer.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+    }
+    let api_side = hyper::upgrade::on(&mut answer);
+    let mut response = Response::new(empty());
+    *response.status_mut() = answer.status();
+    *response.headers_mut() = answer.headers().clone();
+    tokio::spawn(async move {
+        let (Ok(api_side), Ok(client_side)) = (api_side.await, client_side.await) else {
+            debug!("an upgraded connection failed before it was joined");
+            return;
+        };
+        let mut client_side = hyper_util::rt::TokioIo::new(client_side);
+        let mut api_side = hyper_util::rt::TokioIo::new(api_side);
+        let _ = tokio::io::copy_bidirectional(&mut client_side, &mut api_side).await;
+    });
+    response
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The request body to send, and the same bytes kept for a replay if it
 /// ended within [`REPLAY_LIMIT`]; a larger one is what was read so far
 /// followed by the rest as it arrives (never buffered whole, no replay).
-async fn read_body(mut body: Incoming) -> Result<(reqwest::Body, Option<Bytes>), hyper::Error> {
+async fn read_body(mut body: Incoming) -> Result<(ProxyBody, Option<Bytes>), hyper::Error> {
     let mut head: VecDeque<Bytes> = VecDeque::new();
     let mut size = 0usize;
     while size <= REPLAY_LIMIT {
@@ -223,7 +292,7 @@ async fn read_body(mut body: Incoming) -> Result<(reqwest::Body, Option<Bytes>),
                     whole.extend_from_slice(&chunk);
                 }
                 let whole = Bytes::from(whole);
-                return Ok((reqwest::Body::from(whole.clone()), Some(whole)));
+                return Ok((full(whole.clone()), Some(whole)));
             }
             Some(frame) => {
                 if let Ok(data) = frame?.into_data() {
@@ -233,7 +302,8 @@ async fn read_body(mut body: Incoming) -> Result<(reqwest::Body, Option<Bytes>),
             }
         }
     }
-    Ok((reqwest::Body::wrap(Chain { head, rest: body }), None))
+    let rest = Chain { head, rest: body }.map_err(|e| Box::new(e) as BoxError);
+    Ok((rest.boxed(), None))
 }
 
 /// Chunks already read, then a body: one body.
@@ -260,37 +330,28 @@ where
     }
 }
 
-/// A 101 from the API: the answer goes back as it is (its `Upgrade` and
-/// `Connection` too), then both upgraded connections are joined.
-fn splice(answer: reqwest::Response, client_side: hyper::upgrade::OnUpgrade) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = answer.status();
-    *response.headers_mut() = answer.headers().clone();
-    tokio::spawn(async move {
-        let (Ok(api_side), Ok(client_side)) = (answer.upgrade().await, client_side.await) else {
-            debug!("an upgraded connection failed before it was joined");
-            return;
-        };
-        let mut client_side = hyper_util::rt::TokioIo::new(client_side);
-        let mut api_side = api_side;
-        let _ = tokio::io::copy_bidirectional(&mut client_side, &mut api_side).await;
-    });
-    response
-}
-
 /// The API's answer, streamed back with its hop-by-hop headers removed.
-fn pass_back(answer: reqwest::Response) -> Response<ProxyBody> {
-    let answer: hyper::http::Response<reqwest::Body> = answer.into();
-    let (mut parts, body) = answer.into_parts();
+///
+/// The first frame of the body is awaited before the head goes out, so a
+/// small answer leaves in one write with its head (one system call, not
+/// two); the rest streams, nothing is held whole.
+async fn pass_back(answer: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, mut body) = answer.into_parts();
     parts.headers = rewrite::response_headers(&parts.headers);
-    let body = body
-        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        .boxed();
-    Response::from_parts(parts, body)
+    let first = if hyper::body::Body::is_end_stream(&body) {
+        None
+    } else {
+        body.frame().await
+    };
+    let head: VecDeque<Bytes> = match first {
+        Some(Ok(frame)) => frame.into_data().ok().into_iter().collect(),
+        Some(Err(e)) => {
+            debug!(error = %e, "the API's answer broke off");
+            return error(StatusCode::BAD_GATEWAY, "the answer of the VoIPBIN API broke off");
+        }
+        None => VecDeque::new(),
+    };
+    Response::from_parts(parts, Chain { head, rest: body }.boxed())
 }
 
 fn refusal(refused: &Refused) -> Response<ProxyBody> {
@@ -329,15 +390,15 @@ fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     r
 }
 
-/// The upstream failure without its URL (which holds no secret, but the
-/// message is for the client: the API's address is enough).
-fn upstream_error(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "failed"
+/// The upstream failure, for the client (the API's address is enough).
+fn upstream_error(e: &UpstreamError) -> String {
+    let what = match e {
+        UpstreamError::TimedOut => "timed out",
+        UpstreamError::Failed(e) if e.is_connect() => "cannot connect",
+        UpstreamError::Failed(_) => "failed",
+        UpstreamError::Request(why) => {
+            return format!("the request to the VoIPBIN API could not be made: {why}");
+        }
     };
     format!("the request to the VoIPBIN API {what}")
 }

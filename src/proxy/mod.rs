@@ -13,6 +13,7 @@ pub mod rewrite;
 pub mod serve;
 #[cfg(test)]
 mod tests;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -41,7 +42,7 @@ pub struct Wiring {
 /// The running proxies, by listen address.
 pub struct Proxies {
     running: HashMap<Listen, Running>,
-    client: Option<reqwest::Client>,
+    client: Option<Arc<upstream::Upstream>>,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
     cancel: CancellationToken,
@@ -83,8 +84,8 @@ impl Proxies {
     ) -> Vec<String> {
         let mut errors = Vec::new();
         if (api_changed || self.client.is_none()) && !config.proxies.is_empty() {
-            match forward::client(&config.api) {
-                Ok(c) => self.client = Some(c),
+            match upstream::Upstream::new(&config.api) {
+                Ok(c) => self.client = Some(Arc::new(c)),
                 Err(e) => {
                     errors.push(e);
                     return errors;
@@ -141,7 +142,15 @@ impl Proxies {
             let base_url = base_url_of(config, &p.credential);
             let is_key = is_key(config, &p.credential);
             let served = Arc::new(AtomicU64::new(0));
+            let origin = match forward::origin_of(&base_url) {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(format!("proxy[{i}]: {e}"));
+                    continue;
+                }
+            };
             let route = Arc::new(Route {
+                origin,
                 credential: p.credential.clone(),
                 is_key,
                 base_url: base_url.clone(),
