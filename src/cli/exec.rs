@@ -81,7 +81,7 @@ pub(super) fn exec(args: ExecArgs) -> ExitCode {
         stop_timeout: args.stop_timeout,
         command,
     };
-    let rt = match runtime::start_for(config.proxies.len()) {
+    let rt = match runtime::start() {
         Ok(rt) => rt,
         Err(e) => return fatal(e),
     };

@@ -20,7 +20,7 @@ pub(super) fn run(path: &Path) -> ExitCode {
     if let Err(code) = refuse_unreadable_inputs(&config) {
         return code;
     }
-    let rt = match runtime::start_for(config.proxies.len()) {
+    let rt = match runtime::start() {
         Ok(rt) => rt,
         Err(e) => return fatal(e),
     };

@@ -50,7 +50,7 @@ pub struct Route {
     pub client: Arc<Upstream>,
     /// The secret a renewal was last asked for: one request per refused
     /// secret, however many requests saw it refused.
-    pub renewal_asked_for: Mutex<Option<Secret>>,
+    pub renewal_asked_for: Arc<Mutex<Option<Secret>>>,
     /// Requests answered (for `status`).
     pub served: Arc<AtomicU64>,
     pub metrics: Arc<Metrics>,

@@ -14,6 +14,7 @@ pub mod serve;
 #[cfg(test)]
 mod tests;
 pub mod upstream;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -42,7 +43,10 @@ pub struct Wiring {
 /// The running proxies, by listen address.
 pub struct Proxies {
     running: HashMap<Listen, Running>,
-    client: Option<Arc<upstream::Upstream>>,
+    /// The proxy's threads, started with the first proxy.
+    workers: Option<workers::Workers>,
+    /// Per worker: its own pool of connections to the API.
+    clients: Vec<Arc<upstream::Upstream>>,
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
     cancel: CancellationToken,
@@ -54,7 +58,8 @@ struct Running {
     /// An access key (a cookie) or a login token (a header) is added.
     is_key: bool,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    /// One accept loop per worker.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     served: Arc<AtomicU64>,
 }
 
@@ -63,7 +68,8 @@ impl Proxies {
     pub fn new(metrics: Arc<Metrics>, board: Arc<StatusBoard>, cancel: CancellationToken) -> Proxies {
         Proxies {
             running: HashMap::new(),
-            client: None,
+            workers: None,
+            clients: Vec::new(),
             metrics,
             board,
             cancel,
@@ -83,9 +89,25 @@ impl Proxies {
         wiring: impl Fn(&str) -> Option<Wiring>,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        if (api_changed || self.client.is_none()) && !config.proxies.is_empty() {
-            match upstream::Upstream::new(&config.api) {
-                Ok(c) => self.client = Some(Arc::new(c)),
+        if config.proxies.is_empty() && self.running.is_empty() {
+            return errors;
+        }
+        if self.workers.is_none() {
+            match workers::Workers::start() {
+                Ok(w) => self.workers = Some(w),
+                Err(e) => {
+                    errors.push(format!("cannot start the proxy's threads: {e}"));
+                    return errors;
+                }
+            }
+        }
+        let workers = self.workers.as_ref().map_or(0, |w| w.handles().len());
+        if api_changed || self.clients.len() != workers {
+            let built: Result<Vec<_>, String> = (0..workers)
+                .map(|_| upstream::Upstream::new(&config.api).map(Arc::new))
+                .collect();
+            match built {
+                Ok(c) => self.clients = c,
                 Err(e) => {
                     errors.push(e);
                     return errors;
@@ -119,8 +141,10 @@ impl Proxies {
         for listen in stale {
             if let Some(r) = self.running.remove(&listen) {
                 r.stop.cancel();
-                // The listener is closed when its accept loop ends.
-                let _ = r.task.await;
+                // The listener is closed when every accept loop has ended.
+                for task in r.tasks {
+                    let _ = task.await;
+                }
                 info!(listen = %listen, "proxy stopped accepting; its open connections finish");
             }
         }
@@ -132,7 +156,7 @@ impl Proxies {
                 errors.push(format!("proxy[{i}].credential: no credential {:?}", p.credential));
                 continue;
             };
-            let listener = match bind(p).await {
+            let listener = match bind(p) {
                 Ok(l) => l,
                 Err(e) => {
                     errors.push(format!("proxy[{i}].listen: cannot listen on {}: {e}", p.listen));
@@ -149,23 +173,43 @@ impl Proxies {
                     continue;
                 }
             };
-            let route = Arc::new(Route {
-                origin,
-                credential: p.credential.clone(),
-                is_key,
-                base_url: base_url.clone(),
-                secret: w.secret,
-                renew: w.renew,
-                client: self.client.clone().expect("built above"),
-                renewal_asked_for: Mutex::new(None),
-                served: served.clone(),
-                metrics: self.metrics.clone(),
-            });
             let stop = self.cancel.child_token();
-            let task = tokio::spawn(
-                serve::serve(listener, route, stop.clone())
-                    .instrument(info_span!("proxy", listen = %p.listen)),
-            );
+            let slots = Arc::new(tokio::sync::Semaphore::new(serve::MAX_CONNECTIONS));
+            let asked = Arc::new(Mutex::new(None));
+            let mut tasks = Vec::new();
+            let handles = self
+                .workers
+                .as_ref()
+                .map(|w| w.handles().to_vec())
+                .unwrap_or_default();
+            for (handle, client) in handles.iter().zip(&self.clients) {
+                let copy = match listener.try_clone() {
+                    Ok(l) => l,
+                    Err(e) => {
+                        errors.push(format!("proxy[{i}].listen: {}: {e}", p.listen));
+                        break;
+                    }
+                };
+                let route = Arc::new(Route {
+                    origin: origin.clone(),
+                    credential: p.credential.clone(),
+                    is_key,
+                    base_url: base_url.clone(),
+                    secret: w.secret.clone(),
+                    renew: w.renew.clone(),
+                    client: client.clone(),
+                    renewal_asked_for: asked.clone(),
+                    served: served.clone(),
+                    metrics: self.metrics.clone(),
+                });
+                tasks.push(
+                    handle.spawn(
+                        serve::serve(copy, route, slots.clone(), stop.clone())
+                            .instrument(info_span!("proxy", listen = %p.listen)),
+                    ),
+                );
+            }
+            drop(listener);
             info!(listen = %p.listen, credential = %p.credential, "proxy listening");
             self.running.insert(
                 p.listen.clone(),
@@ -174,7 +218,7 @@ impl Proxies {
                     base_url,
                     is_key,
                     stop,
-                    task,
+                    tasks,
                     served,
                 },
             );
@@ -222,9 +266,9 @@ fn is_key(config: &Config, credential: &str) -> bool {
         .any(|c| c.name == credential && c.key().is_some())
 }
 
-async fn bind(p: &ProxyConfig) -> std::io::Result<Listener> {
+fn bind(p: &ProxyConfig) -> std::io::Result<Listener> {
     match &p.listen {
-        Listen::Tcp(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+        Listen::Tcp(addr) => Listener::bind_tcp(*addr),
         Listen::Unix(path) => serve::bind_unix(
             path,
             p.mode.unwrap_or(crate::config::DEFAULT_SOCKET_MODE),

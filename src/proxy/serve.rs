@@ -24,10 +24,34 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// closed: an idle keep-alive connection, or a slow client.
 pub const IDLE: Duration = Duration::from_secs(60);
 
-/// A bound listener.
+/// A bound listener, not yet tied to a runtime: each worker takes a copy
+/// ([`Listener::try_clone`]) and accepts on it.
 pub enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds a loopback TCP address.
+    pub fn bind_tcp(addr: std::net::SocketAddr) -> std::io::Result<Listener> {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(Listener::Tcp(l))
+    }
+
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l, p) => Listener::Unix(l.try_clone()?, p.clone()),
+        })
+    }
+}
+
+/// The listener in the runtime that accepts on it.
+enum Accepting {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener),
 }
 
 /// Binds a unix socket at `path` with `mode` (and `gid`). A socket left by
@@ -44,7 +68,8 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Li
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid))?;
@@ -54,8 +79,25 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Li
 
 /// Serves `listener` until `cancel`; then stops accepting and lets the
 /// open connections finish (each bounded by [`IDLE`] between requests).
-pub async fn serve(listener: Listener, route: Arc<Route>, cancel: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// Runs in the runtime that accepts (a worker's). `slots` bound the
+/// connections of every worker on this listener together.
+pub async fn serve(
+    listener: Listener,
+    route: Arc<Route>,
+    slots: Arc<tokio::sync::Semaphore>,
+    cancel: CancellationToken,
+) {
+    let (listener, path) = match listener {
+        Listener::Tcp(l) => (TcpListener::from_std(l).map(Accepting::Tcp), None),
+        Listener::Unix(l, p) => (UnixListener::from_std(l).map(Accepting::Unix), Some(p)),
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "proxy worker cannot take its listener");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -91,7 +133,8 @@ pub async fn serve(listener: Listener, route: Arc<Route>, cancel: CancellationTo
             drop(slot);
         });
     }
-    if let Listener::Unix(_, path) = &listener {
+    drop(listener);
+    if let Some(path) = path {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -100,13 +143,13 @@ pub async fn serve(listener: Listener, route: Arc<Route>, cancel: CancellationTo
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-async fn accept(listener: &Listener) -> std::io::Result<Box<dyn Stream>> {
+async fn accept(listener: &Accepting) -> std::io::Result<Box<dyn Stream>> {
     Ok(match listener {
-        Listener::Tcp(l) => {
+        Accepting::Tcp(l) => {
             let (s, _) = l.accept().await?;
             let _ = s.set_nodelay(true);
             Box::new(s)
         }
-        Listener::Unix(l, _) => Box::new(l.accept().await?.0),
+        Accepting::Unix(l) => Box::new(l.accept().await?.0),
     })
 }

@@ -54,14 +54,16 @@ fn a_refused_key_is_renewed_once_and_the_request_replayed() {
             secret: rx,
             renew,
             client: Arc::new(super::upstream::Upstream::new(&cfg.api).unwrap()),
-            renewal_asked_for: Mutex::new(None),
+            renewal_asked_for: Arc::new(Mutex::new(None)),
             served: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
         });
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let tcp = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let Listener::Tcp(std) = &tcp else { unreachable!() };
+        let addr = std.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        tokio::spawn(serve::serve(Listener::Tcp(tcp), route, cancel.clone()));
+        let slots = Arc::new(tokio::sync::Semaphore::new(8));
+        tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
         let client = reqwest::Client::new();
         let mut answers = Vec::new();
         for _ in 0..3 {
@@ -152,14 +154,16 @@ fn a_websocket_upgrade_passes_through_with_the_daemons_token() {
             secret: rx,
             renew: Arc::new(|| {}),
             client: Arc::new(super::upstream::Upstream::new(&cfg.api).unwrap()),
-            renewal_asked_for: Mutex::new(None),
+            renewal_asked_for: Arc::new(Mutex::new(None)),
             served: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
         });
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let tcp = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let Listener::Tcp(std) = &tcp else { unreachable!() };
+        let addr = std.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        tokio::spawn(serve::serve(Listener::Tcp(tcp), route, cancel.clone()));
+        let slots = Arc::new(tokio::sync::Semaphore::new(8));
+        tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /v1.0/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer client\r\n\r\n")
             .await

@@ -27,6 +27,7 @@ fn a_request_reaches_the_api_with_the_daemons_token_and_never_the_clients() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     // The client's own (bad) credentials in every place the API reads one:
     // the API would answer 401 if any of them reached it.
     let (status, _, body) = get(
@@ -103,6 +104,7 @@ fn connect_and_absolute_form_targets_naming_another_host_are_refused() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     let before = s.requests().len();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     let (status, _, _) = exchange(
@@ -181,6 +183,7 @@ fn a_reload_keeps_an_unchanged_listener_and_its_keep_alive_connection() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let request = format!("GET /v1.0/accesskeys HTTP/1.1\r\nHost: {addr}\r\n\r\n");
@@ -226,14 +229,22 @@ fn status_shows_each_proxy_and_metrics_count_its_requests() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
+    let served = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("voipbin_tokend_proxy_requests_total{credential=\"main\",code=\"200\"} ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = served(&get(health, "/metrics", "").2);
     for _ in 0..3 {
         assert_eq!(get(addr, "/v1.0/accesskeys", "").0, 200);
     }
     let (_, _, metrics) = get(health, "/metrics", "");
-    assert!(
-        metrics.contains("voipbin_tokend_proxy_requests_total{credential=\"main\",code=\"200\"} 3"),
-        "{metrics}"
-    );
+    assert_eq!(served(&metrics), before + 3, "{metrics}");
     assert!(
         metrics.contains("voipbin_tokend_proxy_request_duration_seconds"),
         "{metrics}"
@@ -265,6 +276,7 @@ fn three_hundred_client_connections_are_served_at_once() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     // Each connection stays open (keep-alive) while the next is made.
     let mut open = Vec::new();
     for i in 0..300 {
@@ -358,6 +370,7 @@ fn nothing_of_a_request_reaches_the_log_even_at_trace_level() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = "BODYMARKER-7c1f";
@@ -406,6 +419,7 @@ fn an_oversized_request_head_is_refused_not_forwarded() {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     let before = s.requests().len();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

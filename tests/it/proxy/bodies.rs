@@ -31,6 +31,7 @@ fn token_proxy(s: &StandIn, t: &TestDir) -> (Daemon, SocketAddr) {
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    wait_ready(addr, &d);
     (d, addr)
 }
 

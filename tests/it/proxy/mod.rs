@@ -64,6 +64,15 @@ pub fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String)
     )
 }
 
+/// Waits until the proxy at `addr` has its credential's secret (no more
+/// 503): the outputs are written a moment before the secret reaches it.
+pub fn wait_ready(addr: SocketAddr, d: &Daemon) {
+    let ready = voipbin_tokend_testkit::poll(Duration::from_secs(15), Duration::from_millis(50), || {
+        get(addr, "/v1.0/echo", "").0 != 503
+    });
+    assert!(ready.is_some(), "the proxy never got its secret\n{}", d.log());
+}
+
 /// Waits until the proxy at `addr` accepts connections.
 pub fn wait_listening(addr: SocketAddr, d: &Daemon) {
     wait_for(

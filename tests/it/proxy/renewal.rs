@@ -23,6 +23,7 @@ fn a_key_deleted_on_the_admin_page_costs_one_new_key_and_concurrent_requests_are
     let d = daemon_with(&t, "info", &[]);
     wait_listening(addr, &d);
     let first = wait_env_key(&t, "mcp.env", &[], &d);
+    wait_ready(addr, &d);
     assert_eq!(get(addr, "/v1.0/accesskeys", "").0, 200);
     let created = posts(&s);
     // Deleted on the admin page: the proxy's next requests get 401.
