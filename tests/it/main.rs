@@ -7,6 +7,7 @@ mod support;
 mod check;
 mod commands;
 mod core;
+mod exec;
 mod failures;
 mod faults;
 mod health;
