@@ -19,13 +19,18 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::api::budget::Api;
 use crate::board::file::{self as status, StatusFile};
 use crate::board::{CredentialStatus, StatusBoard};
-use crate::config::{Config, ConfigError, CredentialConfig};
+use crate::config::{Config, ConfigError, CredentialConfig, Use};
 use crate::credential::Credential;
 use crate::credential::task::{self, Command};
+use crate::exec::plan::Plan;
+use crate::exec::{self, Supervisor, ToChild};
+use crate::export::{ExportSender, InUse};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
+use crate::process::{self, Exit};
 use crate::signals::{self, Event};
 use crate::state::{Locked, held_by_once, lock_state_dir, remove_state_temps, wait_for_once};
+use nix::sys::signal::Signal;
 
 /// How long shutdown waits for in-flight work (the interface promises exit within 5 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
@@ -62,6 +67,8 @@ struct Task {
 
 struct Daemon {
     config: Config,
+    /// `exec` mode: the child's supervisor and what credentials export.
+    exec: Option<ExecSide>,
     /// The config file's text when last loaded, to skip no-op file events.
     config_text: Option<String>,
     api: Arc<Api>,
@@ -73,12 +80,43 @@ struct Daemon {
     cancel: CancellationToken,
 }
 
+/// `exec` mode's side of the daemon: the supervisor's channel and the
+/// channels credentials publish their secrets on.
+struct ExecSide {
+    plan: Plan,
+    to_child: mpsc::UnboundedSender<ToChild>,
+    /// Per exported credential: where its secret goes.
+    exports: BTreeMap<String, Arc<ExportSender>>,
+    in_use: InUse,
+}
+
+/// How the daemon ended.
+pub struct Stopped {
+    pub board: Arc<StatusBoard>,
+    /// `exec` mode: how the child ended (`None`: it never started).
+    pub child: Option<Exit>,
+}
+
 /// Runs the daemon until SIGTERM/SIGINT or `shutdown` resolves: signals
 /// and the config watcher are installed here.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<StatusBoard>, DaemonError> {
+    Ok(run_as(config, shutdown, None).await?.board)
+}
+
+/// `exec`: the daemon plus the child of `plan`, until the child exits
+/// (or a stop signal, passed on to it, ends it).
+pub async fn run_exec(config: Config, plan: Plan) -> Result<Stopped, DaemonError> {
+    run_as(config, std::future::pending(), Some(plan)).await
+}
+
+async fn run_as(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    exec: Option<Plan>,
+) -> Result<Stopped, DaemonError> {
     crate::rlimit::raise_fd_limit();
     let lock = match lock_state_dir(&config.state_dir) {
         Err(Locked { .. }) if held_by_once(&config.state_dir) => wait_for_once(&config.state_dir, "")?,
@@ -88,7 +126,14 @@ pub async fn run(
         remove_state_temps(&config.state_dir);
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    signals::forward(tx.clone()).map_err(DaemonError::Signals)?;
+    let exec_signals = exec.as_ref().map(|p| signals::ExecSignals {
+        stop_timeout: p.stop_timeout,
+    });
+    signals::forward(tx.clone(), exec_signals).map_err(DaemonError::Signals)?;
+    if exec.is_some() {
+        // Descendants the child leaves behind are reparented here and reaped.
+        process::become_subreaper().map_err(DaemonError::Signals)?;
+    }
     let _watch = match crate::watch::watch(&config.path, tx.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -96,16 +141,18 @@ pub async fn run(
             None
         }
     };
-    run_with_events(config, rx, shutdown).await
+    run_with_events(config, rx, shutdown, exec).await
 }
 
-/// The daemon loop proper, fed by any event source (tests drive it
-/// directly); stops on [`Event::Shutdown`] or when `shutdown` resolves.
-pub async fn run_with_events(
+/// The daemon loop proper, fed by any event source; stops on
+/// [`Event::Shutdown`], when `shutdown` resolves, or (`exec`) when the
+/// child has exited.
+async fn run_with_events(
     config: Config,
     mut events: mpsc::UnboundedReceiver<Event>,
     shutdown: impl Future<Output = ()>,
-) -> Result<Arc<StatusBoard>, DaemonError> {
+    exec: Option<Plan>,
+) -> Result<Stopped, DaemonError> {
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -115,7 +162,11 @@ pub async fn run_with_events(
         let path = config.path.clone();
         blocking(&config.path, move || Config::read(&path)).await.ok()
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(if exec.is_some() {
+        Metrics::with_child()
+    } else {
+        Metrics::new()
+    });
     let board = Arc::new(StatusBoard::default());
     let cancel = CancellationToken::new();
     if let Some(health) = &config.health {
@@ -130,7 +181,15 @@ pub async fn run_with_events(
         crate::health::serve(listener, board.clone(), metrics.clone(), cancel.clone());
     }
     let api = Api::new(&config.api).map_err(DaemonError::Api)?;
+    let (exec, mut supervisor) = match exec {
+        Some(plan) => {
+            let (side, task) = start_supervisor(plan, &config, &board, &metrics);
+            (Some(side), Some(task))
+        }
+        None => (None, None),
+    };
     let mut daemon = Daemon {
+        exec,
         config_text,
         api,
         board,
@@ -159,9 +218,14 @@ pub async fn run_with_events(
     // The watchdog is fed from this loop, so a loop that hangs stops feeding it.
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     tokio::pin!(shutdown);
+    let mut child = None;
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
+            exit = async { supervisor.as_mut().expect("guarded").await }, if supervisor.is_some() => {
+                child = exit.ok().flatten();
+                break;
+            }
             event = events.recv() => event.unwrap_or(Event::Shutdown),
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                 daemon.notifier.notify("WATCHDOG=1");
@@ -175,7 +239,13 @@ pub async fn run_with_events(
                     let _ = task.commands.send(Command::RenewNow);
                 }
             }
+            Event::Shutdown if daemon.exec.is_some() => {
+                let stop = daemon.exec.as_ref().map(|e| e.plan.stop_signal);
+                daemon.to_child(ToChild::Stop(stop.unwrap_or(Signal::SIGTERM)));
+            }
             Event::Shutdown => break,
+            Event::StopChild(signal) => daemon.to_child(ToChild::Stop(signal)),
+            Event::ForwardToChild(signal) => daemon.to_child(ToChild::Forward(signal)),
         }
     }
 
@@ -189,7 +259,48 @@ pub async fn run_with_events(
         warn!("some work did not finish in time; exiting anyway");
     }
     info!("stopped");
-    Ok(daemon.board)
+    Ok(Stopped {
+        board: daemon.board,
+        child,
+    })
+}
+
+/// `exec`: a channel per exported credential, the keys-in-use channel,
+/// and the supervisor's task (it ends with the child's exit).
+fn start_supervisor(
+    plan: Plan,
+    config: &Config,
+    board: &Arc<StatusBoard>,
+    metrics: &Arc<Metrics>,
+) -> (ExecSide, tokio::task::JoinHandle<Option<Exit>>) {
+    let exports: BTreeMap<String, Arc<ExportSender>> = plan
+        .exports
+        .iter()
+        .map(|e| (e.credential.clone(), Arc::new(ExportSender::new(None))))
+        .collect();
+    let receivers = plan
+        .exports
+        .iter()
+        .map(|e| exports[&e.credential].subscribe())
+        .collect();
+    let (in_use_tx, in_use_rx) = tokio::sync::watch::channel(Default::default());
+    let (to_child, commands) = mpsc::unbounded_channel();
+    let supervisor = Supervisor {
+        plan: plan.clone(),
+        exports: receivers,
+        in_use: in_use_tx,
+        board: board.clone(),
+        metrics: metrics.clone(),
+        hidden: exec::plan::password_variables(config),
+    };
+    let task = tokio::spawn(exec::supervise(supervisor, commands).instrument(info_span!("child")));
+    let side = ExecSide {
+        plan,
+        to_child,
+        exports,
+        in_use: InUse::new(in_use_rx),
+    };
+    (side, task)
 }
 
 impl Daemon {
@@ -212,6 +323,10 @@ impl Daemon {
         let (api, board, metrics) = (self.api.clone(), self.board.clone(), self.metrics.clone());
         let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
+        let exported = self.exec.as_ref().map(|e| {
+            let export = e.exports.get(&name).cloned().unwrap_or_default();
+            (export, e.in_use.clone())
+        });
         self.board.register(&name);
         let done = self.tracker.spawn(
             async move {
@@ -232,6 +347,9 @@ impl Daemon {
                     }
                 }
                 let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
+                if let Some((export, in_use)) = exported {
+                    cred = cred.exported(export, in_use);
+                }
                 cred.adopt_from_disk(crate::now()).await;
                 task::run(cred, rx, task_cancel).await;
             }
@@ -245,6 +363,13 @@ impl Daemon {
                 done,
             },
         );
+    }
+
+    /// `exec`: passes a request to the supervisor.
+    fn to_child(&self, command: ToChild) {
+        if let Some(exec) = &self.exec {
+            let _ = exec.to_child.send(command);
+        }
     }
 
     /// Loads the config again and reconciles. `forced` (SIGHUP) reloads
@@ -271,8 +396,13 @@ impl Daemon {
         let validate_path = path.clone();
         // Validation looks at the filesystem (output paths, ca-file): blocking pool.
         let before = self.config.clone();
+        let use_ = if self.exec.is_some() {
+            Use::Exec
+        } else {
+            Use::Daemon
+        };
         let validated = blocking(&path, move || {
-            text.and_then(|t| Config::from_file_text(&t, &validate_path).map(|c| (c, t)))
+            text.and_then(|t| Config::from_file_text_for(&t, &validate_path, use_).map(|c| (c, t)))
                 .map(|(c, t)| {
                     let renames = renames(&before, &c);
                     (c, t, renames)
@@ -286,6 +416,13 @@ impl Daemon {
                 return false;
             }
         };
+        if let Some(exec) = &self.exec {
+            if let Err(e) = exec::plan::check_reload(&exec.plan.exports, &self.config, &new) {
+                error!(config = %path.display(), error = %e, "config reload failed; keeping the last good config");
+                return false;
+            }
+            self.to_child(ToChild::Hide(exec::plan::password_variables(&new)));
+        }
         let api_changed = new.api != self.config.api;
         if api_changed {
             let (api_config, handle) = (new.api.clone(), tokio::runtime::Handle::current());
@@ -447,6 +584,7 @@ async fn report_status(
             written_at: now,
             config: config.path.clone(),
             credentials: all,
+            child: board.child(),
         };
         let state_dir = config.state_dir.clone();
         match tokio::task::spawn_blocking(move || status::write(&state_dir, &file)).await {

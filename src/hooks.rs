@@ -234,40 +234,30 @@ async fn run_command(
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let mut command = tokio::process::Command::new(program);
+    let mut command = std::process::Command::new(program);
     command
         .args(args)
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    crate::rlimit::restore_for_child(&mut command);
-    let spawned = command.spawn();
-    let mut child = match spawned {
+        .stderr(Stdio::piped());
+    let mut child = match crate::process::spawn(&mut command, crate::process::Options::default()) {
         Ok(c) => c,
         Err(e) => {
             error!(command = %program, error = %e, "on-change command could not start");
             return false;
         }
     };
-    let stdout = child
-        .stdout
-        .take()
+    let stdout = pipe(child.child.stdout.take())
         .map(|s| tokio::spawn(log_lines(s, "stdout", scrubber.clone()).in_current_span()));
-    let stderr = child
-        .stderr
-        .take()
+    let stderr = pipe(child.child.stderr.take())
         .map(|s| tokio::spawn(log_lines(s, "stderr", scrubber.clone()).in_current_span()));
     let status = match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
-        Ok(Ok(status)) => Some(status),
-        Ok(Err(e)) => {
-            error!(command = %program, error = %e, "on-change command: wait failed");
-            None
-        }
+        Ok(status) => Some(status),
         Err(_) => {
-            let _ = child.kill().await;
+            child.signal(Signal::SIGKILL);
+            let _ = child.wait().await;
             error!(command = %program, timeout = ?HOOK_TIMEOUT, "on-change command timed out; killed");
             None
         }
@@ -286,6 +276,11 @@ async fn run_command(
         }
         None => false,
     }
+}
+
+/// A child's pipe as a stream the runtime can read.
+fn pipe(end: Option<impl Into<std::os::fd::OwnedFd>>) -> Option<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(end?.into()).ok()
 }
 
 /// Logs each line, scrubbed first and only then cut to 1000 characters

@@ -35,6 +35,11 @@ pub struct HookLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric the daemon keeps.
@@ -49,6 +54,9 @@ pub struct Metrics {
     hooks: Family<HookLabel, Counter>,
     keys_deleted: Family<ResultLabel, Counter>,
     deletions_overdue: Family<CredentialLabel, Gauge>,
+    /// `exec` mode only (see [`Metrics::with_child`]).
+    child_restarts: Family<ReasonLabel, Counter>,
+    child_up: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,7 +151,33 @@ impl Metrics {
             hooks,
             keys_deleted,
             deletions_overdue,
+            child_restarts: Family::default(),
+            child_up: Gauge::default(),
         }
+    }
+
+    /// [`Metrics::new`] plus the `exec` child's series.
+    pub fn with_child() -> Metrics {
+        let mut m = Metrics::new();
+        m.registry.register(
+            "child_restarts",
+            "Restarts of the exec child, by reason (rotation: an exported secret changed)",
+            m.child_restarts.clone(),
+        );
+        m.registry
+            .register("child_up", "1 while the exec child runs", m.child_up.clone());
+        let _ = m
+            .child_restarts
+            .get_or_create(&ReasonLabel { reason: "rotation" });
+        m
+    }
+
+    pub fn child_restart(&self, reason: &'static str) {
+        self.child_restarts.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn child_up(&self, up: bool) {
+        self.child_up.set(i64::from(up));
     }
 
     /// Creates a credential's counters at 0, so `rate()` and absence

@@ -1,7 +1,7 @@
 //! The open-file limit: raised for the daemon, given back to hooks.
 //!
-//! This module holds the crate's one `unsafe` block (a `pre_exec` closure
-//! that only calls `setrlimit`); everything else is `#![deny(unsafe_code)]`.
+//! Children get the starting limit back in [`crate::process`] (whose
+//! `pre_exec` closure is the crate's one `unsafe` block).
 
 use tracing::{debug, warn};
 
@@ -30,27 +30,9 @@ pub(crate) fn raise_fd_limit() {
 /// The open-file limits a hook should run with: those the daemon started
 /// with (programs that use `select()` break above 1,024), or None if they
 /// were never changed.
-fn fd_limit_for_children() -> Option<(u64, u64)> {
+pub(crate) fn fd_limit_for_children() -> Option<(u64, u64)> {
     STARTING_FD_LIMIT
         .get()
         .copied()
         .filter(|(soft, hard)| soft < hard)
-}
-
-/// Makes `command` start with the open-file limits the daemon started with
-/// ([`fd_limit_for_children`]); does nothing if they were never changed.
-pub(crate) fn restore_for_child(command: &mut tokio::process::Command) {
-    if let Some((soft, hard)) = fd_limit_for_children() {
-        // SAFETY: between fork and exec only setrlimit runs, a plain
-        // system call that is async-signal-safe; nothing allocates or locks.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(move || {
-                // A hook with the daemon's higher limit still runs.
-                let _ =
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard);
-                Ok(())
-            });
-        }
-    }
 }

@@ -21,6 +21,9 @@ pub struct StatusFile {
     pub written_at: OffsetDateTime,
     pub config: PathBuf,
     pub credentials: Vec<CredentialStatus>,
+    /// `exec` mode: the child (absent before it first started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<super::ChildStatus>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

@@ -82,7 +82,20 @@ impl CredentialStatus {
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     inner: Mutex<std::collections::BTreeMap<String, CredentialStatus>>,
+    /// `exec` mode: the child, once started.
+    child: Mutex<Option<ChildStatus>>,
     changed: tokio::sync::Notify,
+}
+
+/// What `status` shows of the `exec` child. Its arguments are not shown
+/// (they may be private), only the command's name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChildStatus {
+    pub pid: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    pub restarts: u64,
+    pub command: String,
 }
 
 impl StatusBoard {
@@ -116,6 +129,15 @@ impl StatusBoard {
             .values()
             .cloned()
             .collect()
+    }
+
+    pub fn set_child(&self, child: Option<ChildStatus>) {
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = child;
+        self.changed.notify_waiters();
+    }
+
+    pub fn child(&self) -> Option<ChildStatus> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Resolves on the next change after this call (not after its first

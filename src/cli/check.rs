@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use crate::config::Kind;
 
-use super::load::{EXIT_CONFIG, load, refuse_unreadable_inputs};
+use super::load::{EXIT_CONFIG, load_for, refuse_unreadable_inputs};
 
 pub(super) fn check(path: &Path) -> ExitCode {
-    let config = match load(path) {
+    // A credential without outputs is valid for `exec` only: said below.
+    let config = match load_for(path, crate::config::Use::Exec) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -85,6 +86,11 @@ pub(super) fn check(path: &Path) -> ExitCode {
             humantime::format_duration(r.retry_min),
             humantime::format_duration(r.retry_max)
         );
+        if cred.outputs.is_empty() {
+            println!(
+                "  no output: its secret only reaches an `exec` child's environment (`run` refuses this credential)"
+            );
+        }
         for out in &cred.outputs {
             let mut line = format!(
                 "  -> {} ({}, mode {:04o}",

@@ -4,14 +4,20 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{Config, ConfigError, Kind};
+use crate::config::{Config, ConfigError, Kind, Use};
 
 /// Exit code for an invalid config (EX_CONFIG from sysexits.h); systemd
 /// units use it with RestartPreventExitStatus=.
 pub(crate) const EXIT_CONFIG: u8 = 78;
 
 pub(super) fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+    load_for(path, Use::Daemon)
+}
+
+/// [`load`] for `exec`, or for a command that reads any config
+/// (`check`, `status`: a credential with no output is `exec`'s).
+pub(super) fn load_for(path: &Path, use_: Use) -> Result<Config, ExitCode> {
+    Config::load_for(path, use_).map_err(|e| {
         report_config_error(&e);
         ExitCode::from(EXIT_CONFIG)
     })

@@ -4,6 +4,7 @@
 mod beside;
 mod check;
 mod demo;
+mod exec;
 mod inspect;
 mod load;
 mod run;
@@ -28,6 +29,7 @@ const EXAMPLES: &str = "Examples:
   voipbin-tokend demo                          see it work against a local stand-in API
   voipbin-tokend check -c /etc/voipbin-tokend/config.toml
   voipbin-tokend run                           the daemon (systemd, sidecar)
+  voipbin-tokend exec -- voipbin-mcp           the daemon plus a program that reads its key from the environment
   voipbin-tokend once                          one pass for cron or ExecStartPre
   voipbin-tokend inspect /run/voipbin/main.token
 
@@ -62,6 +64,9 @@ pub enum Command {
         and ignored. SIGUSR1 renews every credential now."
     )]
     Run(ConfigArg),
+    /// Run COMMAND as a child with the secrets in its environment; restart it when they change.
+    #[command(after_help = exec::AFTER_HELP)]
+    Exec(exec::ExecArgs),
     /// Make every output hold a token that is not due for renewal, then exit (0 all fresh, 1 any failed).
     #[command(
         after_help = "Example (cron, ExecStartPre=, an init container):\n  voipbin-tokend once -c /etc/voipbin-tokend/config.toml\n\n\
@@ -126,10 +131,11 @@ pub fn main() -> ExitCode {
     logging::init(cli.log_format);
     match cli.command {
         Command::Run(c) => run::run(&c.config),
+        Command::Exec(args) => exec::exec(args),
         Command::Once { config, force } => run::once(&config.config, force),
         Command::Check(c) => check::check(&c.config),
         Command::Inspect { json, file } => inspect::inspect(&file, json),
-        Command::Status { config, json } => match load::load(&config.config) {
+        Command::Status { config, json } => match load::load_for(&config.config, crate::config::Use::Exec) {
             Ok(c) => status::command(&c.state_dir, json),
             Err(code) => code,
         },

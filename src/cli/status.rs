@@ -44,7 +44,10 @@ fn print_key(k: &crate::board::KeyStatus, now: OffsetDateTime) {
     for p in &k.pending_deletions {
         let when = match p.delete_after {
             Some(t) => format!("deleted {}", ago_or_in(t, now)),
-            None => "deleted once its successor is in every output (plus the grace)".into(),
+            None => {
+                "deleted once its successor is in every output and no running child holds it (plus the grace)"
+                    .into()
+            }
         };
         println!("  replaced key {} ({}...): {when}", p.id, p.prefix);
     }
@@ -103,7 +106,7 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
                 v
             })
             .collect();
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "daemon_running": running,
             "pid": status.pid,
             "written_at": rfc3339(status.written_at),
@@ -111,6 +114,9 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
             "healthy": running && all_fresh,
             "credentials": creds,
         });
+        if let Some(child) = &status.child {
+            v["child"] = serde_json::to_value(child).unwrap_or_default();
+        }
         println!("{v:#}");
     } else {
         if running {
@@ -125,6 +131,15 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
                 "daemon: NOT RUNNING (pid {} is gone or now another process); figures below are from {}",
                 status.pid,
                 rfc3339(status.written_at)
+            );
+        }
+        if let Some(child) = &status.child {
+            println!(
+                "child: pid {} ({}), started {}, restarted {} time(s)",
+                child.pid,
+                child.command,
+                ago_or_in(child.started_at, now),
+                child.restarts
             );
         }
         println!(

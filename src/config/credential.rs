@@ -272,19 +272,14 @@ impl Validator<'_> {
         })
     }
 
-    /// At least one output; `{id}` in a template only for an access key.
+    /// The outputs; `{id}` in a template only for an access key. (None at
+    /// all is refused by [`crate::config::Config::parse`] except for `exec`.)
     fn outputs(
         &self,
         key: KeyOf<'_>,
         is_key: bool,
         raw: Vec<RawOutput>,
     ) -> Result<Vec<OutputConfig>, ConfigError> {
-        if raw.is_empty() {
-            return Err(self.err(
-                &key("output"),
-                "no [[credential.output]]; a credential needs at least one file to write".into(),
-            ));
-        }
         let default_variable = if is_key {
             "VOIPBIN_API_KEY"
         } else {

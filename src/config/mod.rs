@@ -43,7 +43,12 @@ use raw::RawConfig;
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::from_file_text(&Config::read(path)?, path)
+        Config::load_for(path, Use::Daemon)
+    }
+
+    /// [`Config::load`] for `exec` or the others.
+    pub fn load_for(path: &Path, use_: Use) -> Result<Config, ConfigError> {
+        Config::from_file_text_for(&Config::read(path)?, path, use_)
     }
 
     /// The config file's text.
@@ -66,7 +71,12 @@ impl Config {
     /// Validates text just read from the file at `path`, with the warnings
     /// that depend on the file itself (its permissions).
     pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config = Config::parse(text, path)?;
+        Config::from_file_text_for(text, path, Use::Daemon)
+    }
+
+    /// [`Config::from_file_text`] for `exec` or the others.
+    pub fn from_file_text_for(text: &str, path: &Path, use_: Use) -> Result<Config, ConfigError> {
+        let mut config = Config::parse_for(text, path, use_)?;
         if let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o002 != 0
         {
@@ -83,9 +93,35 @@ impl Config {
     /// Validates config text as if it were read from `path` (which is used
     /// in messages and to resolve relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
-        validate::validate(raw, path)
+        Config::parse_for(text, path, Use::Daemon)
     }
+
+    /// [`Config::parse`] for `exec` or the others.
+    pub fn parse_for(text: &str, path: &Path, use_: Use) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        let config = validate::validate(raw, path)?;
+        if use_ == Use::Daemon
+            && let Some(c) = config.credentials.iter().find(|c| c.outputs.is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("credential[{}].output", c.name),
+                message: "no [[credential.output]]; a credential needs at least one file to write \
+                          (only `exec` runs one without: its secret then lives in the child's environment)"
+                    .into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// What a config is loaded for: a credential with no output is only
+/// useful to `exec`, whose child gets the secret in its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// `run`, `once`, `check`, `status`, `demo`.
+    Daemon,
+    Exec,
 }
 
 /// A TOML error without the offending line's text, which could hold an

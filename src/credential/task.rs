@@ -35,6 +35,8 @@ pub async fn run(
     // progress nor moves its time forward would otherwise spin (no
     // watchdog, no health answers); past the limit, a pause.
     let mut in_a_row = 0u32;
+    // `exec` mode: a key a child let go may start its deletion grace.
+    let mut in_use = cred.in_use.clone();
     loop {
         let now = crate::now();
         let (step, mut at) = cred.next_step(now);
@@ -102,6 +104,7 @@ pub async fn run(
                 Some(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
                 None => break,
             },
+            _ = in_use.changed() => cred.children_changed().await,
             _ = tokio::time::sleep(schedule::sleep_for(now, at)) => {}
         }
     }

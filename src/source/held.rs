@@ -66,6 +66,8 @@ pub struct Ctx<'a> {
     pub api: &'a Api,
     pub metrics: &'a Metrics,
     pub state_dir: &'a std::path::Path,
+    /// `exec` mode: the keys running children hold.
+    pub in_use: &'a crate::export::InUse,
 }
 
 /// A uniform sample in [-1, 1] for renewal jitter.

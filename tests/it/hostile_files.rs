@@ -274,7 +274,7 @@ fn hard_stop_child() {
     let rt = voipbin_tokend::cli::runtime::runtime().unwrap();
     rt.block_on(async {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        voipbin_tokend::signals::forward(tx).unwrap();
+        voipbin_tokend::signals::forward(tx, None).unwrap();
         println!("HANDLERS-READY");
         // The runtime thread is stuck, as in a hung filesystem call: no
         // task (signal stream, shutdown) can run on it.

@@ -29,14 +29,20 @@ pub fn nonce_in(detail: &str) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// Starts the grace of every pending deletion that has none yet: called
-/// once every output holds the current key. True if anything changed
-/// (the caller saves the state).
-pub fn start_grace(state: &mut KeyState, grace: Duration, now: OffsetDateTime) -> bool {
+/// Starts the grace of every pending deletion that has none yet and that
+/// no running child holds (`in_use`, `exec` mode): called once every
+/// output holds the current key, and when a child lets a key go. True if
+/// anything changed (the caller saves the state).
+pub fn start_grace(
+    state: &mut KeyState,
+    grace: Duration,
+    now: OffsetDateTime,
+    in_use: impl Fn(&str) -> bool,
+) -> bool {
     let at = crate::schedule::after(now, grace);
     let mut changed = false;
     for p in &mut state.pending_deletions {
-        if p.delete_after.is_none() {
+        if p.delete_after.is_none() && !in_use(&p.id) {
             p.delete_after = Some(at);
             changed = true;
         }
@@ -44,12 +50,17 @@ pub fn start_grace(state: &mut KeyState, grace: Duration, now: OffsetDateTime) -
     changed
 }
 
-/// The pending deletions whose grace is over.
-pub fn due_deletions(state: &KeyState, now: OffsetDateTime) -> Vec<PendingDeletion> {
+/// The pending deletions whose grace is over, but never one a running
+/// child holds (`in_use`).
+pub fn due_deletions(
+    state: &KeyState,
+    now: OffsetDateTime,
+    in_use: impl Fn(&str) -> bool,
+) -> Vec<PendingDeletion> {
     state
         .pending_deletions
         .iter()
-        .filter(|p| p.delete_after.is_some_and(|at| at <= now))
+        .filter(|p| p.delete_after.is_some_and(|at| at <= now) && !in_use(&p.id))
         .cloned()
         .collect()
 }
@@ -351,7 +362,7 @@ impl KeySource {
     /// Every output holds the current key: the grace of replaced keys starts.
     pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) {
         let Some(state) = self.state.as_mut() else { return };
-        if start_grace(state, self.cfg.grace, now) {
+        if start_grace(state, self.cfg.grace, now, |id| ctx.in_use.holds(id)) {
             if let Err(e) = self.save(ctx).await {
                 warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
             }
@@ -560,7 +571,9 @@ impl KeySource {
         auth: KeyAuth<'_>,
         now: OffsetDateTime,
     ) -> Result<Housekept, FailureKind> {
-        let due = due_deletions(self.state.as_ref().expect("loaded"), now);
+        let due = due_deletions(self.state.as_ref().expect("loaded"), now, |id| {
+            ctx.in_use.holds(id)
+        });
         for p in due {
             let checked = match self.state.as_ref() {
                 Some(state) => delete_checked(client, auth, state, &p).await,

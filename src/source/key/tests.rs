@@ -90,9 +90,9 @@ async fn bootstrap_then_rotate_persists_before_returning_and_queues_the_old_key(
 
     // Grace, then the deletion falls due and is done.
     let now = crate::now();
-    assert!(start_grace(&mut state, Duration::from_secs(60), now));
-    assert!(due_deletions(&state, now).is_empty());
-    let due = due_deletions(&state, now + time::Duration::minutes(2));
+    assert!(start_grace(&mut state, Duration::from_secs(60), now, |_| false));
+    assert!(due_deletions(&state, now, |_| false).is_empty());
+    let due = due_deletions(&state, now + time::Duration::minutes(2), |_| false);
     assert_eq!(due.len(), 1);
     let current = state.current.as_ref().unwrap().key.clone();
     assert!(due[0].bootstrap, "the replaced key was the bootstrap key");
@@ -480,4 +480,41 @@ async fn a_creation_answer_with_an_id_that_is_no_uuid_is_not_believed() {
         .script_key_creations([Fault::KeyAnswerId("not-a-uuid".into())]);
     let e = rotate_once(&f, &mut state).await.unwrap_err();
     assert!(matches!(e, RotateError::NotBelieved(_)), "{e}");
+}
+
+#[test]
+fn a_key_a_running_child_holds_starts_no_grace_and_is_never_due() {
+    let mut state = KeyState::new("mcp");
+    state.current = Some(current("c"));
+    for id in ["held", "free"] {
+        state.pending_deletions.push(PendingDeletion {
+            id: id.into(),
+            prefix: "vb_pppppppp".into(),
+            delete_after: None,
+            bootstrap: false,
+        });
+    }
+    let now = crate::now();
+    let in_use = |id: &str| id == "held";
+    assert!(start_grace(&mut state, Duration::from_secs(60), now, in_use));
+    let graced: Vec<&str> = state
+        .pending_deletions
+        .iter()
+        .filter(|p| p.delete_after.is_some())
+        .map(|p| p.id.as_str())
+        .collect();
+    assert_eq!(graced, ["free"]);
+    // Even with a time (set before the child took it), a held key is not due.
+    for p in &mut state.pending_deletions {
+        p.delete_after = Some(now);
+    }
+    let due: Vec<String> = due_deletions(&state, now, in_use)
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(due, ["free"]);
+    // Let go: its grace starts now.
+    state.pending_deletions[0].delete_after = None;
+    assert!(start_grace(&mut state, Duration::from_secs(60), now, |_| false));
+    assert!(state.pending_deletions.iter().all(|p| p.delete_after.is_some()));
 }
