@@ -113,3 +113,16 @@ fn a_stubborn_child_is_killed_after_the_stop_timeout_and_the_daemon_exits_137() 
     assert!(took < Duration::from_secs(8), "took {took:?}\n{}", e.context(&d));
     assert_log_clean(&d, &s);
 }
+
+#[test]
+fn a_child_whose_daemon_is_killed_gets_sigterm() {
+    let s = standin(LONG);
+    let e = setup(&s, STANDARD);
+    let mut d = e.daemon(&[]);
+    let pid = e.wait_starts(1, &d)[0];
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(WAIT);
+    // PR_SET_PDEATHSIG: the orphan is told, and goes.
+    e.wait_record(&format!("stop {pid}"), &d);
+    wait_for(WAIT, "the child gone", || !alive(pid), || e.context(&d));
+}

@@ -100,3 +100,34 @@ fn a_reload_that_removes_the_exported_credential_is_refused_and_the_child_runs_o
     assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(0), "{}", e.context(&d));
     assert_log_clean(&d, &s);
 }
+
+#[test]
+fn a_reload_that_changes_the_kind_of_the_exported_credential_is_refused() {
+    let s = standin(LONG);
+    let e = ExecDir::new();
+    let base = s.base_url();
+    bootstrap(&s, &e.t, 365);
+    e.t.write_config(&base, &token_cred("main", "", &output("main.token", "raw")));
+    e.child(STANDARD);
+    let mut d = e.daemon(&[]);
+    let pid = e.wait_starts(1, &d)[0];
+
+    // Same name, now an access key: VOIPBIN_TOKEN would become VOIPBIN_API_KEY.
+    replace_config(
+        &e,
+        &config_text(
+            &base,
+            "[[credential]]\nname = \"main\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
+             lifetime = \"1d\"\ngrace = \"1s\"\n\n",
+        ),
+    );
+    d.wait_log("config reload failed", 1, WAIT);
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("config reload failed")).unwrap();
+    assert!(line.contains("main"), "the refusal names the credential: {line}");
+    assert_untouched(&e, pid, &d, "a refused change of kind");
+    assert_eq!(s.key_requests(), 0, "the refused key credential made no key call");
+
+    assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(0), "{}", e.context(&d));
+    assert_log_clean(&d, &s);
+}

@@ -150,3 +150,47 @@ fn two_exported_values_changing_together_cost_one_restart() {
     assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(0), "{}", e.context(&d));
     assert_log_clean(&d, &s);
 }
+
+/// A child that ignores SIGTERM (logs it) and, at start, logs `overlap`
+/// if the child before it still exists (even as a zombie).
+const STUBBORN: &str = r#"
+if [ -f "$D/previous" ] && kill -0 "$(cat "$D/previous")" 2>/dev/null; then
+  echo "overlap $$ $(cat "$D/previous")" >> "$D/child.log"
+fi
+echo $$ > "$D/previous"
+trap 'echo "ignored $$ TERM" >> "$D/child.log"' TERM
+echo "start $$" >> "$D/child.log"
+while :; do sleep 0.2; done
+"#;
+
+#[test]
+fn a_stubborn_child_is_killed_after_the_stop_timeout_before_the_new_one_starts() {
+    let s = standin(LONG);
+    let e = ExecDir::new();
+    e.t.write_config(
+        &s.base_url(),
+        &token_cred("main", "", &output("main.token", "raw")),
+    );
+    e.child(STUBBORN);
+    let mut d = e.daemon(&["--stop-timeout", "1s"]);
+    let first = e.wait_starts(1, &d)[0];
+    d.signal(Signal::SIGUSR1);
+    let second = e.wait_starts(2, &d)[1];
+    assert!(
+        e.has(&format!("ignored {first} TERM")),
+        "the stop signal came first:\n{}",
+        e.context(&d)
+    );
+    assert!(!alive(first), "the stubborn child was killed");
+    assert!(
+        !e.records().contains("overlap"),
+        "the new child started while the old one existed:\n{}",
+        e.context(&d)
+    );
+    assert_eq!(e.starts(), vec![first, second]);
+
+    // At the end too: killed after the timeout, 137.
+    assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(137), "{}", e.context(&d));
+    assert!(!alive(second));
+    assert_log_clean(&d, &s);
+}
