@@ -126,3 +126,22 @@ fn a_child_whose_daemon_is_killed_gets_sigterm() {
     e.wait_record(&format!("stop {pid}"), &d);
     wait_for(WAIT, "the child gone", || !alive(pid), || e.context(&d));
 }
+
+#[test]
+fn the_childs_stderr_is_the_daemons() {
+    let s = standin(LONG);
+    let e = ExecDir::new();
+    e.t.write_config(
+        &s.base_url(),
+        &token_cred("main", "", &output("main.token", "raw")),
+    );
+    e.script_with_stdio(
+        "child.sh",
+        "echo \"a line from child $$ on stderr\" >&2\nexit 0\n",
+    );
+    let mut d = e.daemon(&[]);
+    let (status, _) = d.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(d.log().contains("a line from child "), "{}", d.log());
+    assert_log_clean(&d, &s);
+}

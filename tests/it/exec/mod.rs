@@ -74,13 +74,22 @@ impl ExecDir {
     }
 
     /// Writes `child.sh` (0755): `D` set to the dir, the environment dumped
-    /// to `env.PID` (written whole, then renamed), then `body`.
+    /// to `env.PID` (written whole, then renamed), stdout and stderr to
+    /// /dev/null, then `body`.
     pub fn child(&self, body: &str) -> String {
         self.script("child.sh", body)
     }
 
-    /// Writes the script `name` (0755) as [`child`](Self::child) does.
+    /// Writes the script `name` (0755) as [`child`](Self::child) does. Its
+    /// stdout and stderr go to /dev/null: a child that outlives its daemon
+    /// (a bug) must not hold the daemon's stderr pipe open, or
+    /// `Daemon::wait_exit` would wait for the child too.
     pub fn script(&self, name: &str, body: &str) -> String {
+        self.script_with_stdio(name, &format!("exec > /dev/null 2>&1\n{body}"))
+    }
+
+    /// Writes the script `name` (0755) keeping the stdio it inherits.
+    pub fn script_with_stdio(&self, name: &str, body: &str) -> String {
         let dir = self.t.dir.path().display();
         let text =
             format!("#!/bin/sh\nD='{dir}'\nenv > \"$D/.env.$$\"\nmv \"$D/.env.$$\" \"$D/env.$$\"\n{body}");
