@@ -2,9 +2,20 @@
 //! child runs and `/readyz` is 503; a SIGTERM meanwhile ends the daemon
 //! with 0 and starts nothing.
 
+use std::os::unix::net::UnixDatagram;
+
 use voipbin_tokend_standin::Fault;
 
 use super::*;
+
+/// Every datagram waiting on `sock` (non-blocking), as text.
+fn drain(sock: &UnixDatagram, into: &mut String) {
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = sock.recv(&mut buf) {
+        into.push_str(&String::from_utf8_lossy(&buf[..n]));
+        into.push('\n');
+    }
+}
 
 #[test]
 fn the_child_starts_once_and_only_after_the_first_token() {
@@ -17,7 +28,13 @@ fn the_child_starts_once_and_only_after_the_first_token() {
         &format!("{health}{}", token_cred("main", "", &output("main.token", "raw"))),
     );
     e.child(STANDARD);
-    let mut d = e.daemon(&[]);
+    let notify = e.path("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut notes = String::new();
+    let mut cmd = e.command(&[], &[&e.path("child.sh").display().to_string()]);
+    cmd.env("NOTIFY_SOCKET", &notify);
+    let mut d = Daemon::spawn(cmd);
 
     // Failing logins: retried, no child, not ready.
     wait_for(
@@ -39,6 +56,11 @@ fn the_child_starts_once_and_only_after_the_first_token() {
         "a child ran before the first token:\n{}",
         e.context(&d)
     );
+    drain(&sock, &mut notes);
+    assert!(
+        !notes.lines().any(|l| l == "READY=1"),
+        "READY=1 before the first token: {notes}"
+    );
 
     // Logins work again: the child starts, once, with the token on disk.
     s.set_default(None);
@@ -47,6 +69,15 @@ fn the_child_starts_once_and_only_after_the_first_token() {
         WAIT,
         "/readyz 200",
         || http_status(port, "/readyz") == 200,
+        || e.context(&d),
+    );
+    wait_for(
+        WAIT,
+        "READY=1",
+        || {
+            drain(&sock, &mut notes);
+            notes.lines().any(|l| l == "READY=1")
+        },
         || e.context(&d),
     );
     let token = token_in(&t_read(&e, "main.token")).unwrap();
@@ -92,4 +123,24 @@ fn sigterm_before_the_first_secret_exits_0_and_starts_no_child() {
 fn t_read(e: &ExecDir, name: &str) -> String {
     e.t.read(name)
         .unwrap_or_else(|| panic!("{name} is written before the child starts"))
+}
+
+#[test]
+fn a_command_without_a_slash_is_found_on_path_and_its_arguments_pass_verbatim() {
+    let s = standin(LONG);
+    let e = ExecDir::new();
+    e.t.write_config(
+        &s.base_url(),
+        &token_cred("main", "", &output("main.token", "raw")),
+    );
+    let script = e.child(
+        "printf '%s|%s|%s\\n' \"$#\" \"$1\" \"$2\" > \"$D/args\"\n\
+         echo \"start $$\" >> \"$D/child.log\"\nexit 0\n",
+    );
+    // `sh` from PATH, no shell between: no word splitting, no expansion.
+    let mut d = Daemon::spawn(e.command(&[], &["sh", &script, "two words", "$HOME *"]));
+    let (status, _) = d.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "{}", e.context(&d));
+    assert_eq!(e.t.read("args").as_deref(), Some("2|two words|$HOME *\n"));
+    assert_log_clean(&d, &s);
 }
