@@ -148,6 +148,7 @@ deb_install_and_use() {
     /usr/share/doc/voipbin-tokend/docs/configuration.md \
     /usr/share/doc/voipbin-tokend/docs/access-keys.md \
     /usr/share/doc/voipbin-tokend/docs/deployment.md \
+    /usr/share/doc/voipbin-tokend/docs/exec.md \
     /usr/share/doc/voipbin-tokend/docs/operations.md \
     /usr/share/doc/voipbin-tokend/docs/performance.md \
     /usr/share/doc/voipbin-tokend/examples/config.toml \

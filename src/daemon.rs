@@ -219,14 +219,20 @@ async fn run_with_events(
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     tokio::pin!(shutdown);
     let mut child = None;
+    let mut events_open = true;
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
             exit = async { supervisor.as_mut().expect("guarded").await }, if supervisor.is_some() => {
-                child = exit.ok().flatten();
+                // A supervisor that failed (a bug) is a failure: EX_SOFTWARE.
+                child = exit.unwrap_or(Some(Exit::Code(70)));
                 break;
             }
-            event = events.recv() => event.unwrap_or(Event::Shutdown),
+            event = events.recv(), if events_open => event.unwrap_or_else(|| {
+                // No more events: stop (with a child, once it has stopped).
+                events_open = false;
+                Event::Shutdown
+            }),
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                 daemon.notifier.notify("WATCHDOG=1");
                 continue;

@@ -62,12 +62,32 @@ pub fn watchdog_interval() -> Option<Duration> {
         return None;
     }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    (usec > 0).then(|| half_of(usec))
 }
+
+/// Half the watchdog period, but no less than [`MIN_WATCHDOG_FEED`]: a
+/// period of a microsecond would make a zero interval (a panic in the
+/// timer) or a busy loop.
+fn half_of(usec: u64) -> Duration {
+    Duration::from_micros(usec / 2).max(MIN_WATCHDOG_FEED)
+}
+
+/// The least time between two `WATCHDOG=1`.
+const MIN_WATCHDOG_FEED: Duration = Duration::from_millis(50);
 
 /// `CLOCK_MONOTONIC` in microseconds, for `RELOADING=1`'s `MONOTONIC_USEC=`.
 pub fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tiny_watchdog_period_is_fed_every_50_ms_not_in_a_loop() {
+        use std::time::Duration;
+        assert_eq!(super::half_of(1), Duration::from_millis(50));
+        assert_eq!(super::half_of(10_000_000), Duration::from_secs(5));
+    }
 }

@@ -14,19 +14,20 @@
 //!
 //! `FOOTPRINT=full` (or the argument `--full`) runs longer windows (idle
 //! 5 min, renewals 1 min) and more repetitions; the default quick mode takes
-//! about two minutes. The quick idle window is a whole minute, not less: the
+//! about two and a half minutes. The quick idle window is a whole minute, not less: the
 //! daemon re-checks its wall-clock deadlines once a minute, so a shorter
 //! window extrapolated to a minute either misses that wake-up or multiplies it.
 //!
-//! `FOOTPRINT_ONLY=idle,start,reload,many,renewal,size` runs some sections
-//! only; `FOOTPRINT_BIN=PATH` measures another build of the binary (no
+//! `FOOTPRINT_ONLY=idle,start,reload,many,renewal,exec,size` runs some
+//! sections only; `FOOTPRINT_BIN=PATH` measures another build of the binary (no
 //! `cargo build` then). The daemon inherits the environment, so for example
 //! `SSL_CERT_FILE` reaches it.
 //!
 //! Here: the knobs, the run and the binary's build. `scenarios` holds the
-//! sections, `measure` reads the daemon from outside, `fixtures` sets up
+//! sections (`exec` the exec-mode one), `measure` reads the daemon from outside, `fixtures` sets up
 //! the stand-in and the config, `report` prints the table.
 
+mod exec;
 mod fixtures;
 mod measure;
 mod report;
@@ -60,7 +61,8 @@ struct Mode {
     big_runs: usize,
     /// Idle CPU window.
     idle: Duration,
-    /// Window of fast renewals for CPU per renewal.
+    /// Window of fast renewals for CPU per renewal, and of rotations for
+    /// the exec section.
     renew: Duration,
 }
 
@@ -123,6 +125,9 @@ fn run() -> Res<()> {
     }
     if wanted("renewal") {
         rows.extend(renewal(&mode, &bin)?);
+    }
+    if wanted("exec") {
+        rows.extend(exec::exec(&mode, &bin)?);
     }
     if wanted("size") {
         let size = fs::metadata(&bin)?.len() as f64 / MIB;

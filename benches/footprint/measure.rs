@@ -3,6 +3,7 @@
 //! appearance, and the server's own login answer time.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -26,11 +27,23 @@ pub(crate) struct Bench {
 }
 
 impl Bench {
+    /// `voipbin-tokend run -c config.toml` in `dir`.
     pub(crate) fn spawn(bin: &Path, dir: &BenchDir) -> Res<Bench> {
+        Bench::spawn_command(bin, dir, "run", &[])
+    }
+
+    /// `voipbin-tokend exec -c config.toml ARGS...` in `dir` (ARGS: the
+    /// options, `--`, the child and its arguments).
+    pub(crate) fn spawn_exec(bin: &Path, dir: &BenchDir, args: &[&OsStr]) -> Res<Bench> {
+        Bench::spawn_command(bin, dir, "exec", args)
+    }
+
+    fn spawn_command(bin: &Path, dir: &BenchDir, command: &str, args: &[&OsStr]) -> Res<Bench> {
         let mut cmd = Command::new(bin);
-        cmd.arg("run")
+        cmd.arg(command)
             .arg("-c")
             .arg(dir.path("config.toml"))
+            .args(args)
             .current_dir(dir.dir.path())
             .env("RUST_LOG", "info")
             .env_remove("VOIPBIN_TOKEND_CONFIG")
@@ -43,6 +56,11 @@ impl Bench {
         let daemon = Daemon::spawn(cmd);
         let pid = Pid::from_raw(daemon.pid());
         Ok(Bench { daemon, pid, started })
+    }
+
+    /// The daemon's log so far (stderr).
+    pub(crate) fn log(&self) -> String {
+        self.daemon.log()
     }
 
     pub(crate) fn proc(&self, name: &str) -> PathBuf {

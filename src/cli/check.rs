@@ -31,8 +31,8 @@ pub(super) fn check(path: &Path) -> ExitCode {
     if let Err(code) = refuse_unreadable_inputs(&config) {
         return code;
     }
-    println!("{}: valid", config.path.display());
-    println!(
+    say!("{}: valid", config.path.display());
+    say!(
         "api: POST {login_url}, timeout {}, {}",
         humantime::format_duration(api.timeout),
         match api.max_logins_per_second {
@@ -41,13 +41,13 @@ pub(super) fn check(path: &Path) -> ExitCode {
         }
     );
     if let Some(ca) = &api.ca_file {
-        println!("     extra trust anchor {}", ca.display());
+        say!("     extra trust anchor {}", ca.display());
     }
     for cred in &config.credentials {
         let r = &cred.renewal;
         match (&cred.kind, &cred.login) {
             (Kind::LoginToken, _) => {
-                println!("credential {} (login token of {}):", cred.name, cred.username())
+                say!("credential {} (login token of {}):", cred.name, cred.username())
             }
             (Kind::AccessKey(k), login) => {
                 let auth = match (&k.bootstrap_key_file, login) {
@@ -55,8 +55,8 @@ pub(super) fn check(path: &Path) -> ExitCode {
                     (None, Some(l)) => format!("managed with the agent login of {}", l.username),
                     (None, None) => "no way to authenticate".to_string(),
                 };
-                println!("credential {} (access key, {auth}):", cred.name);
-                println!(
+                say!("credential {} (access key, {auth}):", cred.name);
+                say!(
                     "  each new key lives {}; {}; state in {}",
                     humantime::format_duration(k.lifetime),
                     if k.delete_replaced {
@@ -76,9 +76,9 @@ pub(super) fn check(path: &Path) -> ExitCode {
                 Ok(_) => "readable now".to_string(),
                 Err(e) => format!("NOT READABLE NOW: {e}"),
             };
-            println!("  password from {} ({readable})", login.password);
+            say!("  password from {} ({readable})", login.password);
         }
-        println!(
+        say!(
             "  renew at {:.0}% +/- {:.0}% of the {}'s lifetime; retry after {} doubling up to {}",
             r.renew_at * 100.0,
             r.jitter * 100.0,
@@ -87,7 +87,7 @@ pub(super) fn check(path: &Path) -> ExitCode {
             humantime::format_duration(r.retry_max)
         );
         if cred.outputs.is_empty() {
-            println!(
+            say!(
                 "  no output: its secret only reaches an `exec` child's environment (`run` refuses this credential)"
             );
         }
@@ -116,11 +116,11 @@ pub(super) fn check(path: &Path) -> ExitCode {
                     parent.display()
                 ));
             }
-            println!("{line}");
+            say!("{line}");
         }
     }
     for w in &config.warnings {
-        println!("warning: {w}");
+        say!("warning: {w}");
     }
     ExitCode::SUCCESS
 }

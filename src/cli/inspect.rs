@@ -65,19 +65,19 @@ fn inspect_key(file: &Path, text: &str, json: bool) -> ExitCode {
             "remaining_seconds": remaining,
             "expired": remaining <= 0,
         });
-        println!("{value}");
+        say!("{value}");
     } else {
-        println!("file:       {}", file.display());
-        println!("access key: {prefix}...");
+        say!("file:       {}", file.display());
+        say!("access key: {prefix}...");
         if let Some(id) = from_json("id") {
-            println!("key id:     {id}");
+            say!("key id:     {id}");
         }
-        println!("expires at: {}", token::rfc3339(expires_at));
+        say!("expires at: {}", token::rfc3339(expires_at));
         let d = std::time::Duration::from_secs(remaining.unsigned_abs());
         if remaining > 0 {
-            println!("remaining:  {}", humantime::format_duration(d));
+            say!("remaining:  {}", humantime::format_duration(d));
         } else {
-            println!("remaining:  none, EXPIRED {} ago", humantime::format_duration(d));
+            say!("remaining:  none, EXPIRED {} ago", humantime::format_duration(d));
         }
     }
     ExitCode::SUCCESS
@@ -128,9 +128,9 @@ pub(super) fn inspect(file: &Path, json: bool) -> ExitCode {
             "remaining_seconds": remaining,
             "expired": remaining.map(|r| r <= 0),
         });
-        println!("{value}");
+        say!("{value}");
     } else {
-        println!("file:       {}", file.display());
+        say!("file:       {}", file.display());
         match (expires_at, remaining) {
             (Some(e), Some(r)) => {
                 let how = if claims.expires_at.is_some() {
@@ -138,23 +138,23 @@ pub(super) fn inspect(file: &Path, json: bool) -> ExitCode {
                 } else {
                     " (no expiry claim: 7 days from the file's time)"
                 };
-                println!("expires at: {}{how}", token::rfc3339(e));
+                say!("expires at: {}{how}", token::rfc3339(e));
                 if r > 0 {
-                    println!(
+                    say!(
                         "remaining:  {}",
                         humantime::format_duration(std::time::Duration::from_secs(r as u64))
                     );
                 } else {
-                    println!(
+                    say!(
                         "remaining:  none, EXPIRED {} ago",
                         humantime::format_duration(std::time::Duration::from_secs((-r) as u64))
                     );
                 }
             }
-            _ => println!("expires at: unknown (no expiry claim; VoIPBIN tokens live 7 days from login)"),
+            _ => say!("expires at: unknown (no expiry claim; VoIPBIN tokens live 7 days from login)"),
         }
         if let Some(iat) = claims.issued_at {
-            println!("issued at:  {}", token::rfc3339(iat));
+            say!("issued at:  {}", token::rfc3339(iat));
         }
     }
     ExitCode::SUCCESS

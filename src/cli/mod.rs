@@ -1,6 +1,20 @@
 //! The command line: clap definitions and dispatch; each command lives in
 //! the module named after it (`run` and `once` in `run`).
 
+/// `println!` for a command's output: a closed pipe (`status | head -1`)
+/// ends the command quietly with 141, as SIGPIPE would, not with a panic.
+macro_rules! say {
+    () => {
+        say!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 mod beside;
 mod check;
 mod demo;

@@ -38,8 +38,8 @@ fn ago_or_in(t: OffsetDateTime, now: OffsetDateTime) -> String {
 /// The lines under an access-key credential: its key and what waits for deletion.
 fn print_key(k: &crate::board::KeyStatus, now: OffsetDateTime) {
     match (&k.key_id, &k.key_prefix) {
-        (Some(id), Some(prefix)) => println!("  key {id} ({prefix}...)"),
-        _ => println!("  no key yet"),
+        (Some(id), Some(prefix)) => say!("  key {id} ({prefix}...)"),
+        _ => say!("  no key yet"),
     }
     for p in &k.pending_deletions {
         let when = match p.delete_after {
@@ -49,10 +49,10 @@ fn print_key(k: &crate::board::KeyStatus, now: OffsetDateTime) {
                     .into()
             }
         };
-        println!("  replaced key {} ({}...): {when}", p.id, p.prefix);
+        say!("  replaced key {} ({}...): {when}", p.id, p.prefix);
     }
     if k.left_to_expire > 0 {
-        println!(
+        say!(
             "  {} replaced key(s) left to expire on their own",
             k.left_to_expire
         );
@@ -62,7 +62,7 @@ fn print_key(k: &crate::board::KeyStatus, now: OffsetDateTime) {
             Some(e) => format!("{} failed attempt(s), last: {e}", o.failures),
             None => "not attempted yet".into(),
         };
-        println!(
+        say!(
             "  WARNING: the deletion of replaced key {} ({}...) is overdue by {} ({why})",
             o.id,
             o.prefix,
@@ -117,24 +117,24 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
         if let Some(child) = &status.child {
             v["child"] = serde_json::to_value(child).unwrap_or_default();
         }
-        println!("{v:#}");
+        say!("{v:#}");
     } else {
         if running {
-            println!(
+            say!(
                 "daemon: running (pid {}), config {}, status as of {}",
                 status.pid,
                 status.config.display(),
                 ago_or_in(status.written_at, now)
             );
         } else {
-            println!(
+            say!(
                 "daemon: NOT RUNNING (pid {} is gone or now another process); figures below are from {}",
                 status.pid,
                 rfc3339(status.written_at)
             );
         }
         if let Some(child) = &status.child {
-            println!(
+            say!(
                 "child: pid {} ({}), started {}, restarted {} time(s)",
                 child.pid,
                 child.command,
@@ -142,9 +142,13 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
                 child.restarts
             );
         }
-        println!(
+        say!(
             "{:<20} {:<10} {:<36} {:<14} {:<16} LAST ERROR",
-            "CREDENTIAL", "STATE", "EXPIRES", "LAST RENEWAL", "NEXT RENEWAL"
+            "CREDENTIAL",
+            "STATE",
+            "EXPIRES",
+            "LAST RENEWAL",
+            "NEXT RENEWAL"
         );
         for c in &status.credentials {
             let relative =
@@ -157,7 +161,7 @@ pub(super) fn command(state_dir: &Path, json: bool) -> ExitCode {
                 (Some(e), n) => format!("{e} ({n} failures)"),
                 (None, _) => "-".into(),
             };
-            println!(
+            say!(
                 "{:<20} {:<10} {:<36} {:<14} {:<16} {}",
                 c.name,
                 c.state(now),
