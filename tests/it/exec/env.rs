@@ -21,7 +21,7 @@ fn the_child_gets_the_token_and_the_key_with_their_expiry_and_not_the_password_o
         &s.base_url(),
         &format!("{main}{}", key_cred("", &output("mcp.env", "env"))),
     );
-    e.child(STANDARD);
+    e.child(&format!("pwd -P > \"$D/cwd.$$\"\n{STANDARD}"));
     let notify = t.path("notify.sock");
     let _sock = UnixDatagram::bind(&notify).unwrap();
     let mut cmd = e.command(&[], &[&e.path("child.sh").display().to_string()]);
@@ -29,7 +29,9 @@ fn the_child_gets_the_token_and_the_key_with_their_expiry_and_not_the_password_o
         .env("EXEC_TEST_KEEP", "kept-for-the-child")
         .env("NOTIFY_SOCKET", &notify)
         .env("WATCHDOG_USEC", "60000000")
-        .env("WATCHDOG_PID", "1");
+        .env("WATCHDOG_PID", "1")
+        .env("VOIPBIN_TOKEN", "inherited-stale-value")
+        .env("VOIPBIN_API_KEY_EXPIRES_AT", "inherited-stale-value");
     let mut d = Daemon::spawn(cmd);
 
     let key = wait_env_key(t, "mcp.env", &[&boot], &d);
@@ -84,6 +86,16 @@ fn the_child_gets_the_token_and_the_key_with_their_expiry_and_not_the_password_o
         "the daemon's own variables reach the child: {names:?}"
     );
     assert!(env.contains_key("PATH"), "{names:?}");
+    // The exported variables replace inherited ones of the same name (the
+    // comparisons above hold the real values), and the working directory
+    // is the daemon's.
+    assert!(!env.values().any(|v| v == "inherited-stale-value"), "{names:?}");
+    let cwd = t.read(&format!("cwd.{pid}")).unwrap_or_default();
+    assert_eq!(
+        cwd.trim(),
+        t.dir.path().canonicalize().unwrap().to_str().unwrap(),
+        "the child runs in the daemon's working directory"
+    );
 
     assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(0), "{}", e.context(&d));
     assert_log_clean(&d, &s);
@@ -99,11 +111,24 @@ fn env_flags_export_one_credential_under_two_names_and_nothing_else() {
         &format!(
             "{}{}",
             token_cred("main", "", &output("main.env", "env")),
-            token_cred("second", "", &output("second.env", "env"))
+            cred(
+                "second",
+                USER,
+                "unused",
+                &format!("{FAST_RETRY}password-env = \"EXEC_SECOND_PW\""),
+                &output("second.env", "env")
+            )
+            .replace("password-file = \"unused\"\n", "")
         ),
     );
     e.child(STANDARD);
-    let mut d = e.daemon(&["--env", "APP_TOKEN=main", "--env", "VN_ACCESS_KEY=main"]);
+    // "second" is not exported; its password variable is removed all the same.
+    let mut cmd = e.command(
+        &["--env", "APP_TOKEN=main", "--env", "VN_ACCESS_KEY=main"],
+        &[&e.path("child.sh").display().to_string()],
+    );
+    cmd.env("EXEC_SECOND_PW", PASSWORD);
+    let mut d = Daemon::spawn(cmd);
 
     let pid = e.wait_starts(1, &d)[0];
     let env = e.env_of(pid);
@@ -130,6 +155,10 @@ fn env_flags_export_one_credential_under_two_names_and_nothing_else() {
     ] {
         assert!(!env.contains_key(not), "{not} exported beside --env: {names:?}");
     }
+    assert!(
+        !env.contains_key("EXEC_SECOND_PW"),
+        "the password variable of a credential not exported reached the child: {names:?}"
+    );
     // Nothing else holds a token: not main's under a third name, not second's.
     let holding: Vec<&String> = env
         .iter()

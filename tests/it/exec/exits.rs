@@ -145,3 +145,42 @@ fn the_childs_stderr_is_the_daemons() {
     assert!(d.log().contains("a line from child "), "{}", d.log());
     assert_log_clean(&d, &s);
 }
+
+#[test]
+fn a_child_killed_by_the_forwarded_sigterm_makes_the_daemon_exit_143() {
+    let s = standin(LONG);
+    let e = setup(
+        &s,
+        "echo \"start $$\" >> \"$D/child.log\"\nwhile :; do sleep 0.2; done\n",
+    );
+    let mut d = e.daemon(&[]);
+    let pid = e.wait_starts(1, &d)[0];
+    assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(143), "{}", e.context(&d));
+    assert!(!alive(pid));
+    assert_log_clean(&d, &s);
+}
+
+#[test]
+fn a_second_sigint_is_passed_on_too_and_the_daemon_waits_for_the_child() {
+    let s = standin(LONG);
+    // Stops only at the second SIGINT (a program's "press Ctrl-C again").
+    let e = setup(
+        &s,
+        "n=0\ntrap 'n=$((n+1)); echo \"int $$ $n\" >> \"$D/child.log\"; \
+         if [ $n -ge 2 ]; then echo \"stop $$\" >> \"$D/child.log\"; exit 0; fi' INT\n\
+         echo \"start $$\" >> \"$D/child.log\"\nwhile :; do sleep 0.2; done\n",
+    );
+    let mut d = e.daemon(&[]);
+    let pid = e.wait_starts(1, &d)[0];
+    d.signal(Signal::SIGINT);
+    e.wait_record(&format!("int {pid} 1"), &d);
+    assert!(
+        alive(d.pid()),
+        "the daemon waits for the child after the first SIGINT"
+    );
+    d.signal(Signal::SIGINT);
+    let (status, _) = d.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "{}", e.context(&d));
+    assert!(e.has(&format!("stop {pid}")), "{}", e.context(&d));
+    assert_log_clean(&d, &s);
+}

@@ -63,8 +63,8 @@ fn status_and_metrics_show_the_child_and_its_restarts() {
         &s.base_url(),
         &format!("{health}{}", token_cred("main", "", &output("main.token", "raw"))),
     );
-    e.child(STANDARD);
-    let mut d = e.daemon(&[]);
+    let script = e.child(STANDARD);
+    let mut d = Daemon::spawn(e.command(&[], &[&script, "--an-argument-kept-private"]));
     let pid = e.wait_starts(1, &d)[0];
 
     let child = wait_child(&e, pid, 0, &d);
@@ -85,6 +85,13 @@ fn status_and_metrics_show_the_child_and_its_restarts() {
             .any(|l| l.trim_start().starts_with(&format!("child: pid {pid}"))),
         "status shows the child:\n{text}"
     );
+    let json = String::from_utf8_lossy(&status(&e, true).stdout).into_owned();
+    for shown in [&text, &json, &e.t.read("state/status.json").unwrap_or_default()] {
+        assert!(
+            !shown.contains("an-argument-kept-private"),
+            "the command's arguments are not shown: {shown}"
+        );
+    }
     let scrape = RefCell::new(String::new());
     wait_for(
         WAIT,
