@@ -194,3 +194,28 @@ fn a_stubborn_child_is_killed_after_the_stop_timeout_before_the_new_one_starts()
     assert!(!alive(second));
     assert_log_clean(&d, &s);
 }
+
+#[test]
+fn sigterm_during_a_restart_starts_no_new_child_and_exits_with_the_old_ones_status() {
+    let s = standin(LONG);
+    let e = ExecDir::new();
+    e.t.write_config(
+        &s.base_url(),
+        &token_cred("main", "", &output("main.token", "raw")),
+    );
+    e.child(SLOW_STOP);
+    let mut d = e.daemon(&["--stop-timeout", "30s"]);
+    let first = e.wait_starts(1, &d)[0];
+    d.signal(Signal::SIGUSR1);
+    // The restart began: the child takes 4 s to stop. Now stop the daemon.
+    e.wait_record(&format!("stopping {first}"), &d);
+    assert_eq!(stop_with(&mut d, Signal::SIGTERM), Some(0), "{}", e.context(&d));
+    assert!(e.has(&format!("stop {first}")), "{}", e.context(&d));
+    assert_eq!(
+        e.starts(),
+        vec![first],
+        "no child after the stop:\n{}",
+        e.context(&d)
+    );
+    assert_log_clean(&d, &s);
+}
