@@ -8,6 +8,7 @@ mod base_url;
 mod check;
 mod commands;
 mod core;
+mod exec;
 mod failures;
 mod faults;
 mod health;
