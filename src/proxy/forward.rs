@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::watch;
@@ -17,6 +17,7 @@ use tracing::debug;
 use url::Url;
 
 use super::rewrite::{self, Credential, Refused};
+pub use super::upstream::{BoxError, ProxyBody};
 use super::upstream::{Upstream, UpstreamError};
 use crate::export::Exported;
 use crate::metrics::Metrics;
@@ -27,12 +28,6 @@ pub const REPLAY_LIMIT: usize = 1024 * 1024;
 
 /// How long a request that saw a 401 waits for the renewal it asked for.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
-
-/// What the proxy answers with (and sends upstream).
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
-/// A body's error, whatever its source.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where one proxy sends its requests, and with what.
 pub struct Route {

@@ -18,8 +18,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::forward::{BoxError, ProxyBody};
 use crate::config::ApiConfig;
+
+/// What the proxy answers with, and sends upstream.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A body's error, whatever its source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connections kept open to the API, per host.
 const IDLE_PER_HOST: usize = 64;
