@@ -82,6 +82,7 @@ use tracing::debug;
 mod answer;
 mod body;
 mod echo;
+mod hs256;
 mod faults;
 mod keys;
 mod model;
