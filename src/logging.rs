@@ -5,7 +5,8 @@
 //! says: at their debug and trace levels they may print headers, and the
 //! login answer's `Set-Cookie` header holds the token.
 
-use tracing_subscriber::EnvFilter;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -13,34 +14,71 @@ pub enum LogFormat {
     Json,
 }
 
-const CAPPED: [&str; 6] = [
-    "hyper=info",
-    "hyper_util=info",
-    "reqwest=info",
-    "rustls=info",
-    "h2=info",
-    "notify=info",
-];
+/// Libraries never logged above `info`.
+const CAPPED: [&str; 7] = ["hyper", "hyper_util", "hyper_rustls", "reqwest", "rustls", "h2", "notify"];
 
-pub fn init(format: LogFormat) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for directive in CAPPED {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
+/// `RUST_LOG` as `target=level` directives and a bare default level
+/// (`info`, `voipbin_tokend=debug,warn`); unreadable: `info`. The
+/// libraries in [`CAPPED`] are held at `info` or quieter whatever it says.
+/// (tracing-subscriber's `Targets`: the same syntax as `EnvFilter` without
+/// its span-field filters, and without the regex engine they need.)
+pub fn filter(rust_log: Option<&str>) -> Targets {
+    let asked: Targets = rust_log
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let mut filter = Targets::new().with_default(asked.default_level().unwrap_or(LevelFilter::INFO));
+    for (target, level) in asked.iter() {
+        if !CAPPED.iter().any(|c| target == *c || target.starts_with(&format!("{c}::"))) {
+            filter = filter.with_target(target, level);
         }
     }
+    for target in CAPPED {
+        let level = asked.iter().find(|(t, _)| t == &target).map_or(LevelFilter::INFO, |(_, l)| l);
+        filter = filter.with_target(target, level.min(LevelFilter::INFO));
+    }
+    filter
+}
+
+pub fn init(format: LogFormat) {
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(filter)
             .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .finish()
+            .with(filter)
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn rust_log_is_read_and_the_http_libraries_stay_at_info() {
+        let f = super::filter(Some("trace"));
+        assert!(f.would_enable("voipbin_tokend", &tracing::Level::TRACE));
+        assert!(!f.would_enable("hyper::proto", &tracing::Level::DEBUG));
+        assert!(f.would_enable("hyper::proto", &tracing::Level::INFO));
+        let f = super::filter(Some("voipbin_tokend=debug,warn,hyper=trace,reqwest=error"));
+        assert!(f.would_enable("voipbin_tokend::daemon", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("other", &tracing::Level::INFO));
+        assert!(!f.would_enable("hyper", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("reqwest", &tracing::Level::WARN));
+        let f = super::filter(Some("not a filter ==="));
+        assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        assert_eq!(super::filter(None).default_level(), Some(LevelFilter::INFO));
+    }
 }
