@@ -26,7 +26,11 @@ pub fn filter(rust_log: Option<&str>) -> Targets {
     let asked: Targets = rust_log
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let mut filter = Targets::new().with_default(asked.default_level().unwrap_or(LevelFilter::INFO));
+    // As EnvFilter: without a bare level, targets not named are off.
+    let mut filter = match asked.default_level() {
+        Some(level) => Targets::new().with_default(level),
+        None => Targets::new(),
+    };
     for (target, level) in asked.iter() {
         if !CAPPED.iter().any(|c| target == *c || target.starts_with(&format!("{c}::"))) {
             filter = filter.with_target(target, level);
@@ -77,6 +81,9 @@ mod tests {
         assert!(!f.would_enable("other", &tracing::Level::INFO));
         assert!(!f.would_enable("hyper", &tracing::Level::DEBUG));
         assert!(!f.would_enable("reqwest", &tracing::Level::WARN));
+        let f = super::filter(Some("voipbin_tokend=debug"));
+        assert!(f.would_enable("voipbin_tokend::credential", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("tokio", &tracing::Level::ERROR));
         let f = super::filter(Some("not a filter ==="));
         assert_eq!(f.default_level(), Some(LevelFilter::INFO));
         assert_eq!(super::filter(None).default_level(), Some(LevelFilter::INFO));
