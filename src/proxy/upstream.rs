@@ -7,6 +7,8 @@
 //! each wait for a piece of its body, never a whole streamed transfer.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -60,13 +62,12 @@ impl Upstream {
         } else if added == 0 {
             tracing::debug!("no system root certificates found; only http:// on loopback can work");
         }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS settings: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS settings: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(10))));
@@ -89,10 +90,33 @@ impl Upstream {
 
     /// Sends `request`; the answer's body is bounded per wait too.
     pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-        let answer = tokio::time::timeout(self.timeout, self.client.request(request))
-            .await
-            .map_err(|_| UpstreamError::TimedOut)?
-            .map_err(UpstreamError::Failed)?;
+        // The wait for the answer's head is bounded from the last piece of
+        // the request body the API took: an upload of any length that keeps
+        // moving is never cut, one the API stops taking is.
+        let progress = Arc::new(AtomicU64::new(0));
+        let started = tokio::time::Instant::now();
+        let request = request.map(|body| {
+            http_body_util::BodyExt::boxed(Progress {
+                inner: body,
+                started,
+                last: progress.clone(),
+            })
+        });
+        let answer = self.client.request(request);
+        tokio::pin!(answer);
+        let mut deadline = started + self.timeout;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut answer => break answer.map_err(UpstreamError::Failed)?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let last = started + Duration::from_millis(progress.load(Ordering::Relaxed));
+                    if last + self.timeout <= tokio::time::Instant::now() {
+                        return Err(UpstreamError::TimedOut);
+                    }
+                    deadline = last + self.timeout;
+                }
+            }
+        };
         let timeout = self.timeout;
         Ok(answer.map(|body| {
             http_body_util::BodyExt::boxed(Timed {
@@ -126,6 +150,39 @@ fn rustls_native_certs() -> Vec<rustls::pki_types::CertificateDer<'static>> {
         );
     }
     found.certs
+}
+
+/// A request body that records (milliseconds after `started`) when the
+/// client to the API last asked it for more, i.e. last took a piece.
+struct Progress {
+    inner: ProxyBody,
+    started: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Body for Progress {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Asked for more: the API took what came before (a wait on the
+        // client's own upload counts as progress: not the API's fault).
+        let ms = self.started.elapsed().as_millis();
+        self.last
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A body whose every wait for a frame is bounded by `timeout`. The timer

@@ -285,3 +285,47 @@ fn a_key_clients_request_shape_with_the_key_in_the_url_reaches_the_api_without_i
     assert!(!cookie[0].contains("placeholder"));
     assert_no_keys(&d.log(), &s);
 }
+
+#[test]
+fn an_upload_longer_than_the_timeout_is_not_cut_while_it_moves() {
+    // [api] timeout = 1s bounds each wait for the API, not a transfer.
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    std::fs::write(
+        t.config_path(),
+        config_api(
+            &s.base_url(),
+            "1s",
+            0,
+            &format!(
+                "{}{}",
+                cred("main", USER, "password", "", &output("main.token", "raw")),
+                proxy(&addr.to_string(), "main", "")
+            ),
+        ),
+    )
+    .unwrap();
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_ready(addr, &d);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(
+        format!("POST /v1.0/echo HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    // 2.5 MiB over 4 s: past the 1 MiB kept for a replay it streams to
+    // the API for 2.4 s, well past the 1 s timeout.
+    let piece = vec![3u8; 64 * 1024];
+    for _ in 0..40 {
+        c.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+        c.write_all(&piece).unwrap();
+        c.write_all(b"\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.write_all(b"0\r\n\r\n").unwrap();
+    let (status, _, answer) = exchange(&mut c, "");
+    assert_eq!(status, 200, "{answer}\n{}", d.log());
+    assert_eq!(echo_of(&answer)["body_length"], 40 * 64 * 1024);
+}
