@@ -15,7 +15,15 @@ pub enum LogFormat {
 }
 
 /// Libraries never logged above `info`.
-const CAPPED: [&str; 7] = ["hyper", "hyper_util", "hyper_rustls", "reqwest", "rustls", "h2", "notify"];
+const CAPPED: [&str; 7] = [
+    "hyper",
+    "hyper_util",
+    "hyper_rustls",
+    "reqwest",
+    "rustls",
+    "h2",
+    "notify",
+];
 
 /// `RUST_LOG` as `target=level` directives and a bare default level
 /// (`info`, `voipbin_tokend=debug,warn`); unreadable: `info`. The
@@ -32,12 +40,18 @@ pub fn filter(rust_log: Option<&str>) -> Targets {
         None => Targets::new(),
     };
     for (target, level) in asked.iter() {
-        if !CAPPED.iter().any(|c| target == *c || target.starts_with(&format!("{c}::"))) {
+        if !CAPPED
+            .iter()
+            .any(|c| target == *c || target.starts_with(&format!("{c}::")))
+        {
             filter = filter.with_target(target, level);
         }
     }
     for target in CAPPED {
-        let level = asked.iter().find(|(t, _)| t == &target).map_or(LevelFilter::INFO, |(_, l)| l);
+        let level = asked
+            .iter()
+            .find(|(t, _)| t == &target)
+            .map_or(LevelFilter::INFO, |(_, l)| l);
         filter = filter.with_target(target, level.min(LevelFilter::INFO));
     }
     filter

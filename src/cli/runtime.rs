@@ -8,6 +8,9 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
+        // File writes come in bursts (a renewal, a reload): a pool thread
+        // that waited this long has nothing more to do.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
 }
 

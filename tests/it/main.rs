@@ -11,6 +11,7 @@ mod core;
 mod exec;
 mod failures;
 mod faults;
+mod footprint;
 mod health;
 mod hooks;
 mod hostile_files;

@@ -1,0 +1,73 @@
+//! Guards of the cheapest footprint regressions (not timing tests): the
+//! release profile the figures are measured with, and how many threads
+//! an idle daemon keeps.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// The `[profile.release]` of Cargo.toml, which the .deb, the static
+/// binary and the image ship.
+#[test]
+fn the_release_profile_keeps_its_size_settings() {
+    let manifest: toml::Value = toml::from_str(include_str!("../../Cargo.toml")).unwrap();
+    let release = &manifest["profile"]["release"];
+    assert_eq!(release["strip"].as_bool(), Some(true), "symbols stripped");
+    assert_eq!(release["panic"].as_str(), Some("abort"), "no unwinding tables");
+    assert_eq!(release["lto"].as_str(), Some("fat"), "whole-program LTO");
+    assert_eq!(release["codegen-units"].as_integer(), Some(1));
+}
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn an_idle_daemon_keeps_three_threads_and_a_proxy_adds_one_per_core() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    raw_config(&s, &t, "");
+    let d = daemon_with(&t, "info", &[]);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    // The runtime's thread, the signal thread and the config watcher's;
+    // the blocking pool's threads (file writes) end once idle.
+    let idle = voipbin_tokend_testkit::poll(Duration::from_secs(20), Duration::from_millis(200), || {
+        threads(d.pid()) <= 3
+    });
+    assert!(idle.is_some(), "{} threads when idle", threads(d.pid()));
+    drop(d);
+
+    let t = TestDir::new();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}[[proxy]]\nlisten = \"{addr}\"\ncredential = \"main\"\n",
+            cred("main", USER, "password", "", &output("main.token", "raw"))
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let idle = voipbin_tokend_testkit::poll(Duration::from_secs(20), Duration::from_millis(200), || {
+        threads(d.pid()) <= 3 + cores
+    });
+    assert!(
+        idle.is_some(),
+        "{} threads when idle with a proxy ({cores} workers)",
+        threads(d.pid())
+    );
+}
