@@ -59,7 +59,10 @@ pub fn filter(rust_log: Option<&str>) -> Targets {
 
 pub fn init(format: LogFormat) {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
+    // The fmt builder's own level (INFO unless told) would drop what the
+    // filter lets through: it is opened fully, and `filter` decides.
     let builder = tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .with_target(false);
     use tracing_subscriber::layer::SubscriberExt as _;
