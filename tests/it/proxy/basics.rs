@@ -10,24 +10,7 @@ use crate::support::*;
 fn a_request_reaches_the_api_with_the_daemons_token_and_never_the_clients() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "{}{}",
-            cred("main", USER, "password", "", &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(&t, "info,voipbin_tokend=debug", &[]);
-    wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
-    wait_ready(addr, &d);
+    let (d, addr) = token_proxy(&s, &t, "info,voipbin_tokend=debug");
     // The client's own (bad) credentials in every place the API reads one:
     // the API would answer 401 if any of them reached it.
     let (status, _, body) = get(
@@ -87,24 +70,7 @@ fn before_the_first_secret_the_proxy_answers_503_with_retry_after() {
 fn connect_and_absolute_form_targets_naming_another_host_are_refused() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "{}{}",
-            cred("main", USER, "password", "", &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(&t, "info", &[]);
-    wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
-    wait_ready(addr, &d);
+    let (_d, addr) = token_proxy(&s, &t, "info");
     let before = s.requests().len();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     let (status, _, _) = exchange(
@@ -259,24 +225,7 @@ fn status_shows_each_proxy_and_metrics_count_its_requests() {
 fn three_hundred_client_connections_are_served_at_once() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "{}{}",
-            cred("main", USER, "password", "", &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(&t, "info", &[]);
-    wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
-    wait_ready(addr, &d);
+    let (d, addr) = token_proxy(&s, &t, "info");
     // Each connection stays open (keep-alive) while the next is made.
     let mut open = Vec::new();
     for i in 0..300 {
@@ -353,24 +302,7 @@ fn each_proxy_follows_its_credentials_base_url() {
 fn nothing_of_a_request_reaches_the_log_even_at_trace_level() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "{}{}",
-            cred("main", USER, "password", "", &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(&t, "trace", &[]);
-    wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
-    wait_ready(addr, &d);
+    let (d, addr) = token_proxy(&s, &t, "trace");
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = "BODYMARKER-7c1f";
@@ -402,24 +334,7 @@ fn nothing_of_a_request_reaches_the_log_even_at_trace_level() {
 fn an_oversized_request_head_is_refused_not_forwarded() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "{}{}",
-            cred("main", USER, "password", "", &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(&t, "info", &[]);
-    wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
-    wait_ready(addr, &d);
+    let (_d, addr) = token_proxy(&s, &t, "info");
     let before = s.requests().len();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -12,29 +12,6 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::support::*;
 
-/// A daemon with one token credential "main" and a proxy for it.
-fn token_proxy(s: &StandIn, t: &TestDir) -> (Daemon, SocketAddr) {
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "{}{}",
-            cred("main", USER, "password", FAST_RETRY, &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(t, "info", &[]);
-    wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
-    wait_ready(addr, &d);
-    (d, addr)
-}
-
 fn sha(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -91,7 +68,7 @@ fn header_values(echo: &serde_json::Value, name: &str) -> Vec<String> {
 fn every_method_arrives_with_its_body_intact_and_only_the_daemons_credential() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let (d, addr) = token_proxy(&s, &t);
+    let (d, addr) = token_proxy(&s, &t, "info");
     let token = t.read("main.token").unwrap().trim().to_string();
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     for method in ["POST", "PUT", "PATCH", "DELETE", "GET", "OPTIONS"] {
@@ -125,7 +102,7 @@ fn every_method_arrives_with_its_body_intact_and_only_the_daemons_credential() {
 fn chunked_uploads_small_and_over_the_replay_limit_arrive_intact() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let (d, addr) = token_proxy(&s, &t);
+    let (d, addr) = token_proxy(&s, &t, "info");
     for size in [64 * 1024, 3 * 1024 * 1024 + 17] {
         let body: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
         let (status, _, answer) = send(addr, "POST", "/v1.0/echo/upload", "", &body, Some(16 * 1024));
@@ -140,7 +117,7 @@ fn chunked_uploads_small_and_over_the_replay_limit_arrive_intact() {
 fn a_revoked_token_is_renewed_once_and_requests_replayed_but_not_one_over_the_replay_limit() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let (d, addr) = token_proxy(&s, &t);
+    let (d, addr) = token_proxy(&s, &t, "info");
     assert_eq!(send(addr, "GET", "/v1.0/echo", "", b"", None).0, 200);
     let logins = s.logins_ok();
     s.revoke_tokens();
@@ -187,7 +164,7 @@ fn large_downloads_and_uploads_stream_in_bounded_memory() {
     const SIZE: usize = 128 * 1024 * 1024;
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let (d, addr) = token_proxy(&s, &t);
+    let (d, addr) = token_proxy(&s, &t, "info");
     let before = peak_rss_kib(d.pid());
     // Download: read and count, never keep.
     let mut c = TcpStream::connect(addr).unwrap();
@@ -234,7 +211,7 @@ fn large_downloads_and_uploads_stream_in_bounded_memory() {
 fn a_redirect_is_passed_back_not_followed() {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let (_d, addr) = token_proxy(&s, &t);
+    let (_d, addr) = token_proxy(&s, &t, "info");
     let (status, head, _) = send(addr, "GET", "/v1.0/echo?status=302", "", b"", None);
     assert_eq!(status, 302, "{head}");
     assert!(

@@ -22,6 +22,31 @@ pub fn proxy(listen: &str, credential: &str, extra: &str) -> String {
     format!("[[proxy]]\nlisten = \"{listen}\"\ncredential = \"{credential}\"\n{extra}\n")
 }
 
+/// A daemon with one token credential "main" and a proxy for it on a free
+/// loopback port, logging at `rust_log`; returned once the proxy holds the
+/// token.
+pub fn token_proxy(s: &StandIn, t: &TestDir, rust_log: &str) -> (Daemon, SocketAddr) {
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "{}{}",
+            cred("main", USER, "password", FAST_RETRY, &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(t, rust_log, &[]);
+    wait_listening(addr, &d);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    wait_ready(addr, &d);
+    (d, addr)
+}
+
 /// One HTTP/1.1 exchange over `stream` (a request written as is), the
 /// answer's status, head and body (by Content-Length, or to the end).
 pub fn exchange(stream: &mut (impl Read + Write), request: &str) -> (u16, String, String) {
