@@ -9,9 +9,12 @@
 //! that file's directory is watched too.
 //!
 //! A watch follows the directory, not its name: after `mv conf conf.old;
-//! mkdir conf` it would report on conf.old. So each watched directory's
-//! parent is watched as well, and when an entry of that name appears
-//! there, the new directory is watched and the config reloaded.
+//! mkdir conf` it would report on conf.old. So when a watched directory is
+//! moved away or removed, its name is looked at once a second until a
+//! directory is back under it; that one is then watched and the config
+//! reloaded. (The parent is not watched for this: for /etc/voipbin-tokend
+//! it would be /etc, and inotify would wake the daemon for every program
+//! on the machine that opens a file there.)
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,9 @@ use crate::signals::Event;
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// A steady stream of events still reloads after this long.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
+/// How often the name of a watched directory that was moved away or
+/// removed is looked at (only while one is gone).
+const GONE_POLL: Duration = Duration::from_secs(1);
 
 /// Keeps the watch alive; drop it to stop watching.
 pub struct ConfigWatch {
@@ -37,9 +43,9 @@ pub struct ConfigWatch {
 enum Seen {
     /// Something that may have changed the config's text.
     Change,
-    /// A watched directory's name was (re)created in its parent: the
-    /// directory was replaced, and the new one must be watched.
-    Replaced(PathBuf),
+    /// A watched directory was moved away or removed: a new one under its
+    /// name must be watched once it is there.
+    Gone(PathBuf),
 }
 
 /// Starts watching `config_path`; reload events go to `events`.
@@ -71,15 +77,19 @@ pub fn watch(config_path: &Path, events: mpsc::UnboundedSender<Event>) -> notify
         Ok(event) => {
             // Opening and reading the file (the daemon's own reload does)
             // is not a change; a close after writing is.
-            use notify::event::{AccessKind, AccessMode, EventKind};
+            use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
             if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)) {
                 return;
             }
             for p in &event.paths {
-                let replaced = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
-                    && watched.iter().any(|d| d == p);
-                if replaced {
-                    let _ = raw_tx.send(Seen::Replaced(p.clone()));
+                // Events on a watched directory itself (not on an entry in
+                // it): IN_MOVE_SELF or IN_DELETE_SELF.
+                let gone = matches!(
+                    event.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) && watched.iter().any(|d| d == p);
+                if gone {
+                    let _ = raw_tx.send(Seen::Gone(p.clone()));
                 } else if let Some(n) = p.file_name() {
                     if names.iter().any(|name| name == n) {
                         let _ = raw_tx.send(Seen::Change);
@@ -98,13 +108,6 @@ pub fn watch(config_path: &Path, events: mpsc::UnboundedSender<Event>) -> notify
         for dir in &dirs {
             w.watch(dir, RecursiveMode::NonRecursive)?;
             debug!(dir = %dir.display(), "watching for config changes");
-            // The parent, to notice the directory being replaced; not
-            // fatal if it cannot be watched (e.g. no permission on it).
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
-                && let Err(e) = w.watch(parent, RecursiveMode::NonRecursive)
-            {
-                debug!(dir = %parent.display(), error = %e, "cannot watch; a replaced config directory will need SIGHUP");
-            }
         }
     }
     tokio::spawn(debounce(raw_rx, events, watcher.clone()));
@@ -138,21 +141,19 @@ async fn debounce(
     events: mpsc::UnboundedSender<Event>,
     watcher: std::sync::Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
 ) {
-    let seen = |s: Option<Seen>| match s {
-        Some(Seen::Replaced(dir)) => {
-            rewatch(&watcher, &dir);
-            true
-        }
-        Some(Seen::Change) => true,
-        None => false,
-    };
-    while seen(raw.recv().await) {
+    // Watched directories moved away or removed, not back yet.
+    let mut gone: Vec<PathBuf> = Vec::new();
+    while next_change(&mut raw, &mut gone, &watcher).await {
         let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
         loop {
             let quiet = tokio::time::sleep(DEBOUNCE);
             tokio::select! {
                 more = raw.recv() => {
-                    if !seen(more) { return; }
+                    match more {
+                        None => return,
+                        Some(Seen::Gone(dir)) => note_gone(&mut gone, dir),
+                        Some(Seen::Change) => {}
+                    }
                     if tokio::time::Instant::now() >= deadline { break; }
                 }
                 _ = quiet => break,
@@ -161,5 +162,42 @@ async fn debounce(
         if events.send(Event::Reload { forced: false }).is_err() {
             return;
         }
+    }
+}
+
+/// Waits for the next sign that the config may have changed: an event, or
+/// a directory in `gone` back under its name (then watched again). While
+/// one is gone its name is looked at every [`GONE_POLL`]; otherwise this
+/// never wakes by itself. False once the watcher is gone.
+async fn next_change(
+    raw: &mut mpsc::UnboundedReceiver<Seen>,
+    gone: &mut Vec<PathBuf>,
+    watcher: &std::sync::Mutex<notify::RecommendedWatcher>,
+) -> bool {
+    loop {
+        let poll = tokio::time::sleep(GONE_POLL);
+        tokio::select! {
+            seen = raw.recv() => match seen {
+                None => return false,
+                Some(Seen::Change) => return true,
+                Some(Seen::Gone(dir)) => note_gone(gone, dir),
+            },
+            _ = poll, if !gone.is_empty() => {
+                let back: Vec<PathBuf> = gone.extract_if(.., |dir| dir.is_dir()).collect();
+                for dir in &back {
+                    rewatch(watcher, dir);
+                }
+                if !back.is_empty() {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+fn note_gone(gone: &mut Vec<PathBuf>, dir: PathBuf) {
+    if !gone.contains(&dir) {
+        debug!(dir = %dir.display(), "config directory moved away or removed; waiting for one under its name");
+        gone.push(dir);
     }
 }

@@ -252,6 +252,68 @@ fn edits_in_a_replaced_config_directory_are_seen() {
     );
 }
 
+/// How many times the config watcher's thread has been scheduled
+/// (`/proc/PID/task/TID/schedstat`, third field): it runs once for each
+/// batch of file-system events it is woken for.
+fn watcher_runs(pid: i32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("notify-rs") {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
+            return stat.split_whitespace().nth(2).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no config watcher thread in /proc/{pid}/task");
+}
+
+#[test]
+fn files_opened_and_written_beside_the_config_directory_do_not_wake_the_daemon() {
+    // The config in conf/; the busy directory is its parent (for
+    // /etc/voipbin-tokend, /etc: every program opens files there).
+    let s = standin(LONG);
+    let t = TestDir::new();
+    let abs = |n: &str| t.path(n).display().to_string();
+    let conf = t.path("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let cfg = conf.join("config.toml");
+    let text = config_api(
+        &s.base_url(),
+        "3s",
+        0,
+        &format!(
+            "[state]\ndir = \"{}\"\n\n{}",
+            abs("state"),
+            cred(
+                "main",
+                USER,
+                &abs("password"),
+                FAST_RETRY,
+                &output(&abs("a.token"), "raw")
+            )
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::spawn(t.command(&["run", "-c", cfg.to_str().unwrap()]));
+    wait_file(&t.path("a.token"), crate::support::WAIT, || d.log());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let before = watcher_runs(d.pid());
+    for i in 0..200 {
+        let p = t.path(&format!("busy-{}", i % 5));
+        std::fs::write(&p, format!("{i}")).unwrap();
+        let _ = std::fs::read(&p).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let woken = watcher_runs(d.pid()) - before;
+    assert!(
+        woken < 10,
+        "the config watcher ran {woken} times for 200 writes and reads beside the config directory\n{}",
+        d.log()
+    );
+    assert_eq!(reloads(&d), 0, "{}", d.log());
+}
+
 #[test]
 fn configmap_updates_log_one_config_reloaded_and_no_watcher_noise() {
     let s = standin(LONG);
