@@ -45,7 +45,10 @@ impl Bench {
             .arg(dir.path("config.toml"))
             .args(args)
             .current_dir(dir.dir.path())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FOOTPRINT_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("VOIPBIN_TOKEND_CONFIG")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")

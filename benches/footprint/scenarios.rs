@@ -204,11 +204,14 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
     let fast = standin(Duration::from_secs(1), 1)?;
     let outputs = [("main.token", "raw"), ("main.env", "env"), ("main.json", "json")];
     let cred = if key {
+        // A day lasts a second: keys of "2d" live 2 s and are rotated after
+        // 1 s, still valid, as in service. (Keys of 1 s were rotated at
+        // their expiry, so every rotation also adopted the bootstrap key.)
         fast.set_key_time_scale(1.0 / 86_400.0);
         let (_, bootstrap) = fast.create_key("bootstrap", 365 * 86_400);
         let mut c = String::from(
             "[[credential]]\nname = \"main\"\nkind = \"access-key\"\nbootstrap-key-file = \"boot.key\"\n\
-             lifetime = \"1d\"\ngrace = \"1s\"\nrenew-at = 0.5\njitter = 0.0\n",
+             lifetime = \"2d\"\ngrace = \"1s\"\nrenew-at = 0.5\njitter = 0.0\n",
         );
         for (path, format) in outputs {
             c.push_str(&format!(
@@ -242,6 +245,10 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
     let changes = watch_changes(&env, mode.renew);
     let (cpu1, ticks1, n1) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, count());
     let memory = daemon.memory()?;
+    if let Ok(dir) = std::env::var("FOOTPRINT_LOG_DIR") {
+        let name = if key { "key-rotations" } else { "renewals" };
+        fs::write(Path::new(&dir).join(format!("{name}.log")), daemon.log())?;
+    }
     daemon.stop()?;
     let renewals = n1 - n0;
     if renewals == 0 {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::CredentialStatus;
-use crate::output::write::{FileSpec, write_atomic};
+use crate::output::write::{FileSpec, write_report};
 
 /// What the daemon writes. Holds no secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +47,9 @@ pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
     let mut text = serde_json::to_string_pretty(status).map_err(|e| e.to_string())?;
     text.push('\n');
     let p = path(state_dir);
-    write_atomic(
+    // A report of this process, rewritten at every change and every
+    // start: atomic for its readers, but not worth an fsync.
+    write_report(
         &FileSpec {
             path: &p,
             mode: 0o644,
@@ -56,7 +58,6 @@ pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
         },
         text.as_bytes(),
     )
-    .map(|_| ())
     .map_err(|e| e.to_string())
 }
 

@@ -11,7 +11,7 @@ use crate::config::CredentialConfig;
 use crate::hooks::{Hook, HookSpec};
 use crate::metrics::Metrics;
 use crate::output::render::{TokenFacts, render};
-use crate::output::write::{FileSpec, WriteOutcome, write_atomic};
+use crate::output::write::{FileSpec, WriteOutcome, write_atomic_many};
 use crate::source::Held;
 use crate::token;
 
@@ -22,10 +22,11 @@ pub(super) struct Written {
     pub errors: Vec<String>,
 }
 
-/// Writes `held` to every output of `cfg` marked in `stale`, and fires the
-/// hook (`hooks`, in output order) of each file that changed. A failed
-/// output stays stale (to be retried with backoff); the others are written
-/// anyway.
+/// Writes `held` to every output of `cfg` marked in `stale` (all in one
+/// blocking task, one directory fsync per directory), and fires the hook
+/// (`hooks`, in output order) of each file that changed once every file is
+/// on disk. A failed output stays stale (to be retried with backoff); the
+/// others are written anyway.
 pub(super) async fn write_stale(
     cfg: &CredentialConfig,
     held: &Held,
@@ -33,43 +34,58 @@ pub(super) async fn write_stale(
     hooks: &[Option<Hook>],
     metrics: &Metrics,
 ) -> Written {
-    let mut written = Vec::new();
-    let mut errors = Vec::new();
-    for (i, out) in cfg.outputs.iter().enumerate() {
-        if !stale[i] {
-            continue;
-        }
-        let content = render(
-            &out.format,
-            &TokenFacts {
-                credential: &cfg.name,
-                username: cfg.username(),
-                token: &held.token,
-                expires_at: held.validity.expires_at,
-                obtained_at: held.obtained_at,
-                key_id: held.key_id.as_deref(),
-            },
-        );
-        let path = out.path.clone();
-        let (mode, uid, gid) = (
-            out.mode,
-            out.owner.as_ref().map(|o| o.id),
-            out.group.as_ref().map(|g| g.id),
-        );
-        let result = tokio::task::spawn_blocking(move || {
-            write_atomic(
-                &FileSpec {
-                    path: &path,
-                    mode,
-                    uid,
-                    gid,
-                },
-                &content,
+    let facts = TokenFacts {
+        credential: &cfg.name,
+        username: cfg.username(),
+        token: &held.token,
+        expires_at: held.validity.expires_at,
+        obtained_at: held.obtained_at,
+        key_id: held.key_id.as_deref(),
+    };
+    // (index, path, mode, owner, group, content) of each stale output.
+    let jobs: Vec<_> = (cfg.outputs.iter().enumerate())
+        .filter(|(i, _)| stale[*i])
+        .map(|(i, out)| {
+            (
+                i,
+                out.path.clone(),
+                out.mode,
+                out.owner.as_ref().map(|o| o.id),
+                out.group.as_ref().map(|g| g.id),
+                render(&out.format, &facts),
             )
         })
-        .await;
-        match result {
-            Ok(Ok(outcome)) => {
+        .collect();
+    let indices: Vec<usize> = jobs.iter().map(|j| j.0).collect();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let files: Vec<_> = jobs
+            .iter()
+            .map(|(_, path, mode, uid, gid, content)| {
+                let spec = FileSpec {
+                    path,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                };
+                (spec, content.as_slice())
+            })
+            .collect();
+        write_atomic_many(&files)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let failed = format!("the write task failed: {e}");
+        indices.iter().map(|_| Err(failed.clone())).collect()
+    });
+    let mut written = Vec::new();
+    let mut errors = Vec::new();
+    for (i, outcome) in indices.into_iter().zip(outcomes) {
+        let out = &cfg.outputs[i];
+        match outcome {
+            Ok(outcome) => {
                 stale[i] = false;
                 if outcome == WriteOutcome::Written {
                     written.push(out.path.display().to_string());
@@ -78,13 +94,9 @@ pub(super) async fn write_stale(
                     }
                 }
             }
-            Ok(Err(e)) => {
-                metrics.write_failure(&cfg.name);
-                errors.push(e.to_string());
-            }
             Err(e) => {
                 metrics.write_failure(&cfg.name);
-                errors.push(format!("write of {} failed: {e}", out.path.display()));
+                errors.push(e);
             }
         }
     }

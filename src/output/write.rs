@@ -13,6 +13,12 @@
 //! 4. fsync the directory, so the rename survives a crash.
 //!
 //! Any failure removes the temp file and leaves the target untouched.
+//!
+//! [`write_atomic_many`] writes several files the same way with one
+//! directory fsync per directory (a credential's outputs usually share
+//! one), after the last rename. [`write_report`] skips both fsyncs: for
+//! the status file, a report rewritten at every start, whose readers still
+//! never see a partial file (only a power loss could leave it empty).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -66,7 +72,45 @@ pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome,
     if is_current(spec, content) {
         return Ok(WriteOutcome::Unchanged);
     }
-    replace(spec, dir, |_| Ok(content))
+    replace(spec, dir, Fsync::File, |_| Ok(content))?;
+    sync_dir(dir);
+    Ok(WriteOutcome::Written)
+}
+
+/// [`write_atomic`] for each file in turn (a failure leaves the others to
+/// be written), then one fsync of each directory a file was renamed into:
+/// when this returns, every file written is on disk. One outcome per file,
+/// in order.
+pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOutcome, WriteError>> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    let outcomes = files
+        .iter()
+        .map(|(spec, content)| {
+            let dir = target_dir(spec)?;
+            if is_current(spec, content) {
+                return Ok(WriteOutcome::Unchanged);
+            }
+            replace(spec, dir, Fsync::File, |_| Ok(*content))?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+            Ok(WriteOutcome::Written)
+        })
+        .collect();
+    for dir in dirs {
+        sync_dir(dir);
+    }
+    outcomes
+}
+
+/// Replaces `spec.path` with `content` as [`write_atomic`] does (always:
+/// no comparison with what is there) but without any fsync: readers see the
+/// old or the new content, never part of one, yet a power loss may lose the
+/// write or leave the file empty. Only for a report that is rewritten at
+/// every start.
+pub fn write_report(spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
+    let dir = target_dir(spec)?;
+    replace(spec, dir, Fsync::None, |_| Ok(content))
 }
 
 /// The directory `spec.path` goes in, once it exists and the path may be
@@ -84,15 +128,24 @@ fn target_dir<'a>(spec: &FileSpec<'a>) -> Result<&'a Path, WriteError> {
     Ok(dir)
 }
 
+/// Whether [`replace`] fsyncs the temp file before the rename.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fsync {
+    File,
+    None,
+}
+
 /// The one way a file is replaced: a temp file beside it, created
 /// exclusively with its mode, filled with what `content` makes of it (mode
-/// and owner, bytes, fsync), renamed over the target, the directory
-/// fsynced. A failure removes the temp file and leaves the target as it was.
+/// and owner, bytes, fsync), renamed over the target. The caller fsyncs the
+/// directory ([`sync_dir`]) for the rename to survive a crash. A failure
+/// removes the temp file and leaves the target as it was.
 fn replace<C: AsRef<[u8]>>(
     spec: &FileSpec<'_>,
     dir: &Path,
+    fsync: Fsync,
     content: impl FnOnce(&File) -> Result<C, WriteError>,
-) -> Result<WriteOutcome, WriteError> {
+) -> Result<(), WriteError> {
     let path = spec.path;
     let tmp = dir.join(temp_name(path));
     let mut file = OpenOptions::new()
@@ -103,7 +156,7 @@ fn replace<C: AsRef<[u8]>>(
         .open(&tmp)
         .map_err(io("create a temp file beside", path))?;
     let result = content(&file)
-        .and_then(|c| fill(&mut file, spec, c.as_ref()))
+        .and_then(|c| fill(&mut file, spec, c.as_ref(), fsync))
         .and_then(|()| {
             drop(file);
             std::fs::rename(&tmp, path).map_err(io("rename a temp file onto", path))
@@ -112,15 +165,19 @@ fn replace<C: AsRef<[u8]>>(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    // The rename is done; a failed directory fsync only weakens crash safety.
+    Ok(())
+}
+
+/// Fsyncs `dir`, so the renames into it survive a crash. The renames are
+/// done; a failure only weakens crash safety, so it is logged, not returned.
+fn sync_dir(dir: &Path) {
     if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
     }
-    Ok(WriteOutcome::Written)
 }
 
-/// Mode and owner first, then the bytes, then fsync.
-fn fill(file: &mut File, spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
+/// Mode and owner first, then the bytes, then (unless told not to) fsync.
+fn fill(file: &mut File, spec: &FileSpec<'_>, content: &[u8], fsync: Fsync) -> Result<(), WriteError> {
     let path = spec.path;
     // The umask may have narrowed the mode at creation; set it exactly.
     file.set_permissions(std::fs::Permissions::from_mode(spec.mode))
@@ -131,7 +188,10 @@ fn fill(file: &mut File, spec: &FileSpec<'_>, content: &[u8]) -> Result<(), Writ
     }
     file.write_all(content)
         .map_err(io("write the temp file for", path))?;
-    file.sync_all().map_err(io("fsync the temp file for", path))
+    if fsync == Fsync::File {
+        file.sync_all().map_err(io("fsync the temp file for", path))?;
+    }
+    Ok(())
 }
 
 /// True if the target is a regular file (not a symlink) that already has
@@ -202,14 +262,16 @@ pub fn write_atomic_stamped(
     make: impl FnOnce(u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String>,
 ) -> Result<WriteOutcome, WriteError> {
     let dir = target_dir(spec)?;
-    replace(spec, dir, |file| {
+    replace(spec, dir, Fsync::File, |file| {
         let meta = file.metadata().map_err(io("stat the temp file for", spec.path))?;
         make(meta.ino()).map_err(|e| WriteError::Io {
             step: "make the content of",
             path: spec.path.to_path_buf(),
             source: std::io::Error::other(e),
         })
-    })
+    })?;
+    sync_dir(dir);
+    Ok(WriteOutcome::Written)
 }
 
 #[cfg(test)]
@@ -309,6 +371,43 @@ mod tests {
         std::fs::write(p.join("inside"), "x").unwrap();
         assert!(write_atomic(&spec(&p, 0o600), b"new").is_err());
         assert_eq!(entries(dir.path()), ["t"]);
+    }
+
+    #[test]
+    fn many_files_each_written_or_refused_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, fifo, b) = (
+            dir.path().join("a"),
+            dir.path().join("fifo"),
+            dir.path().join("b"),
+        );
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(&b, "same").unwrap();
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let files = [
+            (spec(&a, 0o640), &b"one"[..]),
+            (spec(&fifo, 0o600), &b"x"[..]),
+            (spec(&b, 0o600), &b"same"[..]),
+        ];
+        let outcomes = write_atomic_many(&files);
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(outcomes[0].as_ref().unwrap(), &WriteOutcome::Written);
+        assert!(outcomes[1].as_ref().unwrap_err().to_string().contains("FIFO"));
+        assert_eq!(outcomes[2].as_ref().unwrap(), &WriteOutcome::Unchanged);
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        assert_eq!(std::fs::metadata(&a).unwrap().mode() & 0o7777, 0o640);
+        assert_eq!(entries(dir.path()), ["a", "b", "fifo"]);
+    }
+
+    #[test]
+    fn a_report_replaces_whole_without_temps_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("status.json");
+        write_report(&spec(&p, 0o644), b"{}").unwrap();
+        write_report(&spec(&p, 0o644), b"{\"a\":1}").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}");
+        assert_eq!(entries(dir.path()), ["status.json"]);
+        assert!(write_report(&spec(&dir.path().join("nope/s"), 0o644), b"{}").is_err());
     }
 
     #[test]
