@@ -12,6 +12,7 @@ use crate::support::*;
 fn the_release_profile_keeps_its_size_settings() {
     let manifest: toml::Value = toml::from_str(include_str!("../../Cargo.toml")).unwrap();
     let release = &manifest["profile"]["release"];
+    assert_eq!(release["opt-level"].as_str(), Some("z"), "optimized for size");
     assert_eq!(release["strip"].as_bool(), Some(true), "symbols stripped");
     assert_eq!(release["panic"].as_str(), Some("abort"), "no unwinding tables");
     assert_eq!(release["lto"].as_str(), Some("fat"), "whole-program LTO");
