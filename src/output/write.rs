@@ -252,6 +252,17 @@ pub fn remove_stale_temps(path: &Path) -> usize {
     removed
 }
 
+/// Whether the rename of a replacement must be on disk when the write
+/// returns (the file's bytes always are, before the rename).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rename {
+    /// The directory is fsynced after the rename.
+    Durable,
+    /// It is not: a crash may bring the old file back, whole. Only for a
+    /// write whose loss repeats or delays work, never loses any.
+    MayBeLost,
+}
+
 /// Like [`write_atomic`], but the content is made once the temp file
 /// exists, from its inode number (always written: the content differs on
 /// every write). The file then carries the identity it has on disk, so a
@@ -259,6 +270,7 @@ pub fn remove_stale_temps(path: &Path) -> usize {
 /// key state uses it to notice a cloned state directory.
 pub fn write_atomic_stamped(
     spec: &FileSpec<'_>,
+    rename: Rename,
     make: impl FnOnce(u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String>,
 ) -> Result<WriteOutcome, WriteError> {
     let dir = target_dir(spec)?;
@@ -270,7 +282,9 @@ pub fn write_atomic_stamped(
             source: std::io::Error::other(e),
         })
     })?;
-    sync_dir(dir);
+    if rename == Rename::Durable {
+        sync_dir(dir);
+    }
     Ok(WriteOutcome::Written)
 }
 

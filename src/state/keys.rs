@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::output::write::{FileSpec, WriteError, write_atomic_stamped};
+use crate::output::write::{FileSpec, Rename, WriteError, write_atomic_stamped};
 use crate::secret::Secret;
 
 /// The state file is small; anything larger is not ours.
@@ -439,6 +439,18 @@ pub fn tighten_mode(file: &std::fs::File, meta: &std::fs::Metadata, path: &Path)
 /// Writes the state atomically (0600, fsynced, directory fsynced),
 /// creating `keys/` (0700) if needed.
 pub fn save(path: &Path, state: &KeyState) -> Result<(), StateError> {
+    save_as(path, state, Rename::Durable)
+}
+
+/// [`save`] without the directory fsync, for a change whose loss in a
+/// crash only repeats or delays work (a grace started, a deletion done:
+/// the old state makes the daemon start the grace again, or look the
+/// deleted key up and find it gone). The file is still whole, old or new.
+pub fn save_redoable(path: &Path, state: &KeyState) -> Result<(), StateError> {
+    save_as(path, state, Rename::MayBeLost)
+}
+
+fn save_as(path: &Path, state: &KeyState, rename: Rename) -> Result<(), StateError> {
     if let Some(dir) = path.parent()
         && !dir.is_dir()
     {
@@ -461,6 +473,7 @@ pub fn save(path: &Path, state: &KeyState) -> Result<(), StateError> {
             uid: None,
             gid: None,
         },
+        rename,
         |inode| {
             stamped.file_id = FileStamp(Some(inode));
             serde_json::to_vec_pretty(&stamped)

@@ -363,7 +363,7 @@ impl KeySource {
     pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) {
         let Some(state) = self.state.as_mut() else { return };
         if start_grace(state, self.cfg.grace, now, |id| ctx.in_use.holds(id)) {
-            if let Err(e) = self.save(ctx).await {
+            if let Err(e) = self.save_redoable(ctx).await {
                 warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
             }
             if let Some(at) = self.state.as_ref().and_then(next_deletion) {
@@ -585,7 +585,7 @@ impl KeySource {
                     self.deletion_failures.retain(|f| f.id != p.id);
                     let state = self.state.as_mut().expect("loaded");
                     state.pending_deletions.retain(|q| q.id != p.id);
-                    if let Err(e) = self.save(ctx).await {
+                    if let Err(e) = self.save_redoable(ctx).await {
                         warn!(error = %e, "cannot save the key state after a deletion");
                     }
                 }
@@ -605,7 +605,7 @@ impl KeySource {
             let before = state.left_to_expire.len();
             state.left_to_expire.retain(|l| l.tm_expire > now);
             if state.left_to_expire.len() != before
-                && let Err(e) = self.save(ctx).await
+                && let Err(e) = self.save_redoable(ctx).await
             {
                 warn!(error = %e, "cannot save the key state");
             }

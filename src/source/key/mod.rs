@@ -148,11 +148,24 @@ impl KeySource {
     }
 
     async fn save(&self, ctx: &super::held::Ctx<'_>) -> Result<(), StateError> {
+        self.save_with(ctx, keystate::save).await
+    }
+
+    /// [`keystate::save_redoable`]: for a grace started or a deletion done.
+    async fn save_redoable(&self, ctx: &super::held::Ctx<'_>) -> Result<(), StateError> {
+        self.save_with(ctx, keystate::save_redoable).await
+    }
+
+    async fn save_with(
+        &self,
+        ctx: &super::held::Ctx<'_>,
+        save: fn(&Path, &KeyState) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
         let Some(state) = self.state.clone() else {
             return Ok(());
         };
         let path = Self::state_path(ctx);
-        tokio::task::spawn_blocking(move || keystate::save(&path, &state))
+        tokio::task::spawn_blocking(move || save(&path, &state))
             .await
             .unwrap_or_else(|e| {
                 Err(StateError::Invalid {
