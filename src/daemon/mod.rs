@@ -230,17 +230,17 @@ async fn run_with_events(
     for cred in daemon.config.credentials.clone() {
         daemon.spawn(cred);
     }
-    let config = daemon.config.clone();
-    if let Some(e) = daemon.start_proxies(&config, false).await.into_iter().next() {
+    if let Some(e) = daemon.start_proxies(false).await.into_iter().next() {
         return Err(DaemonError::Proxy {
-            config: config.path.clone(),
+            config: daemon.config.path.clone(),
             message: e,
         });
     }
     tokio::spawn(report_status(
         daemon.board.clone(),
         daemon.notifier.clone(),
-        daemon.config.clone(),
+        daemon.config.path.clone(),
+        daemon.config.state_dir.clone(),
         daemon.cancel.clone(),
     ));
 
@@ -416,9 +416,9 @@ impl Daemon {
         );
     }
 
-    /// Starts, keeps or stops the proxies to match `config`; the errors.
-    async fn start_proxies(&mut self, config: &Config, api_changed: bool) -> Vec<String> {
-        let (exports, renew) = (&self.exports, &self.renew_requests);
+    /// Starts, keeps or stops the proxies to match the config; the errors.
+    async fn start_proxies(&mut self, api_changed: bool) -> Vec<String> {
+        let (exports, renew, config) = (&self.exports, &self.renew_requests, &self.config);
         let wiring = |name: &str| {
             let secret = exports.get(name)?.subscribe();
             let (renew, name) = (renew.clone(), name.to_string());

@@ -9,7 +9,6 @@ use tracing::{info, warn};
 
 use crate::board::file::{self as status, StatusFile};
 use crate::board::{CredentialStatus, StatusBoard};
-use crate::config::Config;
 use crate::notify::Notifier;
 
 /// How often the status file is rewritten while proxies run (their
@@ -24,7 +23,8 @@ const STATUS_COALESCE: Duration = Duration::from_millis(50);
 pub(super) async fn report_status(
     board: Arc<StatusBoard>,
     notifier: Arc<Notifier>,
-    config: Config,
+    config_path: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
     cancel: CancellationToken,
 ) {
     let mut ready = false;
@@ -52,13 +52,13 @@ pub(super) async fn report_status(
             pid: std::process::id(),
             process: process.clone(),
             written_at: now,
-            config: config.path.clone(),
+            config: config_path.clone(),
             credentials: all,
             child: board.child(),
             proxies: board.proxies(),
         };
-        let state_dir = config.state_dir.clone();
-        match tokio::task::spawn_blocking(move || status::write(&state_dir, &file)).await {
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || status::write(&dir, &file)).await {
             Ok(Ok(())) => status_file_ok = true,
             Ok(Err(e)) => {
                 if status_file_ok {
