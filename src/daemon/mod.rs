@@ -67,7 +67,7 @@ pub enum DaemonError {
 }
 
 struct Task {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: task::CommandSender,
     cancel: CancellationToken,
     /// Ends when the credential's task has stopped (a renamed credential's
     /// successor waits for it before taking its key state over).
@@ -363,7 +363,7 @@ impl Daemon {
                 return;
             }
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = task::commands();
         let cancel = self.cancel.child_token();
         let (board, metrics) = (self.board.clone(), self.metrics.clone());
         let state_dir = self.config.state_dir.clone();
