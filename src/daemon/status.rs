@@ -28,6 +28,7 @@ pub(super) async fn report_status(
     cancel: CancellationToken,
 ) {
     let mut ready = false;
+    let mut just_ready = false;
     let mut last_summary = String::new();
     let mut status_file_ok = true;
     let process = status::ProcessId::of_self();
@@ -47,6 +48,7 @@ pub(super) async fn report_status(
                 "every credential has a fresh token on disk"
             );
             notifier.notify("READY=1");
+            just_ready = true;
         }
         let file = StatusFile {
             pid: std::process::id(),
@@ -67,6 +69,11 @@ pub(super) async fn report_status(
                 status_file_ok = false;
             }
             Err(_) => {}
+        }
+        if std::mem::take(&mut just_ready) {
+            // The start-up burst is over (and its status file written):
+            // its freed pages go back to the system.
+            crate::malloc::release_free_memory();
         }
         // Proxies count requests without a board change: their figures
         // are refreshed every STATUS_REFRESH while any runs.
