@@ -36,7 +36,9 @@
 //!   bounded, regular files only), [`signals`] (SIGHUP / SIGUSR1 / SIGTERM /
 //!   SIGINT into one event stream), `notify` (systemd notifications),
 //!   `metrics` (Prometheus), `logging` (tracing set-up), `rlimit` (the
-//!   open-file limit; the one `unsafe` block) and [`now`].
+//!   open-file limit), `malloc` (free pages back to the system after the
+//!   start-up burst) and [`now`]. `unsafe` is allowed in two places only:
+//!   `process` (`pre_exec`) and `malloc` (`malloc_trim`).
 //!
 //! The stand-in API used by `demo`, the tests and the benchmark is its own
 //! crate (`crates/standin`); the tests' and the benchmark's shared support
@@ -56,6 +58,7 @@ pub(crate) mod fsread;
 pub(crate) mod health;
 pub(crate) mod hooks;
 pub(crate) mod logging;
+mod malloc;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;

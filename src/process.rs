@@ -12,8 +12,9 @@
 //! a child whose exec failed, and must find it), and [`Running::signal`]
 //! never signals a pid that was reaped (and may have been reused).
 //!
-//! This module holds the crate's one `unsafe` block: the `pre_exec` closure
-//! (async-signal-safe system calls only, between fork and exec).
+//! This module holds one of the crate's two `unsafe` blocks (the other is
+//! `malloc_trim`, in `malloc`): the `pre_exec` closure (async-signal-safe
+//! system calls only, between fork and exec).
 
 use std::collections::HashMap;
 use std::process::{Child, Command};

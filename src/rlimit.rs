@@ -1,7 +1,7 @@
 //! The open-file limit: raised for the daemon, given back to hooks.
 //!
 //! Children get the starting limit back in [`crate::process`] (whose
-//! `pre_exec` closure is the crate's one `unsafe` block).
+//! `pre_exec` closure is one of the crate's two `unsafe` blocks).
 
 use tracing::{debug, warn};
 

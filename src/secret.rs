@@ -7,18 +7,21 @@
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use crate::fsread::{MAX_PASSWORD, ReadError, read_bounded};
 
-/// A password or token. Never printed, zeroed on drop.
+/// A password or token. Never printed, zeroed on drop (of its last
+/// clone: clones share one copy, so the secret a credential holds, the one
+/// it exports and the proxies' are one allocation, not one each).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Zeroizing<String>);
+pub struct Secret(Arc<Zeroizing<String>>);
 
 impl Secret {
     pub fn new(value: String) -> Self {
-        Secret(Zeroizing::new(value))
+        Secret(Arc::new(Zeroizing::new(value)))
     }
 
     /// The secret's text. Call only where the secret is sent or written.

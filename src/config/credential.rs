@@ -291,11 +291,15 @@ impl Validator<'_> {
         } else {
             "VOIPBIN_TOKEN"
         };
-        let outputs = raw
+        let mut outputs = raw
             .into_iter()
             .enumerate()
             .map(|(j, o)| self.output(&key(&format!("output[{j}]")), o, default_variable))
             .collect::<Result<Vec<_>, _>>()?;
+        // Collected in place, the Vec keeps the raw outputs' buffer (room
+        // for five outputs where one is the rule): 800 bytes a credential
+        // held for the daemon's life.
+        outputs.shrink_to_fit();
         if !is_key
             && let Some((j, _)) = outputs.iter().enumerate().find(|(_, o)| {
                 matches!(&o.format, Format::Template { template } if crate::output::render::uses(template, "id"))

@@ -86,8 +86,7 @@ impl Daemon {
         }
         self.config_text = Some(text);
         self.reconcile(new, api_changed, renames);
-        let config = self.config.clone();
-        self.start_proxies(&config, api_changed).await;
+        self.start_proxies(api_changed).await;
         true
     }
 

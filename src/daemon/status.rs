@@ -9,7 +9,6 @@ use tracing::{info, warn};
 
 use crate::board::file::{self as status, StatusFile};
 use crate::board::{CredentialStatus, StatusBoard};
-use crate::config::Config;
 use crate::notify::Notifier;
 
 /// How often the status file is rewritten while proxies run (their
@@ -24,10 +23,12 @@ const STATUS_COALESCE: Duration = Duration::from_millis(50);
 pub(super) async fn report_status(
     board: Arc<StatusBoard>,
     notifier: Arc<Notifier>,
-    config: Config,
+    config_path: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
     cancel: CancellationToken,
 ) {
     let mut ready = false;
+    let mut just_ready = false;
     let mut last_summary = String::new();
     let mut status_file_ok = true;
     let process = status::ProcessId::of_self();
@@ -47,18 +48,19 @@ pub(super) async fn report_status(
                 "every credential has a fresh token on disk"
             );
             notifier.notify("READY=1");
+            just_ready = true;
         }
         let file = StatusFile {
             pid: std::process::id(),
             process: process.clone(),
             written_at: now,
-            config: config.path.clone(),
+            config: config_path.clone(),
             credentials: all,
             child: board.child(),
             proxies: board.proxies(),
         };
-        let state_dir = config.state_dir.clone();
-        match tokio::task::spawn_blocking(move || status::write(&state_dir, &file)).await {
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || status::write(&dir, &file)).await {
             Ok(Ok(())) => status_file_ok = true,
             Ok(Err(e)) => {
                 if status_file_ok {
@@ -67,6 +69,11 @@ pub(super) async fn report_status(
                 status_file_ok = false;
             }
             Err(_) => {}
+        }
+        if std::mem::take(&mut just_ready) {
+            // The start-up burst is over (and its status file written):
+            // its freed pages go back to the system.
+            crate::malloc::release_free_memory();
         }
         // Proxies count requests without a board change: their figures
         // are refreshed every STATUS_REFRESH while any runs.

@@ -138,7 +138,10 @@ impl LoginSource {
         let _slot = api.limiter.acquire().await;
         debug!(url = %api.client.login_url(), "logging in");
         let started = std::time::Instant::now();
-        let answer = api.client.login(&login.username, &password).await;
+        // Boxed: the request's future (about 2 KiB) exists only while a
+        // login runs, not in every credential waiting for its slot (1000
+        // of them at a start with 1000 credentials).
+        let answer = Box::pin(api.client.login(&login.username, &password)).await;
         ctx.metrics
             .login_duration(&ctx.cfg.name, started.elapsed().as_secs_f64());
         let answer = answer.map_err(|e| Failure {

@@ -20,6 +20,11 @@ use time::OffsetDateTime;
 use crate::config::{CredentialConfig, Kind};
 
 /// One credential's source of secrets.
+///
+/// An access key's futures (API calls, state files) are boxed where they
+/// are awaited: a login token's are a fraction of their size, and every
+/// credential's task is as large as the largest future it may await
+/// (issue 18: 1000 credentials).
 pub enum Source {
     Login(login::LoginSource),
     Key(Box<key::KeySource>),
@@ -38,7 +43,7 @@ impl Source {
     pub async fn adopt(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) -> Result<Option<Held>, Failure> {
         match self {
             Source::Login(s) => Ok(s.adopt(ctx, now).await),
-            Source::Key(s) => s.adopt(ctx, now).await,
+            Source::Key(s) => Box::pin(s.adopt(ctx, now)).await,
         }
     }
 
@@ -46,14 +51,14 @@ impl Source {
     pub async fn renew(&mut self, ctx: &Ctx<'_>, held: Option<&Held>) -> Result<Held, Failure> {
         match self {
             Source::Login(s) => s.login(ctx).await,
-            Source::Key(s) => s.rotate(ctx, held).await,
+            Source::Key(s) => Box::pin(s.rotate(ctx, held)).await,
         }
     }
 
     /// Called once every output holds the held secret.
     pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) {
         if let Source::Key(s) = self {
-            s.published(ctx, now).await;
+            Box::pin(s.published(ctx, now)).await;
         }
     }
 
@@ -69,7 +74,7 @@ impl Source {
     pub async fn housekeep(&mut self, ctx: &Ctx<'_>, held: Option<&Held>, now: OffsetDateTime) -> Housekept {
         match self {
             Source::Login(_) => Housekept::Done,
-            Source::Key(s) => s.housekeep(ctx, held, now).await,
+            Source::Key(s) => Box::pin(s.housekeep(ctx, held, now)).await,
         }
     }
 
