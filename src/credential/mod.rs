@@ -160,10 +160,17 @@ impl Credential {
 
     /// `exec` mode: publish the secret on `export` once every output holds
     /// it, and keep the keys in `in_use` alive.
-    pub fn exported(mut self, export: Arc<ExportSender>, in_use: InUse) -> Credential {
-        self.export = Some(export);
+    pub fn exported(mut self, export: Option<Arc<ExportSender>>, in_use: InUse) -> Credential {
+        self.export = export;
         self.in_use = in_use;
         self
+    }
+
+    /// A reader came (a proxy added by a reload): the secret goes to
+    /// `export` from now on, the one held at once (if fresh).
+    pub fn export_to(&mut self, export: Arc<ExportSender>, now: OffsetDateTime) {
+        self.export = Some(export);
+        self.export(now);
     }
 
     /// The keys running children hold changed: a key let go starts its

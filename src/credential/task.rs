@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::CredentialConfig;
+use crate::export::ExportSender;
 use crate::metrics::Metrics;
 use crate::schedule;
 
@@ -23,6 +24,9 @@ pub enum Command {
     RenewNow,
     /// A reloaded config for this credential.
     Reconfigure(Box<CredentialConfig>, Arc<Api>),
+    /// A reader (a proxy added by a reload) wants the secret: publish it
+    /// on this channel from now on.
+    Export(Arc<ExportSender>),
 }
 
 /// The daemon's end of a credential task's commands ([`commands`]).
@@ -145,7 +149,7 @@ pub async fn run(mut cred: Credential, mut commands: CommandReceiver, cancel: Ca
                 if cancel.is_cancelled() {
                     break;
                 }
-                let Some((requests, reloads)) = take_queued(&mut commands) else {
+                let Some((requests, reloads, exports)) = take_queued(&mut commands) else {
                     break;
                 };
                 if renewed {
@@ -153,6 +157,9 @@ pub async fn run(mut cred: Credential, mut commands: CommandReceiver, cancel: Ca
                 }
                 for (cfg, api) in reloads {
                     cred.reconfigure(*cfg, api, crate::now());
+                }
+                for export in exports {
+                    cred.export_to(export, crate::now());
                 }
                 if requests > 0 {
                     // Held until a second after this renewal, if it
@@ -193,6 +200,7 @@ pub async fn run(mut cred: Credential, mut commands: CommandReceiver, cancel: Ca
                     cred.source.on_renew_request();
                 }
                 Some(Command::Reconfigure(cfg, api)) => cred.reconfigure(*cfg, api, crate::now()),
+                Some(Command::Export(export)) => cred.export_to(export, crate::now()),
                 None => break,
             },
             _ = in_use.changed() => Box::pin(cred.children_changed()).await,
@@ -210,6 +218,9 @@ const STEP_PAUSE: Duration = Duration::from_secs(1);
 /// A reload taken from the queue, to apply after the new secret is written.
 type Reload = (Box<CredentialConfig>, Arc<Api>);
 
+/// What [`take_queued`] found: renewal requests, reloads, new readers.
+type Queued = (u64, Vec<Reload>, Vec<Arc<ExportSender>>);
+
 /// Takes the commands that queued up while a renewal waited for its turn
 /// or ran, up to its answer: how many renewal requests, and the reloads in
 /// order (to apply once the new secret is written: it belongs to the config
@@ -221,18 +232,20 @@ type Reload = (Box<CredentialConfig>, Arc<Api>);
 /// snapshot of the account taken at login, and the password was read before
 /// it, so whoever changed either and then asked for a renewal must get one
 /// that started after the request.
-fn take_queued(commands: &mut CommandReceiver) -> Option<(u64, Vec<Reload>)> {
+fn take_queued(commands: &mut CommandReceiver) -> Option<Queued> {
     let mut requests = 0u64;
     let mut reloads = Vec::new();
+    let mut exports = Vec::new();
     loop {
         match commands.try_recv() {
             Ok(Command::RenewNow) => requests += 1,
             Ok(Command::Reconfigure(cfg, api)) => reloads.push((cfg, api)),
+            Ok(Command::Export(export)) => exports.push(export),
             Err(Empty::Empty) => break,
             Err(Empty::Disconnected) => return None,
         }
     }
-    Some((requests, reloads))
+    Some((requests, reloads, exports))
 }
 
 /// The `once` pass for one credential: reuse what is on disk if it is not
@@ -288,7 +301,10 @@ mod tests {
         tx.send(Command::RenewNow).unwrap();
         tx.send(Command::RenewNow).unwrap();
         assert!(matches!(rx.recv().await, Some(Command::RenewNow)));
-        assert_eq!(take_queued(&mut rx).map(|(n, r)| (n, r.len())), Some((1, 0)));
+        assert_eq!(
+            take_queued(&mut rx).map(|(n, r, e)| (n, r.len(), e.len())),
+            Some((1, 0, 0))
+        );
         // Woken while waiting.
         let waiting = tokio::spawn(async move {
             let first = rx.recv().await.is_some();

@@ -368,7 +368,10 @@ impl Daemon {
         let (board, metrics) = (self.board.clone(), self.metrics.clone());
         let state_dir = self.config.state_dir.clone();
         let task_cancel = cancel.clone();
-        let export = self.exports.entry(name.clone()).or_default().clone();
+        // Only a credential someone reads (the exec child, a proxy) gets a
+        // channel (400 bytes: with 1000 credentials and no reader, 0.4 MB
+        // for nothing); a proxy added later asks for one (`start_proxies`).
+        let export = self.exports.get(&name).cloned();
         let in_use = self.exec.as_ref().map(|e| e.in_use.clone()).unwrap_or_default();
         self.board.register(&name);
         // The start (a renamed predecessor's end, its key state taken over,
@@ -418,6 +421,18 @@ impl Daemon {
 
     /// Starts, keeps or stops the proxies to match the config; the errors.
     async fn start_proxies(&mut self, api_changed: bool) -> Vec<String> {
+        // A proxied credential without a channel for its secret gets one.
+        for proxy in &self.config.proxies {
+            let name = &proxy.credential;
+            if !self.exports.contains_key(name)
+                && let Some(task) = self.tasks.get(name)
+            {
+                let export = Arc::new(ExportSender::default());
+                if task.commands.send(Command::Export(export.clone())).is_ok() {
+                    self.exports.insert(name.clone(), export);
+                }
+            }
+        }
         let (exports, renew, config) = (&self.exports, &self.renew_requests, &self.config);
         let wiring = |name: &str| {
             let secret = exports.get(name)?.subscribe();
