@@ -387,3 +387,37 @@ fn a_proxy_removed_by_a_reload_stops_accepting_and_the_others_go_on() {
     assert_eq!(get(a, "/v1.0/echo", "").0, 200);
     stop(&mut d, nix::sys::signal::Signal::SIGTERM);
 }
+
+#[test]
+fn a_proxy_added_by_a_reload_serves_the_credentials_current_token_at_once() {
+    // The credential runs without any reader of its secret; a reload adds
+    // a proxy for it: the proxy gets the token the credential holds (no
+    // new login) and its first request is answered with it.
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let base = cred("main", USER, "password", "", &output("main.token", "raw"));
+    t.write_config(&s.base_url(), &base);
+    let mut d = daemon_with(&t, "info", &[]);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!("{base}{}", proxy(&addr.to_string(), "main", "")),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_listening(addr, &d);
+    let (status, _, body) = get(addr, "/v1.0/echo", "");
+    assert_eq!(status, 200, "{body}\n{}", d.log());
+    let token = t.read("main.token").unwrap();
+    assert!(
+        body.contains(token.trim()),
+        "the API saw the credential's token\n{body}"
+    );
+    assert_eq!(s.logins_ok(), 1, "no new login for the proxy\n{}", d.log());
+    stop(&mut d, nix::sys::signal::Signal::SIGTERM);
+}
