@@ -17,6 +17,14 @@ fn the_release_profile_keeps_its_size_settings() {
     assert_eq!(release["panic"].as_str(), Some("abort"), "no unwinding tables");
     assert_eq!(release["lto"].as_str(), Some("fat"), "whole-program LTO");
     assert_eq!(release["codegen-units"].as_integer(), Some(1));
+    // The proxy's request path stays fast.
+    for hot in ["hyper", "tokio", "http", "bytes"] {
+        assert_eq!(
+            release["package"][hot]["opt-level"].as_integer(),
+            Some(3),
+            "{hot} at opt-level 3"
+        );
+    }
 }
 
 fn threads(pid: i32) -> usize {
