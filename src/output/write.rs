@@ -66,18 +66,25 @@ fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Writes `content` to `spec.path` atomically, unless it is already there.
-pub fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome, WriteError> {
+/// Writes `content` to `spec.path` atomically, unless it is already there;
+/// the directory is fsynced after the rename when `rename` asks for it.
+pub fn write_atomic_as(
+    spec: &FileSpec<'_>,
+    content: &[u8],
+    rename: Rename,
+) -> Result<WriteOutcome, WriteError> {
     let dir = target_dir(spec)?;
     if is_current(spec, content) {
         return Ok(WriteOutcome::Unchanged);
     }
     replace(spec, dir, Fsync::File, |_| Ok(content))?;
-    sync_dir(dir);
+    if rename == Rename::Durable {
+        sync_dir(dir);
+    }
     Ok(WriteOutcome::Written)
 }
 
-/// [`write_atomic`] for each file in turn (a failure leaves the others to
+/// [`write_atomic_as`] for each file in turn (a failure leaves the others to
 /// be written), then one fsync of each directory a file was renamed into:
 /// when this returns, every file written is on disk. One outcome per file,
 /// in order.
@@ -103,7 +110,7 @@ pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOut
     outcomes
 }
 
-/// Replaces `spec.path` with `content` as [`write_atomic`] does (always:
+/// Replaces `spec.path` with `content` as [`write_atomic_as`] does (always:
 /// no comparison with what is there) but without any fsync: readers see the
 /// old or the new content, never part of one, yet a power loss may lose the
 /// write or leave the file empty. Only for a report that is rewritten at
@@ -263,7 +270,7 @@ pub enum Rename {
     MayBeLost,
 }
 
-/// Like [`write_atomic`], but the content is made once the temp file
+/// Like [`write_atomic_as`], but the content is made once the temp file
 /// exists, from its inode number (always written: the content differs on
 /// every write). The file then carries the identity it has on disk, so a
 /// copy (a new inode) can be told from the file this process wrote: the
@@ -291,6 +298,10 @@ pub fn write_atomic_stamped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome, WriteError> {
+        write_atomic_as(spec, content, Rename::Durable)
+    }
     use std::os::unix::fs::FileTypeExt;
 
     fn spec(path: &Path, mode: u32) -> FileSpec<'_> {

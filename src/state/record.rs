@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::output::write::{FileSpec, write_atomic};
+use crate::output::write::{FileSpec, Rename, write_atomic_as};
 
 /// A record is a few hundred bytes; anything larger is not ours.
 const MAX_RECORD_LEN: u64 = 64 * 1024;
@@ -82,7 +82,11 @@ pub fn write(state_dir: &Path, credential: &str, record: &TokenRecord) -> Result
     }
     let mut text = serde_json::to_string_pretty(record).map_err(|e| e.to_string())?;
     text.push('\n');
-    write_atomic(
+    // Whole, old or new, but its rename may be lost in a crash: a record
+    // that does not match the token in the outputs only makes the next
+    // start judge that token without it (as after a failed write, which
+    // is logged, not fatal).
+    write_atomic_as(
         &FileSpec {
             path: &p,
             mode: 0o600,
@@ -90,6 +94,7 @@ pub fn write(state_dir: &Path, credential: &str, record: &TokenRecord) -> Result
             gid: None,
         },
         text.as_bytes(),
+        Rename::MayBeLost,
     )
     .map(|_| ())
     .map_err(|e| e.to_string())
