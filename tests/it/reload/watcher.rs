@@ -209,24 +209,28 @@ fn idle_daemon_does_not_keep_rereading_its_config() {
     );
 }
 
+/// A config for the credential `main` with every path absolute (the
+/// config itself lives in a subdirectory): its state dir and password in
+/// `t`, one raw output per name in `outputs`.
+fn absolute_config(s: &StandIn, t: &TestDir, outputs: &[&str]) -> String {
+    let outs: String = outputs.iter().map(|o| output(&abs(t, o), "raw")).collect();
+    config_api(
+        &s.base_url(),
+        "3s",
+        0,
+        &format!(
+            "[state]\ndir = \"{}\"\n\n{}",
+            abs(t, "state"),
+            cred("main", USER, &abs(t, "password"), FAST_RETRY, &outs)
+        ),
+    )
+}
+
 #[test]
 fn edits_in_a_replaced_config_directory_are_seen() {
     let s = standin(LONG);
     let t = TestDir::new();
-    let abs = |n: &str| t.path(n).display().to_string();
-    let text = |outputs: &[&str]| {
-        let outs: String = outputs.iter().map(|o| output(&abs(o), "raw")).collect();
-        config_api(
-            &s.base_url(),
-            "3s",
-            0,
-            &format!(
-                "[state]\ndir = \"{}\"\n\n{}",
-                abs("state"),
-                cred("main", USER, &abs("password"), FAST_RETRY, &outs)
-            ),
-        )
-    };
+    let text = |outputs: &[&str]| absolute_config(&s, &t, outputs);
     let conf = t.path("conf");
     std::fs::create_dir(&conf).unwrap();
     let cfg = conf.join("config.toml");
@@ -272,26 +276,10 @@ fn files_opened_and_written_beside_the_config_directory_do_not_wake_the_daemon()
     // /etc/voipbin-tokend, /etc: every program opens files there).
     let s = standin(LONG);
     let t = TestDir::new();
-    let abs = |n: &str| t.path(n).display().to_string();
     let conf = t.path("conf");
     std::fs::create_dir(&conf).unwrap();
     let cfg = conf.join("config.toml");
-    let text = config_api(
-        &s.base_url(),
-        "3s",
-        0,
-        &format!(
-            "[state]\ndir = \"{}\"\n\n{}",
-            abs("state"),
-            cred(
-                "main",
-                USER,
-                &abs("password"),
-                FAST_RETRY,
-                &output(&abs("a.token"), "raw")
-            )
-        ),
-    );
+    let text = absolute_config(&s, &t, &["a.token"]);
     std::fs::write(&cfg, text).unwrap();
     let d = Daemon::spawn(t.command(&["run", "-c", cfg.to_str().unwrap()]));
     wait_file(&t.path("a.token"), crate::support::WAIT, || d.log());
@@ -318,25 +306,7 @@ fn files_opened_and_written_beside_the_config_directory_do_not_wake_the_daemon()
 fn configmap_updates_log_one_config_reloaded_and_no_watcher_noise() {
     let s = standin(LONG);
     let t = TestDir::new();
-    let abs = |n: &str| t.path(n).display().to_string();
-    let text = |o: &str| {
-        config_api(
-            &s.base_url(),
-            "3s",
-            0,
-            &format!(
-                "[state]\ndir = \"{}\"\n\n{}",
-                abs("state"),
-                cred(
-                    "main",
-                    USER,
-                    &abs("password"),
-                    FAST_RETRY,
-                    &output(&abs(o), "raw")
-                )
-            ),
-        )
-    };
+    let text = |o: &str| absolute_config(&s, &t, &[o]);
     // A ConfigMap volume as the kubelet lays it out and updates it.
     let cm = t.path("cm");
     std::fs::create_dir(&cm).unwrap();
