@@ -26,6 +26,10 @@ use crate::secret::Secret;
 /// A request body up to this size is kept, for one replay after a 401.
 pub const REPLAY_LIMIT: usize = 1024 * 1024;
 
+/// How long a request that comes before the credential's first secret (the
+/// daemon's start, a proxy added by a reload) waits for it before a 503.
+pub const FIRST_SECRET_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a request that saw a 401 waits for the renewal it asked for.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 
@@ -82,7 +86,7 @@ pub async fn handle(route: &Route, mut request: Request<Incoming>) -> Response<P
         Ok(path) => path,
         Err(refused) => return refusal(&refused),
     };
-    let Some(mut sent_with) = route.secret.borrow().clone() else {
+    let Some(mut sent_with) = current_secret(route).await else {
         return not_yet();
     };
     let response = if let Some(client_side) = client_side {
@@ -140,6 +144,21 @@ pub async fn handle(route: &Route, mut request: Request<Incoming>) -> Response<P
         "proxied"
     );
     response
+}
+
+/// The credential's secret; before the first one, what comes within
+/// [`FIRST_SECRET_WAIT`] (a proxy added by a reload gets the held secret a
+/// moment after it listens: its first request is served, not refused).
+async fn current_secret(route: &Route) -> Option<Exported> {
+    if let Some(held) = route.secret.borrow().as_ref() {
+        return Some(held.clone());
+    }
+    let mut secret = route.secret.clone();
+    let first = secret.wait_for(|s| s.is_some());
+    match tokio::time::timeout(FIRST_SECRET_WAIT, first).await {
+        Ok(Ok(held)) => held.clone(),
+        _ => None,
+    }
 }
 
 /// A secret other than `refused`: the current one if it was replaced

@@ -421,3 +421,43 @@ fn a_proxy_added_by_a_reload_serves_the_credentials_current_token_at_once() {
     assert_eq!(s.logins_ok(), 1, "no new login for the proxy\n{}", d.log());
     stop(&mut d, nix::sys::signal::Signal::SIGTERM);
 }
+
+#[test]
+fn a_proxy_added_while_its_credential_renews_holds_the_first_request_for_the_secret() {
+    // The credential is in a slow login (1.2 s) when a reload adds a proxy
+    // for it: the proxy listens at once, but the credential hands it the
+    // secret only when the login is over. The first request waits for it
+    // (up to 2 s) instead of a 503.
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let base = cred("main", USER, "password", "", &output("main.token", "raw"));
+    t.write_config(&s.base_url(), &base);
+    let mut d = daemon_with(&t, "info", &[]);
+    wait_for(
+        Duration::from_secs(10),
+        "a token",
+        || t.read("main.token").is_some(),
+        || d.log(),
+    );
+    // A renewal asked within a second of the last one waits for that second.
+    std::thread::sleep(Duration::from_millis(1100));
+    s.script([Fault::Delay(Duration::from_millis(1200))]);
+    d.signal(nix::sys::signal::Signal::SIGUSR1);
+    d.wait_log("renewal requested", 1, Duration::from_secs(10));
+    let addr = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!("{base}{}", proxy(&addr.to_string(), "main", "")),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_listening(addr, &d);
+    let (status, _, body) = get(addr, "/v1.0/echo", "");
+    assert_eq!(status, 200, "{body}\n{}", d.log());
+    assert_eq!(s.logins_ok(), 2, "{}", d.log());
+    let token = t.read("main.token").unwrap();
+    assert!(
+        body.contains(token.trim()),
+        "the API saw the renewed token\n{body}"
+    );
+    stop(&mut d, nix::sys::signal::Signal::SIGTERM);
+}
