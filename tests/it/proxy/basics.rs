@@ -388,29 +388,37 @@ fn a_proxy_removed_by_a_reload_stops_accepting_and_the_others_go_on() {
     stop(&mut d, nix::sys::signal::Signal::SIGTERM);
 }
 
-#[test]
-fn a_proxy_added_by_a_reload_serves_the_credentials_current_token_at_once() {
-    // The credential runs without any reader of its secret; a reload adds
-    // a proxy for it: the proxy gets the token the credential holds (no
-    // new login) and its first request is answered with it.
+/// A credential without a proxy, its token on disk: the stand-in, the
+/// test dir, the credential's config and the daemon.
+fn a_token_without_a_proxy() -> (StandIn, TestDir, String, Daemon) {
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
     let base = cred("main", USER, "password", "", &output("main.token", "raw"));
     t.write_config(&s.base_url(), &base);
-    let mut d = daemon_with(&t, "info", &[]);
+    let d = daemon_with(&t, "info", &[]);
     wait_for(
         Duration::from_secs(10),
         "a token",
         || t.read("main.token").is_some(),
         || d.log(),
     );
+    (s, t, base, d)
+}
+
+/// Adds a proxy for the credential by a reload; its address once it listens.
+fn add_a_proxy(s: &StandIn, t: &TestDir, base: &str, d: &Daemon) -> SocketAddr {
     let addr = free_port();
     t.write_config(
         &s.base_url(),
         &format!("{base}{}", proxy(&addr.to_string(), "main", "")),
     );
     d.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_listening(addr, &d);
+    wait_listening(addr, d);
+    addr
+}
+
+/// The proxy at `addr` answers 200, the API having seen the token on disk.
+fn served_with_the_token_on_disk(addr: SocketAddr, t: &TestDir, d: &Daemon) {
     let (status, _, body) = get(addr, "/v1.0/echo", "");
     assert_eq!(status, 200, "{body}\n{}", d.log());
     let token = t.read("main.token").unwrap();
@@ -418,6 +426,16 @@ fn a_proxy_added_by_a_reload_serves_the_credentials_current_token_at_once() {
         body.contains(token.trim()),
         "the API saw the credential's token\n{body}"
     );
+}
+
+#[test]
+fn a_proxy_added_by_a_reload_serves_the_credentials_current_token_at_once() {
+    // The credential runs without any reader of its secret; a reload adds
+    // a proxy for it: the proxy gets the token the credential holds (no
+    // new login) and its first request is answered with it.
+    let (s, t, base, mut d) = a_token_without_a_proxy();
+    let addr = add_a_proxy(&s, &t, &base, &d);
+    served_with_the_token_on_disk(addr, &t, &d);
     assert_eq!(s.logins_ok(), 1, "no new login for the proxy\n{}", d.log());
     stop(&mut d, nix::sys::signal::Signal::SIGTERM);
 }
@@ -428,36 +446,14 @@ fn a_proxy_added_while_its_credential_renews_holds_the_first_request_for_the_sec
     // for it: the proxy listens at once, but the credential hands it the
     // secret only when the login is over. The first request waits for it
     // (up to 2 s) instead of a 503.
-    let s = standin(Duration::from_secs(3600));
-    let t = TestDir::new();
-    let base = cred("main", USER, "password", "", &output("main.token", "raw"));
-    t.write_config(&s.base_url(), &base);
-    let mut d = daemon_with(&t, "info", &[]);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    let (s, t, base, mut d) = a_token_without_a_proxy();
     // A renewal asked within a second of the last one waits for that second.
     std::thread::sleep(Duration::from_millis(1100));
     s.script([Fault::Delay(Duration::from_millis(1200))]);
     d.signal(nix::sys::signal::Signal::SIGUSR1);
     d.wait_log("renewal requested", 1, Duration::from_secs(10));
-    let addr = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!("{base}{}", proxy(&addr.to_string(), "main", "")),
-    );
-    d.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_listening(addr, &d);
-    let (status, _, body) = get(addr, "/v1.0/echo", "");
-    assert_eq!(status, 200, "{body}\n{}", d.log());
+    let addr = add_a_proxy(&s, &t, &base, &d);
+    served_with_the_token_on_disk(addr, &t, &d);
     assert_eq!(s.logins_ok(), 2, "{}", d.log());
-    let token = t.read("main.token").unwrap();
-    assert!(
-        body.contains(token.trim()),
-        "the API saw the renewed token\n{body}"
-    );
     stop(&mut d, nix::sys::signal::Signal::SIGTERM);
 }
