@@ -10,7 +10,7 @@ use super::ApiClient;
 use crate::config::{ApiConfig, Config, CredentialConfig};
 
 /// Logins allowed in flight at once, whatever the per-second budget.
-const MAX_CONCURRENT_LOGINS: usize = 16;
+pub(crate) const MAX_CONCURRENT_LOGINS: usize = 16;
 
 /// The API client of one base URL and the login budget it shares with
 /// every other (all credentials, all servers: the budget is this host's).

@@ -122,6 +122,9 @@ struct LoginAnswer {
     token: String,
 }
 
+/// How long a connection to the API stays open unused.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 impl ApiClient {
     pub fn new(cfg: &ApiConfig) -> Result<ApiClient, String> {
         let mut builder = reqwest::Client::builder()
@@ -130,8 +133,17 @@ impl ApiClient {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("voipbin-tokend/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(2);
+            // The requests of one step (a key rotation's create, test call,
+            // list, deletes) follow each other within milliseconds; the
+            // next step is hours or days away. A connection idle for
+            // POOL_IDLE is closed: the pool's reaper stops once it is empty,
+            // so an idle daemon holds no connection (nor the server one)
+            // and is not woken by it (issue 18; it was 30 s: the reaper woke
+            // it twice after every renewal, three timer wakes each).
+            .pool_idle_timeout(POOL_IDLE)
+            // As many as logins may run at once: a start with many
+            // credentials reuses them (no TCP and TLS handshake per login).
+            .pool_max_idle_per_host(budget::MAX_CONCURRENT_LOGINS);
         if let Some(path) = &cfg.ca_file {
             for cert in crate::config::read_ca_file(path)? {
                 builder = builder.add_root_certificate(cert);

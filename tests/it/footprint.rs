@@ -37,12 +37,7 @@ fn an_idle_daemon_keeps_three_threads_and_a_proxy_adds_one_per_core() {
     let t = TestDir::new();
     raw_config(&s, &t, "");
     let d = daemon_with(&t, "info", &[]);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     // The runtime's thread, the signal thread and the config watcher's;
     // the blocking pool's threads (file writes) end once idle.
     let idle = voipbin_tokend_testkit::poll(Duration::from_secs(20), Duration::from_millis(200), || {
@@ -64,12 +59,7 @@ fn an_idle_daemon_keeps_three_threads_and_a_proxy_adds_one_per_core() {
         ),
     );
     let d = daemon_with(&t, "info", &[]);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     let idle = voipbin_tokend_testkit::poll(Duration::from_secs(20), Duration::from_millis(200), || {
         threads(d.pid()) <= 3 + cores
@@ -78,5 +68,63 @@ fn an_idle_daemon_keeps_three_threads_and_a_proxy_adds_one_per_core() {
         idle.is_some(),
         "{} threads when idle with a proxy ({cores} workers)",
         threads(d.pid())
+    );
+}
+
+/// The daemon's TCP connections to `port` (ESTABLISHED), from its socket
+/// fds and `/proc/net/tcp`.
+fn connections_to(pid: i32, port: u16) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // remote address, state (01 established), inode
+            f.len() > 9
+                && f[2]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+                && f[3] == "01"
+                && inodes.iter().any(|i| i == f[9])
+        })
+        .count()
+}
+
+#[test]
+fn an_idle_daemon_keeps_no_connection_to_the_api_open() {
+    // The next request is hours or days away: the connection of a login
+    // is closed within seconds (5 s unused), not held for the pool's old
+    // 30 s (its reaper woke the daemon twice after every renewal).
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    raw_config(&s, &t, "");
+    let d = daemon_with(&t, "info", &[]);
+    wait_file(&t.path("main.token"), WAIT, || d.log());
+    let port = s.addr().port();
+    assert_eq!(
+        connections_to(d.pid(), port),
+        1,
+        "the login's connection is kept a moment"
+    );
+    let closed = voipbin_tokend_testkit::poll(Duration::from_secs(25), Duration::from_millis(200), || {
+        connections_to(d.pid(), port) == 0
+    });
+    assert!(
+        closed.is_some(),
+        "a connection to the API still open 25 s after the login\n{}",
+        d.log()
     );
 }
