@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::CredentialStatus;
-use crate::output::write::{FileSpec, write_report};
+use crate::output::write::{FileSpec, write_unsynced};
 
 /// What the daemon writes. Holds no secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
     let p = path(state_dir);
     // A report of this process, rewritten at every change and every
     // start: atomic for its readers, but not worth an fsync.
-    write_report(
+    write_unsynced(
         &FileSpec {
             path: &p,
             mode: 0o644,

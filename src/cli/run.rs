@@ -67,8 +67,11 @@ pub(super) fn once(path: &Path, force: bool) -> ExitCode {
             None
         }
     };
+    // Temp files a killed process left: ours to remove only with the lock
+    // (beside a running daemon, they may be its writes in progress).
     if lock.is_some() {
         state::remove_state_temps(&config.state_dir);
+        crate::output::remove_temps_left_behind(config.output_paths());
     }
     let rt = match runtime::start() {
         Ok(rt) => rt,

@@ -48,6 +48,13 @@ use proxy::check_proxy_paths;
 use raw::RawConfig;
 
 impl Config {
+    /// Every credential's output paths.
+    pub fn output_paths(&self) -> impl Iterator<Item = &Path> {
+        self.credentials
+            .iter()
+            .flat_map(|c| c.outputs.iter().map(|o| o.path.as_path()))
+    }
+
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_for(path, Use::Daemon)

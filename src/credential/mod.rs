@@ -28,7 +28,6 @@ use crate::config::CredentialConfig;
 use crate::export::{ExportSender, Exported, InUse};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
-use crate::output::write::remove_stale_temps;
 use crate::schedule::{self, FailureKind};
 use crate::source::{Ctx, Housekept, Source, jitter_sample};
 use crate::token;
@@ -217,19 +216,8 @@ impl Credential {
     /// What a source may use of this credential.
     /// Takes the secret already held, if it is still good (a restart must
     /// not log in or make a key when it need not): a login token found in
-    /// the outputs, an access key from the key state. Also removes temp
-    /// files a killed process left behind.
+    /// the outputs, an access key from the key state.
     pub async fn adopt_from_disk(&mut self, now: OffsetDateTime) {
-        let paths: Vec<_> = self.cfg.outputs.iter().map(|o| o.path.clone()).collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            for path in paths {
-                let removed = remove_stale_temps(&path);
-                if removed > 0 {
-                    info!(path = %path.display(), removed, "removed temp files left by an earlier run");
-                }
-            }
-        })
-        .await;
         let adopted = self.source.adopt(&ctx!(self), now).await;
         match adopted {
             Ok(Some(held)) => {

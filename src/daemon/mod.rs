@@ -96,6 +96,9 @@ struct Daemon {
     tasks: BTreeMap<String, Task>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// The state directory's lock is held: a credential a reload adds
+    /// removes the temp files left beside its outputs.
+    locked: bool,
 }
 
 /// `exec` mode's side of the daemon: the supervisor's channel and the
@@ -138,8 +141,10 @@ async fn run_as(
         Err(Locked { .. }) if held_by_once(&config.state_dir) => wait_for_once(&config.state_dir, "")?,
         locked => locked?,
     };
+    // Temp files a killed process left: ours to remove only with the lock.
     if lock.is_some() {
         remove_state_temps(&config.state_dir);
+        crate::output::remove_temps_left_behind(config.output_paths());
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let exec_signals = exec.as_ref().map(|p| signals::ExecSignals {
@@ -157,17 +162,18 @@ async fn run_as(
             None
         }
     };
-    run_with_events(config, rx, shutdown, exec).await
+    run_with_events(config, rx, shutdown, exec, lock.is_some()).await
 }
 
 /// The daemon loop proper, fed by any event source; stops on
 /// [`Event::Shutdown`], when `shutdown` resolves, or (`exec`) when the
-/// child has exited.
+/// child has exited. `locked`: the state directory's lock is held.
 async fn run_with_events(
     config: Config,
     mut events: mpsc::UnboundedReceiver<Event>,
     shutdown: impl Future<Output = ()>,
     exec: Option<Plan>,
+    locked: bool,
 ) -> Result<Stopped, DaemonError> {
     for w in &config.warnings {
         warn!("{w}");
@@ -221,6 +227,7 @@ async fn run_with_events(
         tracker: TaskTracker::new(),
         cancel,
         config,
+        locked,
     };
     info!(
         config = %daemon.config.path.display(),
@@ -228,7 +235,8 @@ async fn run_with_events(
         "voipbin-tokend started"
     );
     for cred in daemon.config.credentials.clone() {
-        daemon.spawn(cred);
+        // Their temp files were removed above, for all at once.
+        daemon.spawn_after(cred, None, false);
     }
     if let Some(e) = daemon.start_proxies(false).await.into_iter().next() {
         return Err(DaemonError::Proxy {
@@ -342,18 +350,21 @@ fn start_supervisor(
 }
 
 impl Daemon {
+    /// Starts a credential a reload added.
     fn spawn(&mut self, cfg: CredentialConfig) {
-        self.spawn_after(cfg, None);
+        self.spawn_after(cfg, None, self.locked);
     }
 
     /// Starts a credential; with `renamed_from`, first waits for that
     /// (cancelled) credential's task to stop and takes its key state over
     /// (`keys/{old}.json` becomes `keys/{new}.json`), so a rename keeps the
-    /// current key and the deletions still owed.
+    /// current key and the deletions still owed. With `remove_temps`, first
+    /// removes the temp files a killed process left beside its outputs.
     fn spawn_after(
         &mut self,
         cfg: CredentialConfig,
         renamed_from: Option<(String, tokio::task::JoinHandle<()>)>,
+        remove_temps: bool,
     ) {
         let name = cfg.name.clone();
         let api = match self.apis.for_credential(&cfg) {
@@ -396,6 +407,13 @@ impl Daemon {
                     }
                     Err(e) => warn!(error = %e, "cannot take the key state of the renamed credential over"),
                 }
+            }
+            if remove_temps {
+                let paths: Vec<_> = cfg.outputs.iter().map(|o| o.path.clone()).collect();
+                let removed = tokio::task::spawn_blocking(move || {
+                    crate::output::remove_temps_left_behind(paths.iter().map(|p| p.as_path()))
+                });
+                let _ = removed.await;
             }
             let mut cred = Credential::new(cfg, api, state_dir, Some(board), metrics);
             cred = cred.exported(export, in_use);

@@ -148,7 +148,7 @@ impl Daemon {
                 }
                 (Some(_), Some(_)) => {}
                 _ => {
-                    self.spawn_after(cfg.clone(), renamed.remove(&cfg.name));
+                    self.spawn_after(cfg.clone(), renamed.remove(&cfg.name), self.locked);
                     added += 1;
                 }
             }

@@ -7,3 +7,13 @@ pub mod render;
 pub mod write;
 
 pub use format::Format;
+
+/// Removes the temp files a killed process left beside `paths` (outputs),
+/// one listing per directory, and logs beside which path some were. Only
+/// for the holder of the state directory's lock: another process's write
+/// in progress (a `once` beside the daemon) would lose its temp file.
+pub fn remove_temps_left_behind<'a>(paths: impl IntoIterator<Item = &'a std::path::Path>) {
+    for (path, removed) in write::remove_stale_temps(paths) {
+        tracing::info!(path = %path.display(), removed, "removed temp files left by an earlier run");
+    }
+}

@@ -16,14 +16,17 @@
 //!
 //! [`write_atomic_many`] writes several files the same way with one
 //! directory fsync per directory (a credential's outputs usually share
-//! one), after the last rename. [`write_report`] skips both fsyncs: for
-//! the status file, a report rewritten at every start, whose readers still
-//! never see a partial file (only a power loss could leave it empty).
+//! one), after the last rename. [`write_unsynced`] skips both fsyncs: for
+//! a file whose loss, or emptiness after a power loss, only repeats work
+//! (the status file, rewritten at every start; the record of a login);
+//! its readers still never see a partial file.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, LazyLock, Mutex, PoisonError};
 
 /// How the file must look on disk.
 #[derive(Debug, Clone, Copy)]
@@ -66,26 +69,9 @@ fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Writes `content` to `spec.path` atomically, unless it is already there;
-/// the directory is fsynced after the rename when `rename` asks for it.
-pub fn write_atomic_as(
-    spec: &FileSpec<'_>,
-    content: &[u8],
-    rename: Rename,
-) -> Result<WriteOutcome, WriteError> {
-    let dir = target_dir(spec)?;
-    if is_current(spec, content) {
-        return Ok(WriteOutcome::Unchanged);
-    }
-    replace(spec, dir, Fsync::File, |_| Ok(content))?;
-    if rename == Rename::Durable {
-        sync_dir(dir);
-    }
-    Ok(WriteOutcome::Written)
-}
-
-/// [`write_atomic_as`] for each file in turn (a failure leaves the others to
-/// be written), then one fsync of each directory a file was renamed into:
+/// Writes each file atomically, unless it already holds its content (a
+/// failure leaves the others to be written), then one fsync of each
+/// directory a file was renamed into:
 /// when this returns, every file written is on disk. One outcome per file,
 /// in order.
 pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOutcome, WriteError>> {
@@ -110,12 +96,12 @@ pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOut
     outcomes
 }
 
-/// Replaces `spec.path` with `content` as [`write_atomic_as`] does (always:
+/// Replaces `spec.path` with `content` as [`write_atomic_many`] does (always:
 /// no comparison with what is there) but without any fsync: readers see the
 /// old or the new content, never part of one, yet a power loss may lose the
-/// write or leave the file empty. Only for a report that is rewritten at
-/// every start.
-pub fn write_report(spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
+/// write or leave the file empty. Only for a file whose reader takes an
+/// empty, old or missing one for none, at the cost of work redone.
+pub fn write_unsynced(spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
     let dir = target_dir(spec)?;
     replace(spec, dir, Fsync::None, |_| Ok(content))
 }
@@ -175,12 +161,74 @@ fn replace<C: AsRef<[u8]>>(
     Ok(())
 }
 
-/// Fsyncs `dir`, so the renames into it survive a crash. The renames are
-/// done; a failure only weakens crash safety, so it is logged, not returned.
+/// Returns once a fsync of `dir` that began after this call is done, so
+/// the renames into it made before survive a crash. The renames are done;
+/// a failure only weakens crash safety, so it is logged, not returned.
+///
+/// Threads share the fsyncs of one directory (a group commit): a caller
+/// waits for the next fsync of its directory if one is running, and runs
+/// it itself if none is. With many credentials writing into one directory
+/// at once (a start with 1000), one fsync serves every rename made before
+/// it began, instead of one each.
 fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    let shared = &*DIR_SYNCS;
+    let mut dirs = shared.dirs.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = dirs.entry(dir.to_path_buf()).or_default();
+    // The first fsync to begin from now on covers this caller's renames.
+    let needed = entry.begun + 1;
+    entry.callers += 1;
+    loop {
+        let Some(syncs) = dirs.get_mut(dir) else {
+            return;
+        };
+        if syncs.finished >= needed {
+            break;
+        }
+        if syncs.running {
+            dirs = shared.done.wait(dirs).unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        syncs.running = true;
+        syncs.begun += 1;
+        let this = syncs.begun;
+        drop(dirs);
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+        }
+        dirs = shared.dirs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(syncs) = dirs.get_mut(dir) {
+            syncs.running = false;
+            syncs.finished = this;
+        }
+        shared.done.notify_all();
     }
+    if let Some(syncs) = dirs.get_mut(dir) {
+        syncs.callers -= 1;
+        if syncs.callers == 0 {
+            dirs.remove(dir);
+        }
+    }
+}
+
+/// The directory fsyncs under way, by directory (see [`sync_dir`]).
+struct DirSyncs {
+    dirs: Mutex<HashMap<PathBuf, Syncs>>,
+    done: Condvar,
+}
+
+static DIR_SYNCS: LazyLock<DirSyncs> = LazyLock::new(|| DirSyncs {
+    dirs: Mutex::new(HashMap::new()),
+    done: Condvar::new(),
+});
+
+/// One directory's fsyncs: how many began and the last one finished
+/// (numbered from 1), whether one is running, how many callers wait.
+#[derive(Default)]
+struct Syncs {
+    begun: u64,
+    finished: u64,
+    running: bool,
+    callers: usize,
 }
 
 /// Mode and owner first, then the bytes, then (unless told not to) fsync.
@@ -236,27 +284,50 @@ fn temp_name(path: &Path) -> String {
     )
 }
 
-/// Removes temp files an earlier, killed process left beside `path`.
-/// Returns how many were removed.
-pub fn remove_stale_temps(path: &Path) -> usize {
-    let (Some(dir), prefix) = (path.parent(), temp_prefix(path)) else {
-        return 0;
-    };
-    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    }) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(&prefix) && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+/// Removes the temp files an earlier, killed process left beside any of
+/// `paths`, listing each directory once (with 1000 outputs in one
+/// directory, a listing per output cost a second of a start). Returns
+/// each path beside which some were removed, and how many.
+///
+/// Only the holder of the state directory's lock may call this: another
+/// process's write in progress would lose its temp file.
+pub fn remove_stale_temps<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<(PathBuf, usize)> {
+    let mut by_dir: BTreeMap<&Path, BTreeMap<&str, &Path>> = BTreeMap::new();
+    for path in paths {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            by_dir.entry(dir).or_default().insert(name, path);
         }
     }
-    removed
+    let mut removed: BTreeMap<&Path, usize> = BTreeMap::new();
+    for (dir, names) in by_dir {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(path) = name.to_str().and_then(|n| temp_target(n, &names)) else {
+                continue;
+            };
+            // A symlink is removed, never followed; a directory stays.
+            if std::fs::remove_file(entry.path()).is_ok() {
+                *removed.entry(path).or_default() += 1;
+            }
+        }
+    }
+    removed.into_iter().map(|(p, n)| (p.to_path_buf(), n)).collect()
+}
+
+/// The name among `names` whose temp file `name` is: `name` starts with
+/// `.{target}.tmp-` (what [`temp_name`] makes, or a file planted to look
+/// like one).
+fn temp_target<'n, T>(name: &str, names: &'n BTreeMap<&str, T>) -> Option<&'n T> {
+    let rest = name.strip_prefix('.')?;
+    rest.match_indices(".tmp-")
+        .find_map(|(at, _)| names.get(&rest[..at]))
 }
 
 /// Whether the rename of a replacement must be on disk when the write
@@ -270,7 +341,7 @@ pub enum Rename {
     MayBeLost,
 }
 
-/// Like [`write_atomic_as`], but the content is made once the temp file
+/// Like [`write_atomic_many`] for one file, but the content is made once the temp file
 /// exists, from its inode number (always written: the content differs on
 /// every write). The file then carries the identity it has on disk, so a
 /// copy (a new inode) can be told from the file this process wrote: the
@@ -300,7 +371,7 @@ mod tests {
     use super::*;
 
     fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome, WriteError> {
-        write_atomic_as(spec, content, Rename::Durable)
+        write_atomic_many(&[(*spec, content)]).pop().unwrap()
     }
     use std::os::unix::fs::FileTypeExt;
 
@@ -428,20 +499,66 @@ mod tests {
     fn a_report_replaces_whole_without_temps_left() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("status.json");
-        write_report(&spec(&p, 0o644), b"{}").unwrap();
-        write_report(&spec(&p, 0o644), b"{\"a\":1}").unwrap();
+        write_unsynced(&spec(&p, 0o644), b"{}").unwrap();
+        write_unsynced(&spec(&p, 0o644), b"{\"a\":1}").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}");
         assert_eq!(entries(dir.path()), ["status.json"]);
-        assert!(write_report(&spec(&dir.path().join("nope/s"), 0o644), b"{}").is_err());
+        assert!(write_unsynced(&spec(&dir.path().join("nope/s"), 0o644), b"{}").is_err());
+    }
+
+    #[test]
+    fn concurrent_directory_fsyncs_all_return_and_leave_nothing_behind() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::thread::scope(|scope| {
+            for i in 0..16 {
+                let dir = if i % 2 == 0 { a.path() } else { b.path() };
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        sync_dir(dir);
+                    }
+                });
+            }
+        });
+        let dirs = DIR_SYNCS.dirs.lock().unwrap();
+        assert!(!dirs.contains_key(a.path()) && !dirs.contains_key(b.path()));
     }
 
     #[test]
     fn stale_temps_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("t");
-        std::fs::write(dir.path().join(".t.tmp-1-abc"), "x").unwrap();
-        std::fs::write(dir.path().join(".other.tmp-1-abc"), "x").unwrap();
-        assert_eq!(remove_stale_temps(&p), 1);
-        assert_eq!(entries(dir.path()), [".other.tmp-1-abc"]);
+        let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (t, u, v) = (
+            dir.path().join("t"),
+            dir.path().join("u.tmp-1"),
+            other.path().join("v"),
+        );
+        for name in [
+            ".t.tmp-1-00000000000000ab",
+            ".t.tmp-evil",
+            ".u.tmp-1.tmp-2-0123456789abcdef",
+            ".other.tmp-1-00000000000000ab",
+            ".t.tm-1",
+            "t.tmp-1-00000000000000ab",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        std::fs::write(other.path().join("target"), "x").unwrap();
+        std::os::unix::fs::symlink(other.path().join("target"), other.path().join(".v.tmp-9")).unwrap();
+        // A directory of a temp's name is not ours to remove.
+        std::fs::create_dir(other.path().join(".v.tmp-8-00000000000000ab")).unwrap();
+        let mut removed = remove_stale_temps([t.as_path(), u.as_path(), v.as_path()]);
+        let mut expected = vec![(t, 2), (u, 1), (v, 1)];
+        removed.sort();
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert_eq!(
+            entries(dir.path()),
+            [
+                ".other.tmp-1-00000000000000ab",
+                ".t.tm-1",
+                "t.tmp-1-00000000000000ab"
+            ]
+        );
+        // The link went, not what it pointed to.
+        assert_eq!(entries(other.path()), [".v.tmp-8-00000000000000ab", "target"]);
     }
 }

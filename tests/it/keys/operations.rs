@@ -117,6 +117,22 @@ fn once_with_only_login_tokens_still_works_beside_a_daemon() {
 }
 
 #[test]
+fn once_beside_a_daemon_leaves_the_daemons_temp_files_alone() {
+    // A temp file beside an output may be the running daemon's write in
+    // progress: only the holder of the state directory's lock removes them.
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    let d = t.daemon();
+    wait_file(&t.path("main.token"), WAIT, || d.log());
+    let in_flight = format!(".main.token.tmp-{}-00000000deadbeef", d.pid());
+    std::fs::write(t.path(&in_flight), "IN FLIGHT").unwrap();
+    let out = t.run(&["once", "-c", "config.toml", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+    assert_eq!(t.read(&in_flight).as_deref(), Some("IN FLIGHT"), "{}", both(&out));
+}
+
+#[test]
 fn a_daemon_started_while_once_holds_the_lock_waits_for_it_and_runs() {
     let s = key_standin_scaled(120.0);
     let t = TestDir::new();

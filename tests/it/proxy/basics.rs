@@ -104,12 +104,7 @@ fn over_a_unix_socket_with_mode_0660_by_default() {
         || sock.exists(),
         || d.log(),
     );
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     let meta = std::fs::symlink_metadata(&sock).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
@@ -143,12 +138,7 @@ fn a_reload_keeps_an_unchanged_listener_and_its_keep_alive_connection() {
     t.write_config(&s.base_url(), &config(""));
     let mut d = daemon_with(&t, "info", &[]);
     wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     wait_ready(addr, &d);
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -189,12 +179,7 @@ fn status_shows_each_proxy_and_metrics_count_its_requests() {
     );
     let d = daemon_with(&t, "info", &[]);
     wait_listening(addr, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     wait_ready(addr, &d);
     let served = |metrics: &str| -> u64 {
         metrics
@@ -371,12 +356,7 @@ fn a_proxy_removed_by_a_reload_stops_accepting_and_the_others_go_on() {
     let mut d = daemon_with(&t, "info", &[]);
     wait_listening(a, &d);
     wait_listening(b, &d);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     t.write_config(
         &s.base_url(),
         &format!("{base}{}", proxy(&a.to_string(), "main", "")),
@@ -396,12 +376,7 @@ fn a_token_without_a_proxy() -> (StandIn, TestDir, String, Daemon) {
     let base = cred("main", USER, "password", "", &output("main.token", "raw"));
     t.write_config(&s.base_url(), &base);
     let d = daemon_with(&t, "info", &[]);
-    wait_for(
-        Duration::from_secs(10),
-        "a token",
-        || t.read("main.token").is_some(),
-        || d.log(),
-    );
+    wait_file(&t.path("main.token"), WAIT, || d.log());
     (s, t, base, d)
 }
 
