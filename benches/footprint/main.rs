@@ -20,7 +20,9 @@
 //!
 //! `FOOTPRINT_ONLY=idle,start,reload,many,renewal,exec,size` runs some
 //! sections only; `FOOTPRINT_BIN=PATH` measures another build of the binary (no
-//! `cargo build` then). The daemon inherits the environment, so for example
+//! `cargo build` then); `FOOTPRINT_BIG_RUNS=N` repeats the 1000-credential
+//! start N times (to compare two builds on a noisy machine, alternate them).
+//! The daemon inherits the environment, so for example
 //! `SSL_CERT_FILE` reaches it.
 //!
 //! Here: the knobs, the run and the binary's build. `scenarios` holds the
@@ -98,7 +100,13 @@ fn main() {
 }
 
 fn run() -> Res<()> {
-    let mode = Mode::from_env();
+    let mut mode = Mode::from_env();
+    if let Some(n) = std::env::var("FOOTPRINT_BIG_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        mode.big_runs = n;
+    }
     let bin = match std::env::var_os("FOOTPRINT_BIN") {
         Some(bin) => PathBuf::from(bin),
         None => {
