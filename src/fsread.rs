@@ -12,10 +12,13 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
+
+mod location;
+pub use location::{Location, Locator, Places};
 
 /// A password is a line of text, not megabytes.
 pub const MAX_PASSWORD: u64 = 4 * 1024;
@@ -163,101 +166,6 @@ pub fn check_replaceable(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Where a path really is, for comparing two spellings of one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The path made absolute with `.`/`..` and symlinked directories
-    /// resolved, the last component kept as written (it may be a link
-    /// that a write replaces, or not exist yet).
-    pub place: PathBuf,
-    /// (device, inode) of the path itself (a final symlink not followed),
-    /// when it exists: catches hard links.
-    pub node: Option<(u64, u64)>,
-    /// For inputs, which are read through links: where a final symlink
-    /// leads, and that file's (device, inode).
-    pub target: Option<(PathBuf, Option<(u64, u64)>)>,
-}
-
-impl Location {
-    /// The location of a file the daemon writes by rename (the final symlink is replaced, not followed).
-    pub fn of_output(path: &Path) -> Location {
-        Location {
-            place: resolve_parent(path),
-            node: std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino())),
-            target: None,
-        }
-    }
-
-    /// The location of a file the daemon reads (through symlinks).
-    pub fn of_input(path: &Path) -> Location {
-        let mut loc = Location::of_output(path);
-        if let Ok(real) = std::fs::canonicalize(path) {
-            let node = std::fs::metadata(&real).ok().map(|m| (m.dev(), m.ino()));
-            loc.target = Some((real, node));
-        }
-        loc
-    }
-
-    /// True when writing `self` (an output) would replace `other` or what it leads to.
-    pub fn collides_with(&self, other: &Location) -> bool {
-        let mut places = vec![&other.place];
-        let mut nodes = vec![other.node];
-        if let Some((p, n)) = &other.target {
-            places.push(p);
-            nodes.push(*n);
-        }
-        places.contains(&&self.place) || (self.node.is_some() && nodes.contains(&self.node))
-    }
-
-    /// True when this path is inside the directory `dir` (resolved the same way).
-    pub fn is_under(&self, dir: &Path) -> bool {
-        let dir = resolve_all(dir);
-        self.place.starts_with(&dir)
-    }
-}
-
-/// Absolute, with the longest existing prefix resolved through symlinks
-/// (by the kernel, so `..` after a link means what it means to `open`), and
-/// the part that does not exist yet added with `.` and `..` folded:
-/// `out/../out/./a` and a symlinked `out` agree.
-fn resolve_all(path: &Path) -> PathBuf {
-    let absolute = absolute(path);
-    let parts: Vec<Component<'_>> = absolute.components().collect();
-    for split in (1..=parts.len()).rev() {
-        let existing: PathBuf = parts[..split].iter().collect();
-        if let Ok(mut out) = std::fs::canonicalize(&existing) {
-            for part in &parts[split..] {
-                match part {
-                    Component::CurDir => {}
-                    Component::ParentDir => {
-                        out.pop();
-                    }
-                    other => out.push(other),
-                }
-            }
-            return out;
-        }
-    }
-    absolute
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    }
-}
-
-/// [`resolve_all`] of the directory, plus the file name as written.
-fn resolve_parent(path: &Path) -> PathBuf {
-    let absolute = absolute(path);
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(dir), Some(name)) => resolve_all(dir).join(name),
-        _ => resolve_all(&absolute),
-    }
-}
-
 /// The longest file name Linux allows (NAME_MAX), in bytes.
 pub const NAME_MAX: usize = 255;
 
@@ -343,25 +251,6 @@ mod tests {
                 .contains("character device")
         );
         assert!(check_replaceable(dir.path()).unwrap_err().contains("directory"));
-    }
-
-    #[test]
-    fn spellings_of_one_file_collide() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::create_dir(d.join("out")).unwrap();
-        std::fs::write(d.join("out/a"), "x").unwrap();
-        std::os::unix::fs::symlink(d.join("out"), d.join("link")).unwrap();
-        std::fs::hard_link(d.join("out/a"), d.join("hard")).unwrap();
-        let a = Location::of_input(&d.join("out/a"));
-        for other in ["out/./a", "out/../out/a", "link/a", "hard"] {
-            assert!(Location::of_output(&d.join(other)).collides_with(&a), "{other}");
-        }
-        assert!(!Location::of_output(&d.join("out/b")).collides_with(&a));
-        // Not existing yet: compared by resolved directory and name.
-        let n = Location::of_output(&d.join("out/new"));
-        assert!(Location::of_output(&d.join("link/../out/new")).collides_with(&n));
-        assert!(Location::of_output(&d.join("out/sub/x")).is_under(&d.join("link")));
     }
 
     #[test]

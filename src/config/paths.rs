@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::model::{Config, ConfigError, CredentialConfig, Kind};
+use crate::fsread::{Locator, Places};
 use crate::secret::PasswordSource;
 
 /// The filesystem rules for outputs, checked at every load (`check`, start,
@@ -23,24 +24,23 @@ pub(super) fn check_paths(config: &Config) -> Result<(), ConfigError> {
         key,
         message,
     };
-    let inputs: Vec<(String, crate::fsread::Location)> = daemon_inputs(config)
-        .into_iter()
-        .map(|(what, p)| (what, crate::fsread::Location::of_input(&p)))
-        .collect();
-    let mut seen: Vec<(String, crate::fsread::Location)> = Vec::new();
+    let mut locator = Locator::default();
+    let (input_names, inputs) = input_places(config, &mut locator);
+    let mut seen_keys: Vec<String> = Vec::new();
+    let mut seen = Places::default();
     for cred in &config.credentials {
         for (j, out) in cred.outputs.iter().enumerate() {
             let key = format!("credential[{}].output[{j}].path", cred.name);
             let shown = out.path.display();
             crate::fsread::check_replaceable(&out.path).map_err(|m| invalid(key.clone(), m))?;
-            let here = crate::fsread::Location::of_output(&out.path);
-            if let Some((what, _)) = inputs.iter().find(|(_, input)| here.collides_with(input)) {
+            let here = locator.output(&out.path);
+            if let Some(what) = inputs.first_shared(&here).map(|i| &input_names[i]) {
                 return Err(invalid(
                     key,
                     format!("{shown} is the daemon's own {what}; writing a token there would destroy it"),
                 ));
             }
-            if here.is_under(&config.state_dir) {
+            if locator.is_under(&here, &config.state_dir) {
                 return Err(invalid(
                     key,
                     format!(
@@ -50,8 +50,9 @@ pub(super) fn check_paths(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
             // Spelled inside it, or a symlink into it.
-            let in_state_dir = |p: &Path| {
-                crate::fsread::Location::of_input(p).is_under(&config.state_dir)
+            let mut in_state_dir = |p: &Path| {
+                let loc = locator.input(p);
+                locator.is_under(&loc, &config.state_dir)
                     || std::fs::canonicalize(p).is_ok_and(|real| {
                         std::fs::canonicalize(&config.state_dir).is_ok_and(|dir| real.starts_with(dir))
                     })
@@ -68,19 +69,29 @@ pub(super) fn check_paths(config: &Config) -> Result<(), ConfigError> {
                     ),
                 ));
             }
-            if let Some((other, _)) = seen
-                .iter()
-                .find(|(_, loc)| here.collides_with(loc) || loc.collides_with(&here))
-            {
+            if let Some(other) = seen.first_shared(&here).map(|i| &seen_keys[i]) {
                 return Err(invalid(
                     key,
                     format!("{shown} is the same file as {other}; every output needs its own file"),
                 ));
             }
-            seen.push((key, here));
+            seen.add(seen_keys.len(), &here);
+            seen_keys.push(key);
         }
     }
     Ok(())
+}
+
+/// [`daemon_inputs`] located: each input's config key, by number, and
+/// their places.
+pub(super) fn input_places(config: &Config, locator: &mut Locator) -> (Vec<String>, Places) {
+    let mut names = Vec::new();
+    let mut places = Places::default();
+    for (what, path) in daemon_inputs(config) {
+        places.add(names.len(), &locator.input(&path));
+        names.push(what);
+    }
+    (names, places)
 }
 
 /// One bootstrap key file per credential: two access-key credentials whose
@@ -89,13 +100,15 @@ pub(super) fn check_paths(config: &Config) -> Result<(), ConfigError> {
 /// and one would delete it under the other. Compared resolved and by
 /// (device, inode), as outputs are.
 pub(super) fn check_bootstrap_files(config: &Config) -> Result<(), ConfigError> {
-    let mut seen: Vec<(&str, &Path, crate::fsread::Location)> = Vec::new();
+    let mut locator = Locator::default();
+    let mut seen: Vec<(&str, &Path)> = Vec::new();
+    let mut places = Places::default();
     for cred in &config.credentials {
         let Some(file) = cred.key().and_then(|k| k.bootstrap_key_file.as_deref()) else {
             continue;
         };
-        let here = crate::fsread::Location::of_input(file);
-        if let Some((other, other_file, _)) = seen.iter().find(|(_, _, loc)| same_input(loc, &here)) {
+        let here = locator.input(file);
+        if let Some((other, other_file)) = places.first_shared(&here).map(|i| seen[i]) {
             return Err(ConfigError::Invalid {
                 path: config.path.clone(),
                 key: format!("credential[{}].bootstrap-key-file", cred.name),
@@ -107,7 +120,8 @@ pub(super) fn check_bootstrap_files(config: &Config) -> Result<(), ConfigError> 
                 ),
             });
         }
-        seen.push((&cred.name, file, here));
+        places.add(seen.len(), &here);
+        seen.push((&cred.name, file));
     }
     Ok(())
 }
@@ -115,22 +129,9 @@ pub(super) fn check_bootstrap_files(config: &Config) -> Result<(), ConfigError> 
 /// True when two files the daemon reads are one file: the same resolved
 /// place (or symlink target), or the same (device, inode).
 pub fn same_input(a: &crate::fsread::Location, b: &crate::fsread::Location) -> bool {
-    let places = |l: &crate::fsread::Location| {
-        let mut v = vec![l.place.clone()];
-        if let Some((p, _)) = &l.target {
-            v.push(p.clone());
-        }
-        v
-    };
-    let nodes = |l: &crate::fsread::Location| {
-        let mut v = vec![l.node];
-        if let Some((_, n)) = &l.target {
-            v.push(*n);
-        }
-        v.into_iter().flatten().collect::<Vec<_>>()
-    };
-    let (pb, nb) = (places(b), nodes(b));
-    places(a).iter().any(|p| pb.contains(p)) || nodes(a).iter().any(|n| nb.contains(n))
+    let mut places = Places::default();
+    places.add(0, b);
+    places.first_shared(a).is_some()
 }
 
 /// True when `new` is `old` renamed, as far as its access key goes: both

@@ -177,39 +177,36 @@ pub(super) fn check_proxy_paths(config: &Config) -> Result<(), ConfigError> {
         key: format!("proxy[{i}].listen"),
         message,
     };
-    let inputs: Vec<(String, crate::fsread::Location)> = super::paths::daemon_inputs(config)
-        .into_iter()
-        .map(|(what, p)| (what, crate::fsread::Location::of_input(&p)))
-        .collect();
-    let outputs: Vec<(String, crate::fsread::Location)> = config
-        .credentials
-        .iter()
-        .flat_map(|c| {
-            c.outputs.iter().enumerate().map(|(j, o)| {
-                (
-                    format!("credential[{}].output[{j}].path", c.name),
-                    crate::fsread::Location::of_output(&o.path),
-                )
-            })
-        })
-        .collect();
-    let mut sockets: Vec<(usize, crate::fsread::Location)> = Vec::new();
+    if !config.proxies.iter().any(|p| matches!(p.listen, Listen::Unix(_))) {
+        // Nothing on the filesystem to check (and the outputs and inputs
+        // of a big config are not located for nothing).
+        return Ok(());
+    }
+    let mut locator = crate::fsread::Locator::default();
+    let (input_names, inputs) = super::paths::input_places(config, &mut locator);
+    let mut output_keys = Vec::new();
+    let mut outputs = crate::fsread::Places::default();
+    for c in &config.credentials {
+        for (j, o) in c.outputs.iter().enumerate() {
+            outputs.add(output_keys.len(), &locator.output(&o.path));
+            output_keys.push(format!("credential[{}].output[{j}].path", c.name));
+        }
+    }
+    let mut socket_numbers = Vec::new();
+    let mut sockets = crate::fsread::Places::default();
     for (i, proxy) in config.proxies.iter().enumerate() {
         let Listen::Unix(path) = &proxy.listen else {
             continue;
         };
         let shown = path.display();
-        let here = crate::fsread::Location::of_output(path);
-        if let Some((what, _)) = inputs.iter().find(|(_, input)| here.collides_with(input)) {
+        let here = locator.output(path);
+        if let Some(what) = inputs.first_shared(&here).map(|n| &input_names[n]) {
             return Err(invalid(i, format!("{shown} is the daemon's own {what}")));
         }
-        if let Some((what, _)) = outputs
-            .iter()
-            .find(|(_, out)| here.collides_with(out) || out.collides_with(&here))
-        {
+        if let Some(what) = outputs.first_shared(&here).map(|n| &output_keys[n]) {
             return Err(invalid(i, format!("{shown} is the output {what}")));
         }
-        if here.is_under(&config.state_dir) {
+        if locator.is_under(&here, &config.state_dir) {
             return Err(invalid(
                 i,
                 format!(
@@ -218,7 +215,7 @@ pub(super) fn check_proxy_paths(config: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
-        if let Some((j, _)) = sockets.iter().find(|(_, loc)| here.collides_with(loc)) {
+        if let Some(j) = sockets.first_shared(&here).map(|n| socket_numbers[n]) {
             return Err(invalid(
                 i,
                 format!("{shown} is the socket of proxy[{j}]; every proxy needs its own"),
@@ -235,7 +232,8 @@ pub(super) fn check_proxy_paths(config: &Config) -> Result<(), ConfigError> {
                 ));
             }
         }
-        sockets.push((i, here));
+        sockets.add(socket_numbers.len(), &here);
+        socket_numbers.push(i);
     }
     Ok(())
 }
