@@ -2,11 +2,10 @@
 //! `[[credential]]` blocks, and a temp dir with the daemon's config.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use voipbin_tokend_standin::{StandIn, StandInOptions};
-use voipbin_tokend_testkit::temp_dir;
 
 use crate::{PASSWORD, Res};
 
@@ -54,7 +53,14 @@ pub(crate) struct BenchDir {
 
 impl BenchDir {
     pub(crate) fn new(base_url: &str, credentials: &[String]) -> Res<BenchDir> {
-        let dir = temp_dir("tokend-footprint-");
+        BenchDir::new_in(&std::env::temp_dir(), base_url, credentials)
+    }
+
+    /// [`BenchDir::new`] under `parent`.
+    pub(crate) fn new_in(parent: &Path, base_url: &str, credentials: &[String]) -> Res<BenchDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("tokend-footprint-")
+            .tempdir_in(parent)?;
         fs::create_dir(dir.path().join("out"))?;
         fs::create_dir(dir.path().join("state"))?;
         let password = dir.path().join("password");

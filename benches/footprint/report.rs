@@ -61,16 +61,16 @@ impl Stats {
 }
 
 pub(crate) struct Row {
-    figure: &'static str,
+    figure: String,
     target: &'static str,
     measured: String,
     result: &'static str,
 }
 
 impl Row {
-    pub(crate) fn new(figure: &'static str, target: &'static str) -> Row {
+    pub(crate) fn new(figure: impl Into<String>, target: &'static str) -> Row {
         Row {
-            figure,
+            figure: figure.into(),
             target,
             measured: String::new(),
             result: "",
@@ -109,6 +109,12 @@ impl Table {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             load.join(" ")
         );
+        let temp = std::env::temp_dir();
+        println!(
+            "(temp dirs in {}: {})",
+            temp.display(),
+            crate::scenarios::fs_of(&temp)
+        );
         println!();
         println!("| figure | target | measured (median (min–max)) | result |");
         println!("| --- | --- | --- | --- |");
@@ -119,7 +125,7 @@ impl Table {
             .rows
             .iter()
             .filter(|r| r.result == "MISS")
-            .map(|r| r.figure)
+            .map(|r| r.figure.as_str())
             .collect();
         println!();
         if missed.is_empty() {
