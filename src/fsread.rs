@@ -150,19 +150,19 @@ pub fn kind_of(t: &std::fs::FileType) -> &'static str {
 /// must not exist, be a regular file, or be a symlink (the link itself is
 /// replaced). Anything else (device, FIFO, socket, directory) is refused,
 /// so a device node never gets a file renamed over it. Looks at the path
-/// itself, not through a final symlink; never opens it.
-pub fn check_replaceable(path: &Path) -> Result<(), String> {
+/// itself, not through a final symlink; never opens it. Returns what is
+/// there: its metadata, or `None` when nothing is (or it cannot be looked
+/// at: no permission to the directory, reported by the write itself, with
+/// its error).
+pub fn replaceable(path: &Path) -> Result<Option<std::fs::Metadata>, String> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => Ok(()),
+        Ok(m) if m.file_type().is_file() || m.file_type().is_symlink() => Ok(Some(m)),
         Ok(m) => Err(format!(
             "{} is {}; an output must be a regular file or not exist",
             path.display(),
             kind_of(&m.file_type())
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        // A path we cannot look at (no permission to the directory) is
-        // reported by the write itself, with its error.
-        Err(_) => Ok(()),
+        Err(_) => Ok(None),
     }
 }
 
@@ -232,6 +232,7 @@ mod tests {
 
     #[test]
     fn replaceable_means_absent_regular_or_symlink() {
+        let check_replaceable = |p: &Path| replaceable(p).map(|_| ());
         let dir = tempfile::tempdir().unwrap();
         check_replaceable(&dir.path().join("absent")).unwrap();
         let f = dir.path().join("f");

@@ -47,9 +47,11 @@ pub(super) fn refuse_unreadable_inputs(config: &crate::config::Config) -> Result
 /// Opens every `bootstrap-key-file` and `password-file` for reading, as
 /// the user running this; a file that exists but may not be read is an
 /// error naming its key (a missing one is reported by the daemon when it
-/// needs it, as it may appear later).
+/// needs it, as it may appear later). Each file once, however many
+/// credentials name it.
 fn readable_inputs(config: &crate::config::Config) -> Result<(), String> {
     use crate::secret::PasswordSource;
+    let mut opened_before = std::collections::HashSet::new();
     for cred in &config.credentials {
         let mut files = Vec::new();
         if let Kind::AccessKey(k) = &cred.kind
@@ -62,6 +64,9 @@ fn readable_inputs(config: &crate::config::Config) -> Result<(), String> {
         }
         for (key, file) in files {
             use std::os::unix::fs::OpenOptionsExt;
+            if !opened_before.insert(file) {
+                continue;
+            }
             let opened = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_NONBLOCK)

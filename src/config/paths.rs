@@ -32,8 +32,8 @@ pub(super) fn check_paths(config: &Config) -> Result<(), ConfigError> {
         for (j, out) in cred.outputs.iter().enumerate() {
             let key = format!("credential[{}].output[{j}].path", cred.name);
             let shown = out.path.display();
-            crate::fsread::check_replaceable(&out.path).map_err(|m| invalid(key.clone(), m))?;
-            let here = locator.output(&out.path);
+            let now = crate::fsread::replaceable(&out.path).map_err(|m| invalid(key.clone(), m))?;
+            let here = locator.output_now(&out.path, now.as_ref());
             if let Some(what) = inputs.first_shared(&here).map(|i| &input_names[i]) {
                 return Err(invalid(
                     key,

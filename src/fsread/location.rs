@@ -74,9 +74,16 @@ pub struct Locator {
 impl Locator {
     /// [`Location::of_output`].
     pub fn output(&mut self, path: &Path) -> Location {
+        let now = std::fs::symlink_metadata(path).ok();
+        self.output_now(path, now.as_ref())
+    }
+
+    /// [`Locator::output`] of a path whose metadata (not through a final
+    /// symlink) was just read: `now`, `None` when nothing is there.
+    pub fn output_now(&mut self, path: &Path, now: Option<&std::fs::Metadata>) -> Location {
         Location {
             place: self.resolve_parent(path),
-            node: std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino())),
+            node: now.map(|m| (m.dev(), m.ino())),
             target: None,
         }
     }

@@ -79,8 +79,8 @@ pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOut
     let outcomes = files
         .iter()
         .map(|(spec, content)| {
-            let dir = target_dir(spec)?;
-            if is_current(spec, content) {
+            let (dir, now) = target_dir(spec)?;
+            if is_current(spec, now, content) {
                 return Ok(WriteOutcome::Unchanged);
             }
             replace(spec, dir, Fsync::File, |_| Ok(*content))?;
@@ -102,23 +102,25 @@ pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOut
 /// write or leave the file empty. Only for a file whose reader takes an
 /// empty, old or missing one for none, at the cost of work redone.
 pub fn write_unsynced(spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteError> {
-    let dir = target_dir(spec)?;
+    let (dir, _) = target_dir(spec)?;
     replace(spec, dir, Fsync::None, |_| Ok(content))
 }
 
 /// The directory `spec.path` goes in, once it exists and the path may be
-/// replaced. Checked before every write, not only at load: a device node,
-/// FIFO or socket put there since must never get a file renamed over it.
-fn target_dir<'a>(spec: &FileSpec<'a>) -> Result<&'a Path, WriteError> {
+/// replaced, and what is at the path now (see [`crate::fsread::replaceable`]).
+/// Checked before every write, not only at load: a device node, FIFO or
+/// socket put there since must never get a file renamed over it.
+fn target_dir<'a>(spec: &FileSpec<'a>) -> Result<(&'a Path, Option<std::fs::Metadata>), WriteError> {
     let dir = match spec.path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if !dir.is_dir() {
+    let now = crate::fsread::replaceable(spec.path).map_err(WriteError::NotReplaceable)?;
+    // Something there: its directory exists.
+    if now.is_none() && !dir.is_dir() {
         return Err(WriteError::NoDirectory(dir.to_path_buf()));
     }
-    crate::fsread::check_replaceable(spec.path).map_err(WriteError::NotReplaceable)?;
-    Ok(dir)
+    Ok((dir, now))
 }
 
 /// Whether [`replace`] fsyncs the temp file before the rename.
@@ -249,10 +251,11 @@ fn fill(file: &mut File, spec: &FileSpec<'_>, content: &[u8], fsync: Fsync) -> R
     Ok(())
 }
 
-/// True if the target is a regular file (not a symlink) that already has
-/// this content, mode and owner.
-fn is_current(spec: &FileSpec<'_>, content: &[u8]) -> bool {
-    let Ok(meta) = std::fs::symlink_metadata(spec.path) else {
+/// True if the target, whose metadata (not through a final symlink) is
+/// `now`, is a regular file (not a symlink) that already has this content,
+/// mode and owner.
+fn is_current(spec: &FileSpec<'_>, now: Option<std::fs::Metadata>, content: &[u8]) -> bool {
+    let Some(meta) = now else {
         return false;
     };
     if !meta.file_type().is_file()
@@ -351,7 +354,7 @@ pub fn write_atomic_stamped(
     rename: Rename,
     make: impl FnOnce(u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String>,
 ) -> Result<WriteOutcome, WriteError> {
-    let dir = target_dir(spec)?;
+    let (dir, _) = target_dir(spec)?;
     replace(spec, dir, Fsync::File, |file| {
         let meta = file.metadata().map_err(io("stat the temp file for", spec.path))?;
         make(meta.ino()).map_err(|e| WriteError::Io {
