@@ -451,36 +451,37 @@ pub fn save_redoable(path: &Path, state: &KeyState) -> Result<(), StateError> {
 }
 
 fn save_as(path: &Path, state: &KeyState, rename: Rename) -> Result<(), StateError> {
-    if let Some(dir) = path.parent()
-        && !dir.is_dir()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| StateError::Mkdir {
-                path: dir.into(),
-                source,
-            })?;
-    }
+    let spec = FileSpec {
+        path,
+        mode: 0o600,
+        uid: None,
+        gid: None,
+    };
     // The temp file's inode is stamped into the content before the
     // rename, so the file on disk names its own inode: a copy does not.
-    let mut stamped = state.clone();
-    write_atomic_stamped(
-        &FileSpec {
-            path,
-            mode: 0o600,
-            uid: None,
-            gid: None,
-        },
-        rename,
-        |inode| {
+    let write = || {
+        let mut stamped = state.clone();
+        write_atomic_stamped(&spec, rename, move |inode| {
             stamped.file_id = FileStamp(Some(inode));
             serde_json::to_vec_pretty(&stamped)
                 .map(zeroize::Zeroizing::new)
                 .map_err(|e| e.to_string())
-        },
-    )?;
+        })
+    };
+    match write() {
+        // The first save makes `{state dir}/keys` (and the state dir).
+        Err(WriteError::NoDirectory(dir)) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| StateError::Mkdir { path: dir, source })?;
+            write()?;
+        }
+        written => {
+            written?;
+        }
+    }
     Ok(())
 }
 
