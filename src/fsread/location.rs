@@ -138,6 +138,8 @@ impl Locator {
 /// `open`), and the part that does not exist yet added with `.` and `..`
 /// folded: `out/../out/./a` and a symlinked `out` agree.
 fn resolve_all(absolute: &Path) -> PathBuf {
+    #[cfg(test)]
+    tests::RESOLVED.with(|n| n.set(n.get() + 1));
     let parts: Vec<Component<'_>> = absolute.components().collect();
     for split in (1..=parts.len()).rev() {
         let existing: PathBuf = parts[..split].iter().collect();
@@ -189,6 +191,40 @@ impl Places {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// How many times this thread ran [`resolve_all`].
+        pub(super) static RESOLVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn many_paths_in_one_directory_resolve_it_once() {
+        // 1000 outputs beside 1000 inputs: what a load with 1000
+        // credentials locates (it resolved every path's directory, 15,000
+        // readlinks, and compared each output with every input).
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("out")).unwrap();
+        std::fs::write(d.join("password"), "x").unwrap();
+        let before = RESOLVED.with(|n| n.get());
+        let mut locator = Locator::default();
+        let mut inputs = Places::default();
+        let mut outputs = Places::default();
+        for i in 0..1000 {
+            inputs.add(i, &locator.input(&d.join("password")));
+            let here = locator.output(&d.join(format!("out/c{i}.token")));
+            assert_eq!(inputs.first_shared(&here), None);
+            assert_eq!(outputs.first_shared(&here), None);
+            outputs.add(i, &here);
+        }
+        let x = locator.output(&d.join("out/x"));
+        assert!(locator.is_under(&x, d));
+        let resolved = RESOLVED.with(|n| n.get()) - before;
+        assert!(resolved <= 3, "{resolved} resolutions for two directories");
+        // The last output again is found, as the first of its place.
+        let again = locator.output(&d.join("out/./c999.token"));
+        assert_eq!(outputs.first_shared(&again), Some(999));
+    }
 
     #[test]
     fn spellings_of_one_file_collide() {
