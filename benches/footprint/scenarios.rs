@@ -324,6 +324,7 @@ pub(crate) fn many(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
     for place in places {
         let mut all_on_disk = Vec::new();
         let mut cpu = Vec::new();
+        let (mut reload, mut reload_cpu) = (Vec::new(), Vec::new());
         let mut memory = Memory::default();
         let mut threads = 0;
         for _ in 0..mode.big_runs {
@@ -345,10 +346,21 @@ pub(crate) fn many(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
             std::thread::sleep(Duration::from_millis(500));
             memory = memory.max(daemon.memory()?);
             threads = threads.max(daemon.status_value("Threads:")?);
+            // A reload of the whole config that adds one output.
+            let mut edited = creds.clone();
+            edited[0] = credential(0, &[("c0.token", "raw"), ("reload.token", "raw")], 0.8, 0.05);
+            dir.write_config(&edited)?;
+            let (t0, cpu0) = (Instant::now(), daemon.cpu_ns()?);
+            daemon.signal(Signal::SIGHUP)?;
+            reload.push(appeared(&dir.path("out/reload.token"), Duration::from_secs(10))? - t0);
+            // The watcher's event for the same write, debounced, follows.
+            std::thread::sleep(Duration::from_millis(800));
+            reload_cpu.push(Duration::from_nanos(daemon.cpu_ns()? - cpu0));
             daemon.stop()?;
         }
         let all_on_disk = Stats::of(all_on_disk);
         let cpu = Stats::of(cpu);
+        let (reload, reload_cpu) = (Stats::of(reload), Stats::of(reload_cpu));
         rows.push(
             Row::new(
                 format!(
@@ -365,6 +377,21 @@ pub(crate) fn many(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
                 memory.show()
             ))
             .pass(all_on_disk.median < Duration::from_millis(500) && memory.rss < 16.0),
+        );
+        rows.push(
+            Row::new(
+                format!(
+                    "SIGHUP reload of those 1000 credentials adding one output, in {}",
+                    place.display()
+                ),
+                "report",
+            )
+            .measured(format!(
+                "{} to the new output; daemon CPU {} (both reloads: the signal's and the watcher's)",
+                reload.s(),
+                reload_cpu.s()
+            ))
+            .report(),
         );
     }
     Ok(rows)

@@ -2,7 +2,7 @@
 //! then reconciled credential by credential (and proxy by proxy); a config
 //! that fails to load changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{debug, error, info, warn};
 
@@ -99,8 +99,9 @@ impl Daemon {
             .iter()
             .map(|c| (c.name.clone(), c.clone()))
             .collect();
+        let kept: BTreeSet<&str> = new.credentials.iter().map(|c| c.name.as_str()).collect();
         for name in old.keys() {
-            if !new.credentials.iter().any(|c| &c.name == name)
+            if !kept.contains(name.as_str())
                 && let Some(task) = self.tasks.remove(name)
             {
                 task.cancel.cancel();
@@ -165,16 +166,18 @@ impl Daemon {
 /// one that is gone and one that is new, with the same bootstrap key file
 /// (any spelling) or the same agent login. Each pairs at most once.
 fn renames(old: &Config, new: &Config) -> Vec<(String, String)> {
+    let names = |c: &Config| -> BTreeSet<String> { c.credentials.iter().map(|c| c.name.clone()).collect() };
+    let (old_names, new_names) = (names(old), names(new));
     let gone: Vec<&CredentialConfig> = old
         .credentials
         .iter()
-        .filter(|c| c.key().is_some() && !new.credentials.iter().any(|n| n.name == c.name))
+        .filter(|c| c.key().is_some() && !new_names.contains(&c.name))
         .collect();
     let mut pairs: Vec<(String, String)> = Vec::new();
     for added in new
         .credentials
         .iter()
-        .filter(|c| c.key().is_some() && !old.credentials.iter().any(|o| o.name == c.name))
+        .filter(|c| c.key().is_some() && !old_names.contains(&c.name))
     {
         if let Some(before) = gone
             .iter()
