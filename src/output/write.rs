@@ -278,13 +278,12 @@ fn temp_prefix(path: &Path) -> String {
     format!(".{name}.tmp-")
 }
 
+/// `.{name}.tmp-{pid}-{random}`: the pid says which process left it.
 fn temp_name(path: &Path) -> String {
-    format!(
-        "{}{}-{:016x}",
-        temp_prefix(path),
-        std::process::id(),
-        fastrand::u64(..)
-    )
+    // The pid is read once (a system call each time otherwise); the
+    // daemon never forks a process that writes files.
+    static PID: LazyLock<u32> = LazyLock::new(std::process::id);
+    format!("{}{}-{:016x}", temp_prefix(path), *PID, fastrand::u64(..))
 }
 
 /// Removes the temp files an earlier, killed process left beside any of
