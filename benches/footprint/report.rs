@@ -113,7 +113,7 @@ impl Table {
         println!(
             "(temp dirs in {}: {})",
             temp.display(),
-            crate::scenarios::fs_of(&temp)
+            crate::measure::fs_of(&temp)
         );
         println!();
         println!("| figure | target | measured (median (min–max)) | result |");
