@@ -106,6 +106,25 @@ pub fn write_unsynced(spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteEr
     replace(spec, dir, Fsync::None, |_| Ok(content))
 }
 
+/// Runs `write`; if it finds its directory missing, makes that directory
+/// (mode 0700, with any missing parents) and runs it once more. For the
+/// state directory's own subdirectories (`keys/`, `tokens/`), made by
+/// their first write rather than looked for before every one.
+pub fn making_private_dir<T>(write: impl Fn() -> Result<T, WriteError>) -> Result<T, WriteError> {
+    match write() {
+        Err(WriteError::NoDirectory(dir)) => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io("create the directory", &dir))?;
+            write()
+        }
+        written => written,
+    }
+}
+
 /// The directory `spec.path` goes in, once it exists and the path may be
 /// replaced, and what is at the path now (see [`crate::fsread::replaceable`]).
 /// Checked before every write, not only at load: a device node, FIFO or

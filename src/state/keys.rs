@@ -25,13 +25,13 @@
 //! `Debug` of every type here hides the key.
 
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::output::write::{FileSpec, Rename, WriteError, write_atomic_stamped};
+use crate::output::write::{FileSpec, Rename, WriteError, making_private_dir, write_atomic_stamped};
 use crate::secret::Secret;
 
 /// The state file is small; anything larger is not ours.
@@ -189,12 +189,6 @@ pub enum StateError {
     NotAFile(PathBuf),
     #[error("{} is not a valid key state file ({reason}); move it away to start over (its keys are then orphans and will be swept)", path.display())]
     Invalid { path: PathBuf, reason: String },
-    #[error("cannot create the directory {}: {source}", path.display())]
-    Mkdir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Write(#[from] WriteError),
 }
@@ -468,20 +462,8 @@ fn save_as(path: &Path, state: &KeyState, rename: Rename) -> Result<(), StateErr
                 .map_err(|e| e.to_string())
         })
     };
-    match write() {
-        // The first save makes `{state dir}/keys` (and the state dir).
-        Err(WriteError::NoDirectory(dir)) => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|source| StateError::Mkdir { path: dir, source })?;
-            write()?;
-        }
-        written => {
-            written?;
-        }
-    }
+    // The first save makes `{state dir}/keys` (and the state dir).
+    making_private_dir(write)?;
     Ok(())
 }
 

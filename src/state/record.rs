@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::output::write::{FileSpec, WriteError, write_unsynced};
+use crate::output::write::{FileSpec, making_private_dir, write_unsynced};
 
 /// A record is a few hundred bytes; anything larger is not ours.
 const MAX_RECORD_LEN: u64 = 64 * 1024;
@@ -85,19 +85,7 @@ pub fn write(state_dir: &Path, credential: &str, record: &TokenRecord) -> Result
     // start judge that token without it (as after a failed write, which is
     // logged, not fatal). One fsync fewer per login (1000 at a start with
     // 1000 credentials).
-    match write_unsynced(&spec, text.as_bytes()) {
-        Err(WriteError::NoDirectory(dir)) => {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
-            write_unsynced(&spec, text.as_bytes())
-        }
-        written => written,
-    }
-    .map_err(|e| e.to_string())
+    making_private_dir(|| write_unsynced(&spec, text.as_bytes())).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
