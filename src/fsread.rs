@@ -73,7 +73,7 @@ pub fn read_bounded(path: &Path, limit: u64, what: &'static str) -> Result<Zeroi
             limit,
         });
     }
-    read_capped(file, limit, what, path)
+    read_sized(file, meta.len(), limit, what, path)
 }
 
 /// Reads at most `limit` bytes from any reader (standard input), refusing more.
@@ -83,7 +83,23 @@ pub fn read_capped(
     what: &'static str,
     path: &Path,
 ) -> Result<Zeroizing<Vec<u8>>, ReadError> {
-    let mut bytes = Zeroizing::new(Vec::new());
+    read_sized(reader, 0, limit, what, path)
+}
+
+/// [`read_capped`] into one buffer of `expected` bytes (a file's size;
+/// more are still read up to `limit`) and one to see the end: two reads
+/// for a file whose size was right, not a read for each doubling of the
+/// buffer, and no grown-out-of buffer with a secret in it handed back to
+/// the allocator unzeroed.
+pub fn read_sized(
+    reader: impl Read,
+    expected: u64,
+    limit: u64,
+    what: &'static str,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+    let capacity = usize::try_from(expected.min(limit)).map_or(0, |n| n.saturating_add(1));
+    let mut bytes = Zeroizing::new(Vec::with_capacity(capacity));
     reader
         .take(limit + 1)
         .read_to_end(&mut bytes)
@@ -193,6 +209,25 @@ mod tests {
         let p = dir.join(name);
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         p
+    }
+
+    #[test]
+    fn a_sized_read_takes_whatever_the_reader_holds_up_to_the_limit() {
+        let p = Path::new("input");
+        let read =
+            |bytes: &[u8], expected, limit| read_sized(bytes, expected, limit, "test", p).map(|b| b.to_vec());
+        // Exactly the size expected, less (the file shrank), more (it grew).
+        assert_eq!(read(b"0123456789", 10, 64).unwrap(), b"0123456789");
+        assert_eq!(read(b"0123", 10, 64).unwrap(), b"0123");
+        assert_eq!(read(b"0123456789abcdef", 4, 64).unwrap(), b"0123456789abcdef");
+        assert_eq!(read(b"", 0, 64).unwrap(), b"");
+        // Past the limit it is refused, whatever size was expected.
+        for expected in [0, 8, 9, 1000] {
+            assert!(matches!(
+                read(b"012345678", expected, 8),
+                Err(ReadError::TooLarge { limit: 8, .. })
+            ));
+        }
     }
 
     #[test]

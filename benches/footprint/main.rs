@@ -19,9 +19,11 @@
 //! window extrapolated to a minute either misses that wake-up or multiplies it.
 //!
 //! `FOOTPRINT_ONLY=idle,start,reload,many,renewal,exec,size` runs some
-//! sections only; `FOOTPRINT_BIN=PATH` measures another build of the binary (no
+//! sections only (`rotation`: the key rotations of `renewal` alone);
+//! `FOOTPRINT_BIN=PATH` measures another build of the binary (no
 //! `cargo build` then); `FOOTPRINT_BIG_RUNS=N` repeats the 1000-credential
-//! start N times (to compare two builds on a noisy machine, alternate them).
+//! start N times and `FOOTPRINT_RENEW_SECS=N` sets the window of renewals
+//! and rotations (to compare two builds on a noisy machine, alternate them).
 //! The daemon inherits the environment, so for example
 //! `SSL_CERT_FILE` reaches it.
 //!
@@ -107,6 +109,12 @@ fn run() -> Res<()> {
     {
         mode.big_runs = n;
     }
+    if let Some(secs) = std::env::var("FOOTPRINT_RENEW_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        mode.renew = Duration::from_secs(secs);
+    }
     let bin = match std::env::var_os("FOOTPRINT_BIN") {
         Some(bin) => PathBuf::from(bin),
         None => {
@@ -130,6 +138,8 @@ fn run() -> Res<()> {
     }
     if wanted("renewal") {
         rows.extend(renewal(&mode, &bin)?);
+    } else if wanted("rotation") {
+        rows.push(scenarios::renewals_of(&mode, &bin, true)?);
     }
     if wanted("exec") {
         rows.extend(exec::exec(&mode, &bin)?);

@@ -24,7 +24,6 @@
 //!
 //! `Debug` of every type here hides the key.
 
-use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -376,13 +375,15 @@ pub fn load_with_inode(path: &Path) -> Result<Option<(KeyState, u64)>, StateErro
         return Err(StateError::NotAFile(path.into()));
     }
     tighten_mode(&file, &meta, path);
-    let mut text = zeroize::Zeroizing::new(Vec::new());
-    file.take(MAX_STATE_BYTES + 1)
-        .read_to_end(&mut text)
-        .map_err(|source| StateError::Read {
-            path: path.into(),
-            source,
-        })?;
+    let text = crate::fsread::read_sized(file, meta.len(), MAX_STATE_BYTES, "key state", path).map_err(
+        |e| match e {
+            crate::fsread::ReadError::Io { source, .. } => StateError::Read {
+                path: path.into(),
+                source,
+            },
+            _ => StateError::NotAFile(path.into()),
+        },
+    )?;
     let state: KeyState = serde_json::from_slice(&text).map_err(|e| StateError::Invalid {
         path: path.into(),
         // serde_json's message names the line and column, never the value.

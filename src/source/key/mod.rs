@@ -101,6 +101,10 @@ pub struct KeySource {
     /// Deletions that failed, by key id (shown by `status`, counted in the
     /// overdue metric); forgotten when the key is deleted.
     deletion_failures: Vec<DeletionFailure>,
+    /// The nonce of the next creation, recorded on disk by the last one
+    /// (see [`rotate::rotate`]); none after a start or when the state was
+    /// taken from the file.
+    next_nonce: Option<String>,
 }
 
 impl KeySource {
@@ -120,6 +124,7 @@ impl KeySource {
             maybe_orphans: 0,
             held_refused: false,
             deletion_failures: Vec::new(),
+            next_nonce: None,
         }
     }
 

@@ -68,6 +68,11 @@ pub fn prune_creations(state: &mut KeyState, lifetime: Duration, now: OffsetDate
     state.creations.drain(..excess);
 }
 
+/// A creation's nonce: 128 random bits, in hex.
+fn new_nonce() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
 /// Saves the state off the async threads.
 async fn save_blocking(path: &Path, state: &KeyState) -> Result<(), StateError> {
     let (p, st) = (path.to_path_buf(), state.clone());
@@ -91,6 +96,15 @@ async fn save_blocking(path: &Path, state: &KeyState) -> Result<(), StateError> 
 /// call: the caller may publish it. On failure the state holds nothing new
 /// but the creation's nonce (a key the server made but that could not be
 /// believed or saved is an orphan for the next sweep).
+///
+/// `reserved` carries a nonce from one creation to the next: the save that
+/// makes a key current also records the nonce of the creation after it,
+/// so that creation needs no save of its own before its `POST` (one
+/// durable write per rotation fewer). It is taken here, used at most once,
+/// and believed only while the state in memory still records it; the
+/// caller clears it whenever the state is replaced by what another
+/// process wrote. A process that starts anew has none, so a nonce
+/// recorded by one that was killed after its `POST` is never used twice.
 #[allow(clippy::too_many_arguments)]
 pub async fn rotate(
     client: &KeyClient<'_>,
@@ -99,23 +113,30 @@ pub async fn rotate(
     state_path: &Path,
     lifetime: Duration,
     delete_replaced: bool,
+    reserved: &mut Option<String>,
     now: impl Fn() -> OffsetDateTime,
 ) -> Result<Created, RotateError> {
     // The nonce is on disk before the POST: whatever happens to the answer,
     // the sweep can tell this key from every other.
-    let nonce = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    {
-        let mut next = state.clone();
-        prune_creations(&mut next, lifetime, now());
-        next.creations.push(keystate::Creation {
-            nonce: nonce.clone(),
-            at: now(),
-        });
-        save_blocking(state_path, &next)
-            .await
-            .map_err(RotateError::CannotRecord)?;
-        *state = next;
-    }
+    // A nonce the last creation's save already recorded needs no save of
+    // its own; it is used once, whatever happens next.
+    let nonce = match reserved.take() {
+        Some(n) if state.creations.iter().any(|c| c.nonce == n) => n,
+        _ => {
+            let nonce = new_nonce();
+            let mut next = state.clone();
+            prune_creations(&mut next, lifetime, now());
+            next.creations.push(keystate::Creation {
+                nonce: nonce.clone(),
+                at: now(),
+            });
+            save_blocking(state_path, &next)
+                .await
+                .map_err(RotateError::CannotRecord)?;
+            *state = next;
+            nonce
+        }
+    };
     let name = state.key_name();
     let detail = format!("managed by voipbin-tokend; rotated automatically; nonce={nonce}");
     let created = client.create(auth, &name, &detail, lifetime.as_secs()).await?;
@@ -190,6 +211,13 @@ pub async fn rotate(
 
     let mut next = state.clone();
     next.creations.retain(|c| c.nonce != nonce);
+    // The next creation's nonce rides along in this save (see `reserved`).
+    prune_creations(&mut next, lifetime, now());
+    let upcoming = new_nonce();
+    next.creations.push(keystate::Creation {
+        nonce: upcoming.clone(),
+        at: now(),
+    });
     let replaced = next.current.replace(CurrentKey {
         id: created.object.id.clone(),
         key: created.key.clone(),
@@ -210,6 +238,7 @@ pub async fn rotate(
         .await
         .map_err(|e| unusable(RotateError::Persist(e)))?;
     *state = next;
+    *reserved = Some(upcoming);
     Ok(created)
 }
 
@@ -359,6 +388,7 @@ impl KeySource {
             &path,
             self.cfg.lifetime,
             self.cfg.delete_replaced,
+            &mut self.next_nonce,
             crate::now,
         )
         .await

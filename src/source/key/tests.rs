@@ -72,6 +72,7 @@ async fn bootstrap_then_rotate_persists_before_returning_and_queues_the_old_key(
         &path,
         DAY,
         true,
+        &mut None,
         crate::now,
     )
     .await
@@ -138,6 +139,7 @@ async fn a_lost_answer_leaves_an_orphan_that_the_sweep_deletes_and_nothing_else(
             &path,
             DAY,
             true,
+            &mut None,
             crate::now
         )
         .await
@@ -174,6 +176,108 @@ async fn a_lost_answer_leaves_an_orphan_that_the_sweep_deletes_and_nothing_else(
 }
 
 #[tokio::test]
+async fn the_next_creation_uses_the_nonce_the_last_save_recorded_and_its_lost_answer_is_swept() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new();
+    let (client, path) = (f.client(), f.path());
+    let mut state = f.bootstrapped().await;
+    let mut reserved = None;
+    let key = state.current.as_ref().unwrap().key.clone();
+    rotate(
+        &client,
+        KeyAuth::Key(&key),
+        &mut state,
+        &path,
+        DAY,
+        true,
+        &mut reserved,
+        crate::now,
+    )
+    .await
+    .unwrap();
+    let nonce = reserved
+        .clone()
+        .expect("the save recorded the next creation's nonce");
+    let saved = keystate::load(&path).unwrap().unwrap();
+    assert_eq!(saved, state);
+    assert_eq!(
+        saved
+            .creations
+            .iter()
+            .map(|c| c.nonce.as_str())
+            .collect::<Vec<_>>(),
+        [nonce.as_str()],
+        "the used nonce is forgotten, the next one recorded"
+    );
+    let inode = std::fs::metadata(&path).unwrap().ino();
+
+    // The next creation writes nothing before its POST; its answer is lost.
+    let key = state.current.as_ref().unwrap().key.clone();
+    f.server.script_keys([Fault::Close]);
+    assert!(
+        rotate(
+            &client,
+            KeyAuth::Key(&key),
+            &mut state,
+            &path,
+            DAY,
+            true,
+            &mut reserved,
+            crate::now,
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(reserved, None, "a reserved nonce is used once");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
+        "no save before the POST"
+    );
+    assert_eq!(keystate::load(&path).unwrap().unwrap(), saved);
+    let made = f
+        .server
+        .keys()
+        .into_iter()
+        .find(|k| k.detail.contains(&nonce))
+        .expect("the lost answer's key carries the recorded nonce");
+
+    // So the sweep knows it for this installation's and deletes it.
+    assert_eq!(
+        sweep(&client, KeyAuth::Key(&key), &mut state, crate::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        f.server
+            .keys()
+            .iter()
+            .any(|k| k.id == made.id && k.tm_delete.is_some())
+    );
+
+    // Without a reservation (a new process), the nonce is saved first.
+    f.server.script_keys([Fault::Close]);
+    assert!(
+        rotate(
+            &client,
+            KeyAuth::Key(&key),
+            &mut state,
+            &path,
+            DAY,
+            true,
+            &mut reserved,
+            crate::now,
+        )
+        .await
+        .is_err()
+    );
+    let on_disk = keystate::load(&path).unwrap().unwrap();
+    assert_eq!(on_disk, state);
+    assert_eq!(on_disk.creations.len(), 1);
+}
+
+#[tokio::test]
 async fn a_server_that_answers_an_expired_key_is_not_believed() {
     let f = Fixture::new();
     let mut state = KeyState::new("mcp");
@@ -185,6 +289,7 @@ async fn a_server_that_answers_an_expired_key_is_not_believed() {
         &f.path(),
         DAY,
         true,
+        &mut None,
         crate::now,
     )
     .await
@@ -213,6 +318,7 @@ async fn a_key_life_longer_than_asked_is_cut_to_what_was_asked() {
         &f.path(),
         DAY,
         true,
+        &mut None,
         crate::now,
     )
     .await
@@ -332,6 +438,7 @@ async fn rotate_once(f: &Fixture, state: &mut KeyState) -> Result<Created, Rotat
         &f.path(),
         DAY,
         true,
+        &mut None,
         crate::now,
     )
     .await

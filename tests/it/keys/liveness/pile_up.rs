@@ -122,14 +122,16 @@ fn a_state_that_cannot_be_saved_makes_no_keys_and_none_pile_up() {
     fill(&t.path("state"));
     let made = posts(&s);
     d.signal(Signal::SIGUSR1);
-    // The nonce is saved before each creation: with the state unwritable,
-    // nothing is asked of the server at all.
+    // A creation's nonce is on disk before its POST. The first one's was
+    // recorded by the last save that worked, so that one creation is
+    // made; its key cannot be saved and is deleted at once. Every later
+    // creation must save its nonce first: with the state unwritable,
+    // nothing more is asked of the server.
     d.wait_log("the key state cannot be saved, so no key was made", 3, WAIT);
     let most = most_live(&s, &name, 8);
     let tried = posts(&s) - made;
-    assert_eq!(
-        tried,
-        0,
+    assert!(
+        tried <= 1,
         "{tried} creations with an unwritable state\n{}",
         d.log()
     );
