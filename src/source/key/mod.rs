@@ -5,7 +5,9 @@
 //! Every step that makes or forgets a key persists the [`KeyState`] before
 //! anything else sees the change, so a kill at any moment loses no key:
 //!
-//! 1. record a random nonce in the state (saved, fsynced);
+//! 1. record a random nonce in the state (saved, fsynced), unless the save
+//!    that made the current key recorded one for this creation already
+//!    (same process, state unchanged since: see `rotate.rs`);
 //! 2. `POST` a key named `voipbin-tokend/{credential}/{installation id}`
 //!    with the nonce in its `detail`;
 //! 3. believe the answer only if it is new and matches: the name asked
@@ -14,8 +16,8 @@
 //!    authenticated WITH THE NEW KEY must answer the name asked for and
 //!    the prefix of the secret received;
 //! 4. make it current in the state, the replaced key pending deletion (or
-//!    left to expire), forget the nonce, and save; only then may outputs
-//!    change.
+//!    left to expire), forget the nonce, record the next creation's, and
+//!    save; only then may outputs change.
 //!
 //! The test comes before the save, so nothing untested reaches the state
 //! (which is published as is at the next start). A kill between the answer
