@@ -54,18 +54,27 @@ pub enum RotateError {
 /// Nonces remembered at most: older ones are forgotten first.
 pub const MAX_CREATIONS: usize = 32;
 
-/// Creations whose key would have expired by now (made `lifetime` ago, and
-/// a day for clock skew) are forgotten, and at most [`MAX_CREATIONS`] kept.
+/// Creations whose key would have expired by now are forgotten, and at
+/// most [`MAX_CREATIONS`] kept. A nonce is recorded at most one `lifetime`
+/// before its key is asked for (one reserved for the next creation is not
+/// used later than that, see [`rotate`]), so a key made with it is gone
+/// two lifetimes after the record, and a day for clock skew.
 pub fn prune_creations(state: &mut KeyState, lifetime: Duration, now: OffsetDateTime) {
-    let life = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650));
+    let life = life_of(lifetime);
     let cutoff = now
         .checked_sub(life)
+        .and_then(|t| t.checked_sub(life))
         .and_then(|t| t.checked_sub(time::Duration::days(1)));
     if let Some(cutoff) = cutoff {
         state.creations.retain(|c| c.at > cutoff);
     }
     let excess = state.creations.len().saturating_sub(MAX_CREATIONS);
     state.creations.drain(..excess);
+}
+
+/// A key's lifetime as a time span (ten years if it does not fit).
+fn life_of(lifetime: Duration) -> time::Duration {
+    time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650))
 }
 
 /// A creation's nonce: 128 random bits, in hex.
@@ -117,11 +126,20 @@ pub async fn rotate(
     now: impl Fn() -> OffsetDateTime,
 ) -> Result<Created, RotateError> {
     // The nonce is on disk before the POST: whatever happens to the answer,
-    // the sweep can tell this key from every other.
-    // A nonce the last creation's save already recorded needs no save of
-    // its own; it is used once, whatever happens next.
+    // the sweep can tell this key from every other. One the last
+    // creation's save recorded needs no save of its own; it is used once,
+    // whatever happens next, and not after a lifetime (its record must
+    // outlive the key: see `prune_creations`).
+    let fresh_since = now().checked_sub(life_of(lifetime));
     let nonce = match reserved.take() {
-        Some(n) if state.creations.iter().any(|c| c.nonce == n) => n,
+        Some(n)
+            if state
+                .creations
+                .iter()
+                .any(|c| c.nonce == n && fresh_since.is_some_and(|t| c.at > t)) =>
+        {
+            n
+        }
         _ => {
             let nonce = new_nonce();
             let mut next = state.clone();
@@ -175,7 +193,7 @@ pub async fn rotate(
     // A server that claims a creation time far from now, or a longer life
     // than was asked for, is not believed: the key is treated as made now
     // and living what was asked.
-    let asked = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(3650));
+    let asked = life_of(lifetime);
     let stated = (created.object.tm_create, created.object.tm_expire);
     let (create_ignored, expiry_cut) =
         plausible_key_times(&mut created.object, created.received_at, skew, asked);

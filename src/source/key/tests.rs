@@ -278,6 +278,57 @@ async fn the_next_creation_uses_the_nonce_the_last_save_recorded_and_its_lost_an
 }
 
 #[tokio::test]
+async fn a_nonce_reserved_more_than_a_lifetime_ago_is_not_used_but_kept() {
+    let f = Fixture::new();
+    let (client, path) = (f.client(), f.path());
+    let mut state = f.bootstrapped().await;
+    let mut reserved = None;
+    let key = state.current.as_ref().unwrap().key.clone();
+    rotate(
+        &client,
+        KeyAuth::Key(&key),
+        &mut state,
+        &path,
+        DAY,
+        true,
+        &mut reserved,
+        crate::now,
+    )
+    .await
+    .unwrap();
+    let old = reserved.clone().unwrap();
+    let key = state.current.as_ref().unwrap().key.clone();
+    f.server.script_keys([Fault::Close]);
+    let later = || crate::now() + time::Duration::days(1) + time::Duration::minutes(1);
+    assert!(
+        rotate(
+            &client,
+            KeyAuth::Key(&key),
+            &mut state,
+            &path,
+            DAY,
+            true,
+            &mut reserved,
+            later,
+        )
+        .await
+        .is_err()
+    );
+    let on_disk = keystate::load(&path).unwrap().unwrap();
+    assert_eq!(on_disk, state);
+    let nonces: Vec<&str> = on_disk.creations.iter().map(|c| c.nonce.as_str()).collect();
+    assert_eq!(nonces.len(), 2, "{nonces:?}");
+    assert_eq!(
+        nonces[0], old,
+        "kept: a key made with it may live a lifetime more"
+    );
+    assert!(
+        f.server.keys().iter().any(|k| k.detail.contains(nonces[1])),
+        "the creation carried a nonce saved just before it"
+    );
+}
+
+#[tokio::test]
 async fn a_server_that_answers_an_expired_key_is_not_believed() {
     let f = Fixture::new();
     let mut state = KeyState::new("mcp");
