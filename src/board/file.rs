@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::CredentialStatus;
-use crate::output::write::{FileSpec, write_unsynced};
+use crate::output::write::{FileSpec, making_private_dir, write_unsynced};
 
 /// What the daemon writes. Holds no secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,29 +36,19 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// Writes the status file atomically, creating the state directory
 /// (mode 0700) if needed: unlike output directories, it is ours.
 pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
-    if !state_dir.is_dir() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(|e| format!("cannot create state directory {}: {e}", state_dir.display()))?;
-    }
     let mut text = serde_json::to_string_pretty(status).map_err(|e| e.to_string())?;
     text.push('\n');
     let p = path(state_dir);
+    let spec = FileSpec {
+        path: &p,
+        mode: 0o644,
+        uid: None,
+        gid: None,
+    };
     // A report of this process, rewritten at every change and every
-    // start: atomic for its readers, but not worth an fsync.
-    write_unsynced(
-        &FileSpec {
-            path: &p,
-            mode: 0o644,
-            uid: None,
-            gid: None,
-        },
-        text.as_bytes(),
-    )
-    .map_err(|e| e.to_string())
+    // start: atomic for its readers, but not worth an fsync. The state
+    // directory is made by the first write that finds it missing.
+    making_private_dir(|| write_unsynced(&spec, text.as_bytes())).map_err(|e| e.to_string())
 }
 
 /// Reads and parses `{state dir}/status.json` (bounded, non-blocking).
