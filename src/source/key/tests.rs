@@ -182,19 +182,9 @@ async fn the_next_creation_uses_the_nonce_the_last_save_recorded_and_its_lost_an
     let (client, path) = (f.client(), f.path());
     let mut state = f.bootstrapped().await;
     let mut reserved = None;
-    let key = state.current.as_ref().unwrap().key.clone();
-    rotate(
-        &client,
-        KeyAuth::Key(&key),
-        &mut state,
-        &path,
-        DAY,
-        true,
-        &mut reserved,
-        crate::now,
-    )
-    .await
-    .unwrap();
+    rotate_reserving(&f, &mut state, &mut reserved, crate::now)
+        .await
+        .unwrap();
     let nonce = reserved
         .clone()
         .expect("the save recorded the next creation's nonce");
@@ -215,18 +205,9 @@ async fn the_next_creation_uses_the_nonce_the_last_save_recorded_and_its_lost_an
     let key = state.current.as_ref().unwrap().key.clone();
     f.server.script_keys([Fault::Close]);
     assert!(
-        rotate(
-            &client,
-            KeyAuth::Key(&key),
-            &mut state,
-            &path,
-            DAY,
-            true,
-            &mut reserved,
-            crate::now,
-        )
-        .await
-        .is_err()
+        rotate_reserving(&f, &mut state, &mut reserved, crate::now)
+            .await
+            .is_err()
     );
     assert_eq!(reserved, None, "a reserved nonce is used once");
     assert_eq!(
@@ -259,18 +240,9 @@ async fn the_next_creation_uses_the_nonce_the_last_save_recorded_and_its_lost_an
     // Without a reservation (a new process), the nonce is saved first.
     f.server.script_keys([Fault::Close]);
     assert!(
-        rotate(
-            &client,
-            KeyAuth::Key(&key),
-            &mut state,
-            &path,
-            DAY,
-            true,
-            &mut reserved,
-            crate::now,
-        )
-        .await
-        .is_err()
+        rotate_reserving(&f, &mut state, &mut reserved, crate::now)
+            .await
+            .is_err()
     );
     let on_disk = keystate::load(&path).unwrap().unwrap();
     assert_eq!(on_disk, state);
@@ -280,39 +252,19 @@ async fn the_next_creation_uses_the_nonce_the_last_save_recorded_and_its_lost_an
 #[tokio::test]
 async fn a_nonce_reserved_more_than_a_lifetime_ago_is_not_used_but_kept() {
     let f = Fixture::new();
-    let (client, path) = (f.client(), f.path());
+    let path = f.path();
     let mut state = f.bootstrapped().await;
     let mut reserved = None;
-    let key = state.current.as_ref().unwrap().key.clone();
-    rotate(
-        &client,
-        KeyAuth::Key(&key),
-        &mut state,
-        &path,
-        DAY,
-        true,
-        &mut reserved,
-        crate::now,
-    )
-    .await
-    .unwrap();
+    rotate_reserving(&f, &mut state, &mut reserved, crate::now)
+        .await
+        .unwrap();
     let old = reserved.clone().unwrap();
-    let key = state.current.as_ref().unwrap().key.clone();
     f.server.script_keys([Fault::Close]);
     let later = || crate::now() + time::Duration::days(1) + time::Duration::minutes(1);
     assert!(
-        rotate(
-            &client,
-            KeyAuth::Key(&key),
-            &mut state,
-            &path,
-            DAY,
-            true,
-            &mut reserved,
-            later,
-        )
-        .await
-        .is_err()
+        rotate_reserving(&f, &mut state, &mut reserved, later)
+            .await
+            .is_err()
     );
     let on_disk = keystate::load(&path).unwrap().unwrap();
     assert_eq!(on_disk, state);
@@ -481,6 +433,17 @@ fn orphans_skip_known_expired_deleted_and_foreign_keys() {
 }
 
 async fn rotate_once(f: &Fixture, state: &mut KeyState) -> Result<Created, RotateError> {
+    rotate_reserving(f, state, &mut None, crate::now).await
+}
+
+/// One rotation of a day-long key with the held key, carrying `reserved`
+/// from the last one, at the time `now` tells.
+async fn rotate_reserving(
+    f: &Fixture,
+    state: &mut KeyState,
+    reserved: &mut Option<String>,
+    now: impl Fn() -> time::OffsetDateTime,
+) -> Result<Created, RotateError> {
     let auth = state.current.as_ref().unwrap().key.clone();
     rotate(
         &f.client(),
@@ -489,8 +452,8 @@ async fn rotate_once(f: &Fixture, state: &mut KeyState) -> Result<Created, Rotat
         &f.path(),
         DAY,
         true,
-        &mut None,
-        crate::now,
+        reserved,
+        now,
     )
     .await
 }
