@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::CredentialStatus;
-use crate::output::write::{FileSpec, making_private_dir, write_unsynced};
+use crate::output::write::write_report;
 
 /// What the daemon writes. Holds no secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,19 +36,9 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// Writes the status file atomically, creating the state directory
 /// (mode 0700) if needed: unlike output directories, it is ours.
 pub fn write(state_dir: &Path, status: &StatusFile) -> Result<(), String> {
-    let mut text = serde_json::to_string_pretty(status).map_err(|e| e.to_string())?;
-    text.push('\n');
-    let p = path(state_dir);
-    let spec = FileSpec {
-        path: &p,
-        mode: 0o644,
-        uid: None,
-        gid: None,
-    };
     // A report of this process, rewritten at every change and every
-    // start: atomic for its readers, but not worth an fsync. The state
-    // directory is made by the first write that finds it missing.
-    making_private_dir(|| write_unsynced(&spec, text.as_bytes())).map_err(|e| e.to_string())
+    // start: atomic for its readers, but not worth an fsync.
+    write_report(&path(state_dir), 0o644, status)
 }
 
 /// Reads and parses `{state dir}/status.json` (bounded, non-blocking).

@@ -106,6 +106,23 @@ pub fn write_unsynced(spec: &FileSpec<'_>, content: &[u8]) -> Result<(), WriteEr
     replace(spec, dir, Fsync::None, |_| Ok(content))
 }
 
+/// Writes `value` as pretty JSON (and a newline) to `path` in the state
+/// directory with [`write_unsynced`], making its directory (0700) on the
+/// first write that finds it missing: for the daemon's own reports
+/// (`status.json`, a login's record), which hold no secret and whose loss
+/// only costs work redone.
+pub fn write_report(path: &Path, mode: u32, value: &impl serde::Serialize) -> Result<(), String> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    text.push('\n');
+    let spec = FileSpec {
+        path,
+        mode,
+        uid: None,
+        gid: None,
+    };
+    making_private_dir(|| write_unsynced(&spec, text.as_bytes())).map_err(|e| e.to_string())
+}
+
 /// Runs `write`; if it finds its directory missing, makes that directory
 /// (mode 0700, with any missing parents) and runs it once more. For the
 /// state directory's own subdirectories (`keys/`, `tokens/`), made by

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::output::write::{FileSpec, making_private_dir, write_unsynced};
+use crate::output::write::write_report;
 
 /// A record is a few hundred bytes; anything larger is not ours.
 const MAX_RECORD_LEN: u64 = 64 * 1024;
@@ -70,22 +70,13 @@ pub fn read(state_dir: &Path, credential: &str) -> Option<TokenRecord> {
 /// Writes the record atomically, creating `{state dir}/tokens` (mode 0700)
 /// the first time.
 pub fn write(state_dir: &Path, credential: &str, record: &TokenRecord) -> Result<(), String> {
-    let p = path(state_dir, credential);
-    let mut text = serde_json::to_string_pretty(record).map_err(|e| e.to_string())?;
-    text.push('\n');
-    let spec = FileSpec {
-        path: &p,
-        mode: 0o600,
-        uid: None,
-        gid: None,
-    };
     // Whole, old or new, but not fsynced: a power loss may bring the old
     // record back or leave it empty. An empty one reads as none, an old one
     // does not match the token in the outputs: either only makes the next
     // start judge that token without it (as after a failed write, which is
     // logged, not fatal). One fsync fewer per login (1000 at a start with
     // 1000 credentials).
-    making_private_dir(|| write_unsynced(&spec, text.as_bytes())).map_err(|e| e.to_string())
+    write_report(&path(state_dir, credential), 0o600, record)
 }
 
 #[cfg(test)]

@@ -273,12 +273,15 @@ impl KeySource {
         };
         let path = Self::state_path(ctx);
         let loaded = tokio::task::spawn_blocking(move || keystate::load(&path)).await;
-        if !matches!(&loaded, Ok(Ok(Some(disk))) if *disk == memory) {
-            // The next creation's nonce may not be on disk any more.
-            self.next_nonce = None;
+        if let Ok(Ok(Some(disk))) = &loaded
+            && *disk == memory
+        {
+            return false;
         }
+        // The file is not what memory holds: the next creation's nonce may
+        // not be on disk any more.
+        self.next_nonce = None;
         let disk = match loaded {
-            Ok(Ok(Some(disk))) if disk == memory => return false,
             Ok(Ok(Some(disk))) => disk,
             Ok(Ok(None)) => {
                 warn!("the key state file is gone; writing it again from memory");
