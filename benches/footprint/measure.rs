@@ -115,6 +115,24 @@ impl Bench {
         Ok((utime, stime))
     }
 
+    /// Context switches (voluntary + involuntary) of the threads alive
+    /// now, from `/proc/<pid>/task/*/status`: each is a thread that slept
+    /// and was woken, the kernel's main cost in a rotation. A thread that
+    /// has exited is not counted, so compare two readings only while the
+    /// same threads live (tokio's blocking threads outlive 2 s without work).
+    pub(crate) fn context_switches(&self) -> Res<u64> {
+        let mut total = 0;
+        for task in fs::read_dir(self.proc("task"))? {
+            let Ok(text) = fs::read_to_string(task?.path().join("status")) else {
+                continue; // exited meanwhile
+            };
+            for key in ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"] {
+                total += status_field(&text, key).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
     pub(crate) fn signal(&self, sig: Signal) -> Res<()> {
         signal::kill(self.pid, sig)?;
         Ok(())

@@ -242,8 +242,10 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
             .count()
     };
     let (cpu0, ticks0, n0) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, count());
+    let switches0 = daemon.context_switches()?;
     let changes = watch_changes(&env, mode.renew);
     let (cpu1, ticks1, n1) = (daemon.cpu_ns()?, daemon.user_system_ticks()?, count());
+    let switches1 = daemon.context_switches()?;
     let memory = daemon.memory()?;
     if let Ok(dir) = std::env::var("FOOTPRINT_LOG_DIR") {
         let name = if key { "key-rotations" } else { "renewals" };
@@ -272,6 +274,9 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
     let per_renewal_ms = (cpu1 - cpu0) as f64 / 1e6 / renewals as f64;
     let tick_ms = |t: u64| t as f64 * 1000.0 / clock_ticks() as f64 / renewals as f64;
     let (user_ms, system_ms) = (tick_ms(ticks1.0 - ticks0.0), tick_ms(ticks1.1 - ticks0.1));
+    // Threads that exited in the window take their switches with them:
+    // a floor, not a count.
+    let switches = switches1.saturating_sub(switches0) as f64 / renewals as f64;
     let figure = if key {
         "CPU and time per key rotation (create + save state + 3 outputs; deletions included)"
     } else {
@@ -279,7 +284,8 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
     };
     Ok(Row::new(figure, "report")
         .measured(format!(
-            "{per_renewal_ms:.2} ms CPU (clock ticks: user {user_ms:.1} ms + system {system_ms:.1} ms); \
+            "{per_renewal_ms:.2} ms CPU (clock ticks: user {user_ms:.1} ms + system {system_ms:.1} ms; \
+             {switches:.1} context switches each); \
              request to output {}; {renewals} {what} in {} s; resident {:.1} MiB",
             latency.ms(),
             mode.renew.as_secs(),

@@ -176,7 +176,7 @@ impl Credential {
     /// deletion grace (if every output holds its successor).
     pub async fn children_changed(&mut self) {
         if !self.stale.iter().any(|s| *s) {
-            self.source.published(&ctx!(self), crate::now()).await;
+            self.source.published(&ctx!(self), crate::now(), None).await;
             self.publish(crate::now());
         }
     }
@@ -401,15 +401,26 @@ impl Credential {
     async fn write_outputs(&mut self, renewed: bool) {
         self.write_now = false;
         let Some(held) = self.held.clone() else { return };
-        let written = write_stale(&self.cfg, &held, &mut self.stale, &self.hooks, &self.metrics).await;
+        let grace = self.source.grace_start(&ctx!(self));
+        let written = write_stale(
+            &self.cfg,
+            &held,
+            renewed,
+            grace,
+            &mut self.stale,
+            &self.hooks,
+            &self.metrics,
+        )
+        .await;
         let now = crate::now();
         log_written(&held, renewed, &written.files);
         if written.errors.is_empty() {
             if self.failed_step == Some(Step::WriteOutputs) {
                 self.clear_failure();
             }
-            // Every output holds the held secret: a replaced key's grace starts.
-            self.source.published(&ctx!(self), now).await;
+            // Every output holds the held secret: a replaced key's grace
+            // starts (started beside the outputs, if the source asked).
+            self.source.published(&ctx!(self), now, written.grace).await;
             self.publish(now);
         } else {
             self.fail(

@@ -11,25 +11,33 @@ use crate::config::CredentialConfig;
 use crate::hooks::{Hook, HookSpec};
 use crate::metrics::Metrics;
 use crate::output::render::{TokenFacts, render};
-use crate::output::write::{FileSpec, WriteOutcome, write_atomic_many};
+use crate::output::write::{Compare, FileSpec, WriteOutcome, write_atomic_many};
 use crate::source::Held;
+use crate::source::key::{GraceStart, GraceStarted};
 use crate::token;
 
 /// What [`write_stale`] did: the files written (those that already held
-/// the secret are not among them) and the errors of those that failed.
+/// the secret are not among them), the errors of those that failed, and
+/// the grace start run once all were on disk.
 pub(super) struct Written {
     pub files: Vec<String>,
     pub errors: Vec<String>,
+    pub grace: Option<GraceStarted>,
 }
 
 /// Writes `held` to every output of `cfg` marked in `stale` (all in one
 /// blocking task, one directory fsync per directory), and fires the hook
 /// (`hooks`, in output order) of each file that changed once every file is
 /// on disk. A failed output stays stale (to be retried with backoff); the
-/// others are written anyway.
+/// others are written anyway. `renewed`: the first write of a secret just
+/// obtained (a secret the server issued then is written without reading
+/// what the files hold: none can hold it yet). `grace` runs in the same
+/// blocking task once every output is on disk (one hand-off, not two).
 pub(super) async fn write_stale(
     cfg: &CredentialConfig,
     held: &Held,
+    renewed: bool,
+    grace: Option<GraceStart>,
     stale: &mut [bool],
     hooks: &[Option<Hook>],
     metrics: &Metrics,
@@ -57,7 +65,12 @@ pub(super) async fn write_stale(
         })
         .collect();
     let indices: Vec<usize> = jobs.iter().map(|j| j.0).collect();
-    let outcomes = tokio::task::spawn_blocking(move || {
+    let compare = if renewed && held.minted {
+        Compare::NewSecret
+    } else {
+        Compare::WithFile
+    };
+    let (outcomes, grace) = tokio::task::spawn_blocking(move || {
         let files: Vec<_> = jobs
             .iter()
             .map(|(_, path, mode, uid, gid, content)| {
@@ -70,15 +83,20 @@ pub(super) async fn write_stale(
                 (spec, content.as_slice())
             })
             .collect();
-        write_atomic_many(&files)
+        let outcomes: Vec<_> = write_atomic_many(&files, compare)
             .into_iter()
             .map(|r| r.map_err(|e| e.to_string()))
-            .collect::<Vec<_>>()
+            .collect();
+        // Every output is on disk (directories fsynced): the grace starts.
+        let grace = grace
+            .filter(|_| outcomes.iter().all(Result::is_ok))
+            .map(GraceStart::run);
+        (outcomes, grace)
     })
     .await
     .unwrap_or_else(|e| {
         let failed = format!("the write task failed: {e}");
-        indices.iter().map(|_| Err(failed.clone())).collect()
+        (indices.iter().map(|_| Err(failed.clone())).collect(), None)
     });
     let mut written = Vec::new();
     let mut errors = Vec::new();
@@ -103,6 +121,7 @@ pub(super) async fn write_stale(
     Written {
         files: written,
         errors,
+        grace,
     }
 }
 

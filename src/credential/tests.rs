@@ -47,6 +47,7 @@ fn hold_week_token(cred: &mut Credential) -> OffsetDateTime {
         obtained_at: T0,
         due_at,
         key_id: None,
+        minted: false,
     });
     cred.stale = vec![false; cred.cfg.outputs.len()];
     due_at
@@ -161,6 +162,7 @@ fn a_token_with_under_a_second_left_is_not_renewed_in_a_loop() {
         obtained_at: T0,
         due_at,
         key_id: None,
+        minted: false,
     });
     cred.stale = vec![false];
     // Expired at 300 ms, but the next login is a second after the last.

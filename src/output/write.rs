@@ -69,18 +69,32 @@ fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Writes each file atomically, unless it already holds its content (a
-/// failure leaves the others to be written), then one fsync of each
-/// directory a file was renamed into:
-/// when this returns, every file written is on disk. One outcome per file,
-/// in order.
-pub fn write_atomic_many(files: &[(FileSpec<'_>, &[u8])]) -> Vec<Result<WriteOutcome, WriteError>> {
+/// Whether [`write_atomic_many`] first reads what a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// A file that already holds its content, with its mode and owner, is
+    /// left alone ([`WriteOutcome::Unchanged`]).
+    WithFile,
+    /// The content holds a secret the server has just issued, which no
+    /// file can hold yet: every file is written, unread (a read per file
+    /// saved on every renewal and rotation).
+    NewSecret,
+}
+
+/// Writes each file atomically, unless it already holds its content (see
+/// [`Compare`]; a failure leaves the others to be written), then one fsync
+/// of each directory a file was renamed into: when this returns, every
+/// file written is on disk. One outcome per file, in order.
+pub fn write_atomic_many(
+    files: &[(FileSpec<'_>, &[u8])],
+    compare: Compare,
+) -> Vec<Result<WriteOutcome, WriteError>> {
     let mut dirs: Vec<&Path> = Vec::new();
     let outcomes = files
         .iter()
         .map(|(spec, content)| {
             let (dir, now) = target_dir(spec)?;
-            if is_current(spec, now, content) {
+            if compare == Compare::WithFile && is_current(spec, now, content) {
                 return Ok(WriteOutcome::Unchanged);
             }
             replace(spec, dir, Fsync::File, |_| Ok(*content))?;
@@ -409,7 +423,9 @@ mod tests {
     use super::*;
 
     fn write_atomic(spec: &FileSpec<'_>, content: &[u8]) -> Result<WriteOutcome, WriteError> {
-        write_atomic_many(&[(*spec, content)]).pop().unwrap()
+        write_atomic_many(&[(*spec, content)], Compare::WithFile)
+            .pop()
+            .unwrap()
     }
     use std::os::unix::fs::FileTypeExt;
 
@@ -508,6 +524,26 @@ mod tests {
     }
 
     #[test]
+    fn a_new_secret_is_written_without_reading_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, "same").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ino = || std::fs::metadata(&p).unwrap().ino();
+        let before = ino();
+        let files = [(spec(&p, 0o600), &b"same"[..])];
+        let compared = write_atomic_many(&files, Compare::WithFile);
+        assert_eq!(compared[0].as_ref().unwrap(), &WriteOutcome::Unchanged);
+        assert_eq!(ino(), before);
+        // Not read: replaced (a new inode) even though it held the content.
+        let unread = write_atomic_many(&files, Compare::NewSecret);
+        assert_eq!(unread[0].as_ref().unwrap(), &WriteOutcome::Written);
+        assert_ne!(ino(), before);
+        assert_eq!(std::fs::read(&p).unwrap(), b"same");
+        assert_eq!(entries(dir.path()), ["t"]);
+    }
+
+    #[test]
     fn many_files_each_written_or_refused_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let (a, fifo, b) = (
@@ -523,7 +559,7 @@ mod tests {
             (spec(&fifo, 0o600), &b"x"[..]),
             (spec(&b, 0o600), &b"same"[..]),
         ];
-        let outcomes = write_atomic_many(&files);
+        let outcomes = write_atomic_many(&files, Compare::WithFile);
         assert_eq!(outcomes.len(), 3);
         assert_eq!(outcomes[0].as_ref().unwrap(), &WriteOutcome::Written);
         assert!(outcomes[1].as_ref().unwrap_err().to_string().contains("FIFO"));

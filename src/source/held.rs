@@ -23,6 +23,10 @@ pub struct Held {
     pub due_at: OffsetDateTime,
     /// An access key's id (public).
     pub key_id: Option<String>,
+    /// Issued by the server in the call that returned it (a login, a key
+    /// creation), not found on disk: no file can hold it yet, so its first
+    /// write does not read what the outputs hold first.
+    pub minted: bool,
 }
 
 impl std::fmt::Debug for Held {
@@ -32,6 +36,7 @@ impl std::fmt::Debug for Held {
             .field("key_id", &self.key_id)
             .field("expires_at", &token::rfc3339(self.validity.expires_at))
             .field("due_at", &token::rfc3339(self.due_at))
+            .field("minted", &self.minted)
             .finish()
     }
 }

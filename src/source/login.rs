@@ -99,6 +99,7 @@ impl LoginSource {
             obtained_at: validity.obtained_at,
             due_at,
             key_id: None,
+            minted: false,
         })
     }
 
@@ -192,6 +193,7 @@ impl LoginSource {
             obtained_at: answer.received_at,
             due_at: validity.expires_at,
             key_id: None,
+            minted: true,
         };
         Ok((held, rec))
     }

@@ -55,10 +55,25 @@ impl Source {
         }
     }
 
-    /// Called once every output holds the held secret.
-    pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) {
+    /// Work to do in the blocking task that writes the outputs, once every
+    /// one is on disk (keys: a replaced key's grace starts and is saved).
+    pub fn grace_start(&self, ctx: &Ctx<'_>) -> Option<key::GraceStart> {
+        match self {
+            Source::Login(_) => None,
+            Source::Key(s) => s.grace_start(ctx),
+        }
+    }
+
+    /// Called once every output holds the held secret, with what the
+    /// [`key::GraceStart`] written beside them did, if one ran.
+    pub async fn published(
+        &mut self,
+        ctx: &Ctx<'_>,
+        now: OffsetDateTime,
+        started: Option<key::GraceStarted>,
+    ) {
         if let Source::Key(s) = self {
-            Box::pin(s.published(ctx, now)).await;
+            Box::pin(s.published(ctx, now, started)).await;
         }
     }
 

@@ -263,6 +263,38 @@ pub fn merge_reread(memory: &KeyState, disk: KeyState) -> Option<KeyState> {
     Some(merged)
 }
 
+/// A grace start prepared by [`KeySource::grace_start`]: the state, the
+/// replaced keys whose grace it starts (their ids) and where the state
+/// lives. It holds the current key, so it is moved, not logged.
+pub struct GraceStart {
+    path: std::path::PathBuf,
+    state: KeyState,
+    grace: Duration,
+    ids: Vec<String>,
+}
+
+/// What [`GraceStart::run`] did: when the grace started, and its save.
+pub struct GraceStarted {
+    at: OffsetDateTime,
+    ids: Vec<String>,
+    saved: Result<(), keystate::StateError>,
+}
+
+impl GraceStart {
+    /// On a blocking thread, once every output holds the current key:
+    /// starts the grace now and saves the state as
+    /// [`keystate::save_redoable`] (its loss only makes the grace start
+    /// again after a restart). The state in memory takes it in
+    /// [`KeySource::published`].
+    pub fn run(mut self) -> GraceStarted {
+        let at = crate::now();
+        let ids = self.ids;
+        start_grace(&mut self.state, self.grace, at, |id| !ids.iter().any(|i| i == id));
+        let saved = keystate::save_redoable(&self.path, &self.state);
+        GraceStarted { at, ids, saved }
+    }
+}
+
 impl KeySource {
     /// Re-reads the key state file before a rotation or a deletion (see
     /// [`merge_reread`]). True if the current key changed under us: the
@@ -366,16 +398,52 @@ impl KeySource {
         true
     }
 
-    /// Every output holds the current key: the grace of replaced keys starts.
-    pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime) {
+    /// The grace [`Self::published`] would start, prepared for the blocking
+    /// task that writes the outputs, to run there once every output is on
+    /// disk: one hand-off to a blocking thread for both, not two. None when
+    /// no replaced key waits for its grace (or a running child holds it).
+    pub fn grace_start(&self, ctx: &Ctx<'_>) -> Option<GraceStart> {
+        let state = self.state.as_ref()?;
+        let ids: Vec<String> = (state.pending_deletions.iter())
+            .filter(|p| p.delete_after.is_none() && !ctx.in_use.holds(&p.id))
+            .map(|p| p.id.clone())
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        Some(GraceStart {
+            path: Self::state_path(ctx),
+            state: state.clone(),
+            grace: self.cfg.grace,
+            ids,
+        })
+    }
+
+    /// Every output holds the current key: the grace of replaced keys
+    /// starts. `started`: what a [`GraceStart`] did beside the outputs (its
+    /// time and save taken into memory here); any grace still unstarted
+    /// starts now, with a save of its own.
+    pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime, started: Option<GraceStarted>) {
         let Some(state) = self.state.as_mut() else { return };
+        let mut logged = false;
+        if let Some(started) = started {
+            let ids = started.ids;
+            start_grace(state, self.cfg.grace, started.at, |id| {
+                !ids.iter().any(|i| i == id)
+            });
+            if let Err(e) = started.saved {
+                warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
+            }
+            logged = true;
+        }
         if start_grace(state, self.cfg.grace, now, |id| ctx.in_use.holds(id)) {
             if let Err(e) = self.save_redoable(ctx).await {
                 warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
             }
-            if let Some(at) = self.state.as_ref().and_then(next_deletion) {
-                info!(delete_at = %crate::token::rfc3339(at), "the replaced key will be deleted after the grace");
-            }
+            logged = true;
+        }
+        if logged && let Some(at) = self.state.as_ref().and_then(next_deletion) {
+            info!(delete_at = %crate::token::rfc3339(at), "the replaced key will be deleted after the grace");
         }
     }
 

@@ -58,6 +58,7 @@ mod rotate;
 #[cfg(test)]
 mod tests;
 
+pub use housekeep::{GraceStart, GraceStarted};
 pub use plausible::{implausible_skew, plausible_key_times, skew_seconds};
 
 /// No key is created while this installation already has this many live
@@ -236,6 +237,7 @@ impl KeySource {
             obtained_at,
             due_at,
             key_id: Some(current.id.clone()),
+            minted: false,
         }
     }
 

@@ -429,7 +429,10 @@ impl KeySource {
                     expires_at = %crate::token::rfc3339(current.expires_at()),
                     "new access key created and saved"
                 );
-                Ok(Self::held_of(current, &ctx.cfg.renewal, crate::now()))
+                Ok(Held {
+                    minted: true,
+                    ..Self::held_of(current, &ctx.cfg.renewal, crate::now())
+                })
             }
             Err(RotateError::Api(KeyError::Unauthorized { request_id })) => {
                 if self.bootstrap_mode() {
