@@ -251,3 +251,32 @@ fn purge_keeps_the_key_state_and_lists_the_live_keys_without_a_secret() {
     assert!(postrm(root.path(), "remove").status.success());
     assert!(lib.exists());
 }
+
+/// A login's record that cannot be written (here `tokens` is a file)
+/// costs only the record: the token still reaches the output, the failure
+/// is logged, and the next login goes the same way.
+#[test]
+fn a_login_record_that_cannot_be_written_is_logged_and_the_token_still_reaches_the_outputs() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.path("state")).unwrap();
+    std::fs::write(t.path("state/tokens"), "not a directory").unwrap();
+    t.write_config(&s.base_url(), &credential("main", &output("main.token", "raw")));
+    let mut d = t.daemon();
+    let renewed = |logins: u64| {
+        wait_for(
+            SLOW_WAIT,
+            &format!("login #{logins} and its token in main.token"),
+            || s.logins_ok() >= logins && t.read("main.token").as_ref() == s.issued_tokens().last(),
+            || d.log(),
+        )
+    };
+    renewed(1);
+    d.wait_log("cannot keep the record of this login", 1, SLOW_WAIT);
+    d.signal(Signal::SIGUSR1);
+    renewed(2);
+    d.wait_log("cannot keep the record of this login", 2, SLOW_WAIT);
+    assert!(t.path("state/tokens").is_file(), "{}", d.log());
+    stop(&mut d, Signal::SIGTERM);
+    assert_no_secrets(&d.log(), PASSWORD, &s.issued_tokens());
+}

@@ -125,6 +125,49 @@ fn a_kill_after_the_key_was_saved_but_before_any_output_publishes_that_key_on_re
     assert_eq!(posts(&s), made, "no key is made for a rotation already done");
 }
 
+/// A new key is written to the outputs without reading them first (none
+/// can hold it yet); a key reused at a restart is not new, so outputs that
+/// already hold it are compared and left alone (the same files, no hooks).
+#[test]
+fn a_restart_that_reuses_the_saved_key_leaves_the_outputs_that_hold_it_untouched() {
+    let s = key_standin();
+    let t = TestDir::new();
+    let (_, boot) = bootstrap(&s, &t, 365);
+    let outputs = output("mcp.env", "env") + &output("mcp.key", "raw");
+    t.write_config(
+        &s.base_url(),
+        &key_cred("renew-at = 0.9", &outputs).replace("lifetime = \"1d\"", "lifetime = \"30d\""),
+    );
+    let mut d = t.daemon();
+    let key = wait_env_key(&t, "mcp.env", &[&boot], &d);
+    wait_for(
+        WAIT,
+        "the raw output",
+        || t.read("mcp.key").as_deref() == Some(key.as_str()),
+        || d.log(),
+    );
+    stop(&mut d, Signal::SIGTERM);
+    let inodes = || {
+        ["mcp.env", "mcp.key"]
+            .map(|f| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(t.path(f)).unwrap()))
+    };
+    let before = inodes();
+    let made = posts(&s);
+
+    let mut d = t.daemon();
+    d.wait_log("reusing the key in the key state", 1, WAIT);
+    d.wait_log("every credential has a fresh token on disk", 1, WAIT);
+    assert_eq!(
+        inodes(),
+        before,
+        "an output that held the key was rewritten\n{}",
+        d.log()
+    );
+    assert_eq!(t.read("mcp.key").unwrap(), key);
+    assert_eq!(posts(&s), made, "no key is made for a key still fresh");
+    stop(&mut d, Signal::SIGTERM);
+}
+
 #[test]
 fn a_restart_during_the_grace_still_deletes_the_replaced_key_on_time() {
     let s = key_standin();
