@@ -543,6 +543,20 @@ mod tests {
         assert_eq!(entries(dir.path()), ["t"]);
     }
 
+    /// Writing unread skips only the comparison: a FIFO (or any file that
+    /// is not a regular one) where an output should be is still refused,
+    /// not opened (which would block) nor replaced.
+    #[test]
+    fn a_new_secret_still_refuses_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let outcomes = write_atomic_many(&[(spec(&fifo, 0o600), &b"x"[..])], Compare::NewSecret);
+        assert!(outcomes[0].as_ref().unwrap_err().to_string().contains("FIFO"));
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(entries(dir.path()), ["fifo"]);
+    }
+
     #[test]
     fn many_files_each_written_or_refused_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
