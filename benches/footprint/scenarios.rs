@@ -2,7 +2,7 @@
 //! reload, renewals (tokens and access keys), many credentials.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -185,22 +185,43 @@ pub(crate) fn reload(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
     ])
 }
 
-/// CPU and time per renewal: 1 s tokens renewed at half-life, 3 outputs;
-/// then the same for an access key whose "day" lasts 1 s at the stand-in.
-pub(crate) fn renewal(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
-    Ok(vec![
-        renewals_of(mode, bin, false)?,
-        renewals_of(mode, bin, true)?,
-    ])
+/// The temp dir, and `/dev/shm` too when the temp dir is on a disk and
+/// that is tmpfs: a figure that writes files is measured in both, which
+/// shows the daemon's own cost apart from the disk's (see [`fs_of`]).
+pub(crate) fn places() -> Vec<PathBuf> {
+    let temp = std::env::temp_dir();
+    let shm = Path::new("/dev/shm");
+    let mut places = vec![temp.clone()];
+    if !fs_of(&temp).starts_with("tmpfs") && fs_of(shm).starts_with("tmpfs") {
+        places.push(shm.to_path_buf());
+    }
+    places
 }
 
-/// One credential renewed (or rotated) over and over for `mode.renew`:
-/// CPU per renewal from the process clock, and the time from the request
-/// reaching the server to the new secret in the env output (the output is
-/// polled every millisecond from here).
-pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
+/// CPU and time per renewal: 1 s tokens renewed at half-life, 3 outputs;
+/// then the same for an access key whose "day" lasts 1 s at the stand-in,
+/// in each of [`places`].
+pub(crate) fn renewal(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
+    let mut rows = vec![renewals_of(mode, bin, false, &std::env::temp_dir())?];
+    rows.extend(rotations(mode, bin)?);
+    Ok(rows)
+}
+
+/// Key rotations in each of [`places`].
+pub(crate) fn rotations(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
+    places()
+        .iter()
+        .map(|place| renewals_of(mode, bin, true, place))
+        .collect()
+}
+
+/// One credential renewed (or rotated) over and over for `mode.renew`, its
+/// files under `place`: CPU per renewal from the process clock, and the
+/// time from the request reaching the server to the new secret in the env
+/// output (the output is polled every millisecond from here).
+pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool, place: &Path) -> Res<Row> {
     let what = if key { "key rotations" } else { "renewals" };
-    eprintln!("footprint: {what} for {:?}", mode.renew);
+    eprintln!("footprint: {what} for {:?} in {}", mode.renew, place.display());
     let fast = standin(Duration::from_secs(1), 1)?;
     let outputs = [("main.token", "raw"), ("main.env", "env"), ("main.json", "json")];
     let cred = if key {
@@ -222,7 +243,7 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
     } else {
         (credential(0, &outputs, 0.5, 0.0), None)
     };
-    let dir = BenchDir::new(&fast.base_url(), &[cred.0])?;
+    let dir = BenchDir::new_in(place, &fast.base_url(), &[cred.0])?;
     if let Some(bootstrap) = cred.1 {
         fs::write(dir.path("boot.key"), format!("{bootstrap}\n"))?;
         fs::set_permissions(
@@ -282,16 +303,25 @@ pub(crate) fn renewals_of(mode: &Mode, bin: &Path, key: bool) -> Res<Row> {
     } else {
         "CPU and time per renewal (login + decode + 3 outputs written and fsynced)"
     };
-    Ok(Row::new(figure, "report")
-        .measured(format!(
-            "{per_renewal_ms:.2} ms CPU (clock ticks: user {user_ms:.1} ms + system {system_ms:.1} ms; \
+    let figure = format!("{figure}, in {} ({})", place.display(), fs_of(place));
+    let row = if key {
+        Row::new(figure, "< 2 ms CPU")
+    } else {
+        Row::new(figure, "report")
+    };
+    let row = row.measured(format!(
+        "{per_renewal_ms:.2} ms CPU (clock ticks: user {user_ms:.1} ms + system {system_ms:.1} ms; \
              {switches:.1} context switches each); \
              request to output {}; {renewals} {what} in {} s; resident {:.1} MiB",
-            latency.ms(),
-            mode.renew.as_secs(),
-            memory.rss
-        ))
-        .report())
+        latency.ms(),
+        mode.renew.as_secs(),
+        memory.rss
+    ));
+    Ok(if key {
+        row.pass(per_renewal_ms < 2.0)
+    } else {
+        row.report()
+    })
 }
 
 /// When `path`'s content changed during `window` (polled every 1 ms).
@@ -320,14 +350,8 @@ pub(crate) fn many(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
     let creds: Vec<String> = (0..MANY)
         .map(|i| credential(i, &[(&format!("c{i}.token"), "raw")], 0.8, 0.05))
         .collect();
-    let temp = std::env::temp_dir();
-    let mut places = vec![temp.clone()];
-    let shm = Path::new("/dev/shm");
-    if !fs_of(&temp).starts_with("tmpfs") && fs_of(shm).starts_with("tmpfs") {
-        places.push(shm.to_path_buf());
-    }
     let mut rows = Vec::new();
-    for place in places {
+    for place in places() {
         let mut all_on_disk = Vec::new();
         let mut cpu = Vec::new();
         let (mut reload, mut reload_cpu) = (Vec::new(), Vec::new());
