@@ -20,7 +20,7 @@ use crate::secret::Secret;
 pub enum Refused {
     /// CONNECT: no tunnels (405).
     Connect,
-    /// An absolute-form target naming another host than the API's (400).
+    /// An absolute-form target naming another host or port than the API's (400).
     OtherHost,
     /// A target that is not a path (an authority or `*`), or unusable (400).
     BadTarget,
@@ -37,7 +37,9 @@ impl Refused {
     pub fn message(&self) -> &'static str {
         match self {
             Refused::Connect => "CONNECT is not allowed: this proxy only reaches the VoIPBIN API",
-            Refused::OtherHost => "this proxy only reaches the VoIPBIN API; the target names another host",
+            Refused::OtherHost => {
+                "this proxy only reaches the VoIPBIN API; the target names another host or port"
+            }
             Refused::BadTarget => "the request target must be a path",
         }
     }
@@ -80,12 +82,19 @@ pub fn upstream_path(base: &Url, method: &Method, target: &Uri) -> Result<String
         return Err(Refused::Connect);
     }
     if let Some(authority) = target.authority() {
-        // Absolute-form: only the API's own host (as a client configured
-        // with the API's URL and this proxy as its HTTP proxy would send).
+        // Absolute-form: only the API's own host and port (as a client
+        // configured with the API's URL and this proxy as its HTTP proxy
+        // would send). Another port on the same host is another service
+        // (a loopback API's neighbours); the default port of either scheme
+        // counts as the API's when the API is on its scheme's default too.
         let same_host = base.host_str().is_some_and(|h| {
             h.eq_ignore_ascii_case(authority.host().trim_start_matches('[').trim_end_matches(']'))
         });
-        if !same_host {
+        let same_port = match authority.port_u16() {
+            Some(port) => base.port_or_known_default() == Some(port),
+            None => base.port().is_none(),
+        };
+        if !(same_host && same_port) {
             return Err(Refused::OtherHost);
         }
     }
@@ -278,6 +287,23 @@ mod tests {
             Err(Refused::BadTarget)
         );
         let u = upstream_path(&base(), &Method::GET, &uri("https://API.voipbin.net/v1.0/me")).unwrap();
+        assert_eq!(u, "/v1.0/me");
+        let u = upstream_path(&base(), &Method::GET, &uri("https://api.voipbin.net:443/v1.0/me")).unwrap();
+        assert_eq!(u, "/v1.0/me");
+        // Another port of the API's host is another service.
+        assert_eq!(
+            upstream_path(&base(), &Method::GET, &uri("http://api.voipbin.net:8080/v1.0/me")),
+            Err(Refused::OtherHost)
+        );
+        let local: Url = "http://127.0.0.1:9000/".parse().unwrap();
+        for other in ["http://127.0.0.1:9001/v1.0/me", "http://127.0.0.1/v1.0/me"] {
+            assert_eq!(
+                upstream_path(&local, &Method::GET, &uri(other)),
+                Err(Refused::OtherHost),
+                "{other}"
+            );
+        }
+        let u = upstream_path(&local, &Method::GET, &uri("http://127.0.0.1:9000/v1.0/me")).unwrap();
         assert_eq!(u, "/v1.0/me");
     }
 

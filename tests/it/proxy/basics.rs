@@ -80,7 +80,14 @@ fn connect_and_absolute_form_targets_naming_another_host_are_refused() {
     assert_eq!(status, 405);
     let (status, _, _) = get(addr, "http://example.com/v1.0/accesskeys", "");
     assert_eq!(status, 400);
+    // The API's host on another port is another service, not the API.
+    let api: std::net::SocketAddr = s.base_url().trim_start_matches("http://").parse().unwrap();
+    let neighbour = format!("http://{}:{}/v1.0/accesskeys", api.ip(), api.port() ^ 1);
+    let (status, _, _) = get(addr, &neighbour, "");
+    assert_eq!(status, 400, "{neighbour}");
     assert_eq!(s.requests().len(), before, "nothing reached the API");
+    let (status, _, _) = get(addr, &format!("{}/v1.0/accesskeys", s.base_url()), "");
+    assert_eq!(status, 200, "the API's own absolute form is served");
 }
 
 #[test]
