@@ -65,6 +65,7 @@ pub struct Metrics {
     child_up: Gauge,
     proxy_requests: Family<CodeLabel, Counter>,
     proxy_duration: Family<CredentialLabel, Histogram>,
+    proxy_refused: Family<CredentialLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +161,12 @@ impl Metrics {
             "Time from a proxied request to its answer's head",
             proxy_duration.clone(),
         );
+        let proxy_refused = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "proxy_connections_refused",
+            "Client connections the local API proxy closed unserved: its connection limit was reached",
+            proxy_refused.clone(),
+        );
         // Series that alerts look for exist from the start, at 0.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabel { result });
@@ -179,6 +186,7 @@ impl Metrics {
             child_up: Gauge::default(),
             proxy_requests,
             proxy_duration,
+            proxy_refused,
         }
     }
 
@@ -208,6 +216,10 @@ impl Metrics {
         self.proxy_duration
             .get_or_create(&label(credential))
             .observe(seconds);
+    }
+
+    pub fn proxy_connection_refused(&self, credential: &str) {
+        self.proxy_refused.get_or_create(&label(credential)).inc();
     }
 
     pub fn child_restart(&self, reason: &'static str) {

@@ -174,7 +174,7 @@ impl Proxies {
                 }
             };
             let stop = self.cancel.child_token();
-            let slots = Arc::new(tokio::sync::Semaphore::new(serve::MAX_CONNECTIONS));
+            let slots = Arc::new(serve::Slots::new(serve::MAX_CONNECTIONS));
             let asked = Arc::new(Mutex::new(None));
             let mut tasks = Vec::new();
             let handles = self

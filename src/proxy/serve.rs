@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -81,12 +81,7 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> std::io::Result<Li
 /// open connections finish (each bounded by [`IDLE`] between requests).
 /// Runs in the runtime that accepts (a worker's). `slots` bound the
 /// connections of every worker on this listener together.
-pub async fn serve(
-    listener: Listener,
-    route: Arc<Route>,
-    slots: Arc<tokio::sync::Semaphore>,
-    cancel: CancellationToken,
-) {
+pub async fn serve(listener: Listener, route: Arc<Route>, slots: Arc<Slots>, cancel: CancellationToken) {
     let (listener, path) = match listener {
         Listener::Tcp(l) => (TcpListener::from_std(l).map(Accepting::Tcp), None),
         Listener::Unix(l, p) => (UnixListener::from_std(l).map(Accepting::Unix), Some(p)),
@@ -112,8 +107,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            warn!(max = MAX_CONNECTIONS, "proxy connection refused: too many open");
+        let Ok(slot) = slots.free.clone().try_acquire_owned() else {
+            route.metrics.proxy_connection_refused(&route.credential);
+            slots.refused();
             continue;
         };
         let route = route.clone();
@@ -136,6 +132,53 @@ pub async fn serve(
     drop(listener);
     if let Some(path) = path {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// How often, at most, a listener logs that it refuses connections: a
+/// client that leaks connections (or floods the port) costs one line per
+/// period, with the count, not one per connection.
+const REFUSED_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// One listener's connection slots, shared by the workers that accept on
+/// it, and its refusals since it last warned about them.
+pub struct Slots {
+    free: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    refusals: Mutex<Refusals>,
+}
+
+#[derive(Default)]
+struct Refusals {
+    last_warning: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        Slots {
+            free: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            refusals: Mutex::default(),
+        }
+    }
+
+    /// Counts one refused connection; warns at the first one and then at
+    /// most once per [`REFUSED_LOG_PERIOD`], with how many were refused.
+    fn refused(&self) {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        r.unlogged += 1;
+        let now = Instant::now();
+        if r.last_warning.is_some_and(|at| now < at + REFUSED_LOG_PERIOD) {
+            return;
+        }
+        warn!(
+            max = self.max,
+            refused = r.unlogged,
+            "proxy connections refused: too many open"
+        );
+        r.last_warning = Some(now);
+        r.unlogged = 0;
     }
 }
 

@@ -62,7 +62,7 @@ fn a_refused_key_is_renewed_once_and_the_request_replayed() {
         let Listener::Tcp(std) = &tcp else { unreachable!() };
         let addr = std.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(8));
+        let slots = Arc::new(serve::Slots::new(8));
         tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
         let client = reqwest::Client::new();
         let mut answers = Vec::new();
@@ -162,7 +162,7 @@ fn a_websocket_upgrade_passes_through_with_the_daemons_token() {
         let Listener::Tcp(std) = &tcp else { unreachable!() };
         let addr = std.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(8));
+        let slots = Arc::new(serve::Slots::new(8));
         tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /v1.0/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer client\r\n\r\n")

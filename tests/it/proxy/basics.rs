@@ -242,6 +242,69 @@ fn three_hundred_client_connections_are_served_at_once() {
 }
 
 #[test]
+fn connections_over_the_limit_are_closed_counted_and_logged_once_not_each() {
+    use std::io::Read;
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let addr = free_port();
+    let health = free_port();
+    t.write_config(
+        &s.base_url(),
+        &format!(
+            "[health]\nlisten = \"{health}\"\n\n{}{}",
+            cred("main", USER, "password", "", &output("main.token", "raw")),
+            proxy(&addr.to_string(), "main", "")
+        ),
+    );
+    let d = daemon_with(&t, "info", &[]);
+    wait_listening(addr, &d);
+    wait_file(&t.path("main.token"), WAIT, || d.log());
+    wait_ready(addr, &d);
+    // A client that leaks connections: 512 (the limit) left open, idle
+    // after one request each (answered, so each surely holds its slot: a
+    // connect alone may wait in the kernel's queue, unaccepted).
+    let held: Vec<_> = (0..512)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (status, _, _) = exchange(&mut c, &format!("GET * HTTP/1.1\r\nHost: {addr}\r\n\r\n"));
+            assert_eq!(status, 400, "connection {i}\n{}", d.log());
+            c
+        })
+        .collect();
+    // Each one more is closed unserved.
+    let extra = 100;
+    for i in 0..extra {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = c
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
+        assert_eq!(n, 0, "connection {i} closed unserved");
+    }
+    let refused = |metrics: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("voipbin_tokend_proxy_connections_refused_total{credential=\"main\"} ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let (_, _, metrics) = get(health, "/metrics", "");
+    assert_eq!(refused(&metrics), Some(extra), "{metrics}");
+    // One warning for the burst (the next would come 10 s later), with its count.
+    let log = d.log();
+    assert_eq!(log.matches("proxy connections refused").count(), 1, "{log}");
+    // Once the leaked connections close, clients are served again.
+    drop(held);
+    let ok = voipbin_tokend_testkit::poll(WAIT, Duration::from_millis(50), || {
+        get(addr, "/v1.0/accesskeys", "").0 == 200
+    });
+    assert!(ok.is_some(), "served again\n{}", d.log());
+}
+
+#[test]
 fn each_proxy_follows_its_credentials_base_url() {
     let (one, two) = (
         standin(Duration::from_secs(3600)),
