@@ -31,10 +31,12 @@
 //!
 //! Here: the knobs, the run and the binary's build. `scenarios` holds the
 //! sections (`exec` the exec-mode one), `measure` reads the daemon from outside, `fixtures` sets up
-//! the stand-in and the config, `report` prints the table.
+//! the stand-in and the config, `report` prints the table, `floor` does a
+//! rotation's file work alone (the platform's cost under the daemon's).
 
 mod exec;
 mod fixtures;
+mod floor;
 mod measure;
 mod report;
 mod scenarios;

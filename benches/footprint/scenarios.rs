@@ -207,12 +207,15 @@ pub(crate) fn renewal(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
     Ok(rows)
 }
 
-/// Key rotations in each of [`places`].
+/// Key rotations in each of [`places`], each followed by the same file
+/// work done alone there (the platform's floor under it).
 pub(crate) fn rotations(mode: &Mode, bin: &Path) -> Res<Vec<Row>> {
-    places()
-        .iter()
-        .map(|place| renewals_of(mode, bin, true, place))
-        .collect()
+    let mut rows = Vec::new();
+    for place in places() {
+        rows.push(renewals_of(mode, bin, true, &place)?);
+        rows.push(crate::floor::rotation_files(&place)?);
+    }
+    Ok(rows)
 }
 
 /// One credential renewed (or rotated) over and over for `mode.renew`, its

@@ -1,0 +1,147 @@
+//! The file work of key rotations done alone, with no daemon: what the file
+//! system charges for the steps that keep a key from being lost and every
+//! output whole. Printed beside the daemon's rotation row for the same
+//! place, it splits that row into the platform's floor and the daemon's
+//! own cost (HTTP, parsing, hand-offs, wake-ups).
+//!
+//! One rotation here is what `strace` shows the daemon doing (see
+//! docs/performance.md): the key state read; saved (a temp file written
+//! and fsynced, renamed, `keys/` fsynced: the new key on disk before any
+//! output); 3 outputs (each fsynced, renamed) and their directory fsynced;
+//! the grace start saved (file fsynced); the key state read again; the
+//! deletion saved (file fsynced); the status file (not fsynced). That is 8
+//! fsyncs and 7 files made, as the daemon's.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::time::{ClockId, clock_gettime};
+
+use crate::Res;
+use crate::measure::fs_of;
+use crate::report::Row;
+
+/// Rotations per run and runs: about 2 s of file work on a slow disk.
+const ROTATIONS: usize = 40;
+const RUNS: usize = 3;
+/// The pause between rotations: the file system's background writeback
+/// runs in between, as it does between the daemon's rotations.
+const PAUSE: Duration = Duration::from_millis(25);
+
+/// The floor of one key rotation's CPU in `place`: the median (and
+/// spread) of [`RUNS`] runs of [`ROTATIONS`] rotations' file work, this
+/// thread's CPU clock; and the median without the fsyncs.
+pub(crate) fn rotation_files(place: &Path) -> Res<Row> {
+    let dir = place.join(format!("tokend-floor-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("keys"))?;
+    fs::create_dir_all(dir.join("out"))?;
+    let result = runs(&dir, true).and_then(|with| Ok((with, runs(&dir, false)?)));
+    let _ = fs::remove_dir_all(&dir);
+    let (mut per_rotation, mut unsynced) = result?;
+    per_rotation.sort_by(f64::total_cmp);
+    unsynced.sort_by(f64::total_cmp);
+    let median = per_rotation[per_rotation.len() / 2];
+    let (min, max) = (per_rotation[0], per_rotation[per_rotation.len() - 1]);
+    let without = unsynced[unsynced.len() / 2];
+    Ok(Row::new(
+        format!(
+            "the same file work alone, no daemon (8 fsyncs, 7 files made, 2 reads a rotation), in {} ({})",
+            place.display(),
+            fs_of(place)
+        ),
+        "report",
+    )
+    .measured(format!(
+        "{median:.2} ms CPU ({min:.2}–{max:.2}, {RUNS} runs of {ROTATIONS}), \
+         {without:.2} ms without its fsyncs: the platform's floor under the rotation row above"
+    ))
+    .report())
+}
+
+/// Per run: CPU ms per rotation, with the fsyncs or (to price them)
+/// without any.
+fn runs(dir: &Path, fsync: bool) -> Res<Vec<f64>> {
+    let sync = |wanted: Sync| if fsync { wanted } else { Sync::None };
+    let state = dir.join("keys/main.json");
+    let content = vec![b'k'; 900];
+    save(&state, &content, Sync::File)?;
+    let outputs: Vec<PathBuf> = ["main.token", "main.env", "main.json"]
+        .iter()
+        .map(|name| dir.join("out").join(name))
+        .collect();
+    let secret = format!("VOIPBIN_API_KEY=vb_{}\n", "x".repeat(40));
+    let mut figures = Vec::new();
+    for _ in 0..RUNS {
+        let mut cpu = Duration::ZERO;
+        for _ in 0..ROTATIONS {
+            std::thread::sleep(PAUSE);
+            let before = thread_cpu()?;
+            read(&state)?;
+            save(&state, &content, sync(Sync::FileAndDir))?;
+            for output in &outputs {
+                save(output, secret.as_bytes(), sync(Sync::File))?;
+            }
+            if fsync {
+                File::open(dir.join("out"))?.sync_all()?;
+            }
+            save(&state, &content, sync(Sync::File))?;
+            read(&state)?;
+            save(&state, &content, sync(Sync::File))?;
+            save(&dir.join("status.json"), &content, Sync::None)?;
+            let after = thread_cpu()?;
+            cpu += after - before;
+        }
+        figures.push(cpu.as_secs_f64() * 1000.0 / ROTATIONS as f64);
+    }
+    Ok(figures)
+}
+
+#[derive(PartialEq)]
+enum Sync {
+    None,
+    File,
+    FileAndDir,
+}
+
+/// A temp file beside `path` (0600, new), written, fsynced as told,
+/// renamed over `path`.
+fn save(path: &Path, content: &[u8], sync: Sync) -> Res<()> {
+    let dir = path.parent().ok_or("no parent")?;
+    let temp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().ok_or("no name")?.to_string_lossy()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(content)?;
+    if sync != Sync::None {
+        file.sync_all()?;
+    }
+    drop(file);
+    fs::rename(&temp, path)?;
+    if sync == Sync::FileAndDir {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Res<()> {
+    let mut buf = Vec::new();
+    File::open(path)?.read_to_end(&mut buf)?;
+    Ok(())
+}
+
+/// This thread's CPU time so far (its clock, in ns: `getrusage`'s user
+/// and system split is estimated from clock ticks, too coarse for a
+/// rotation's fraction of a millisecond).
+fn thread_cpu() -> Res<Duration> {
+    let clock = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+    Ok(Duration::new(clock.tv_sec() as u64, clock.tv_nsec() as u32))
+}
