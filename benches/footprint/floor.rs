@@ -1,8 +1,9 @@
-//! The file work of key rotations done alone, with no daemon: what the file
-//! system charges for the steps that keep a key from being lost and every
-//! output whole. Printed beside the daemon's rotation row for the same
-//! place, it splits that row into the platform's floor and the daemon's
-//! own cost (HTTP, parsing, hand-offs, wake-ups).
+//! The file work of key rotations, and of a 1000-credential start, done
+//! alone, with no daemon: what the file system charges for the steps that
+//! keep a key from being lost and every output whole. Printed beside the
+//! daemon's row for the same place, it splits that row into the
+//! platform's floor and the daemon's own cost (HTTP, parsing, hand-offs,
+//! wake-ups).
 //!
 //! One rotation here is what `strace` shows the daemon doing (see
 //! docs/performance.md): the key state read; saved (a temp file written
@@ -16,13 +17,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 
 use crate::Res;
 use crate::measure::fs_of;
-use crate::report::Row;
+use crate::report::{Row, Stats};
 
 /// Rotations per run and runs: about 2 s of file work on a slow disk.
 const ROTATIONS: usize = 40;
@@ -98,6 +99,58 @@ fn runs(dir: &Path, fsync: bool) -> Res<Vec<f64>> {
         figures.push(cpu.as_secs_f64() * 1000.0 / ROTATIONS as f64);
     }
     Ok(figures)
+}
+
+/// The files of a start with `credentials` login-token credentials with
+/// one output each, made one after another in `place`, `runs` times: per
+/// credential its login record (`tokens/`, not fsynced) and its output
+/// (fsynced, renamed, the directory fsynced: the daemon's group commit
+/// shares few of those fsyncs, about 860 of 1000 are its own). Wall time
+/// and CPU; each run's files are removed after the last run, as the
+/// daemon's are (deleting just before making costs more on ext4 without a
+/// journal).
+pub(crate) fn start_files(place: &Path, credentials: usize, runs: usize) -> Res<Row> {
+    let dirs: Vec<PathBuf> = (0..runs)
+        .map(|run| place.join(format!("tokend-floor-{}-{run}", std::process::id())))
+        .collect();
+    let result = dirs
+        .iter()
+        .map(|dir| one_start(dir, credentials))
+        .collect::<Res<Vec<_>>>();
+    for dir in &dirs {
+        let _ = fs::remove_dir_all(dir);
+    }
+    let (wall, cpu): (Vec<Duration>, Vec<Duration>) = result?.into_iter().unzip();
+    Ok(Row::new(
+        format!(
+            "the same start's files made alone, no daemon, one after another ({credentials} outputs \
+             fsynced with their directory, {credentials} login records), in {} ({})",
+            place.display(),
+            fs_of(place)
+        ),
+        "report",
+    )
+    .measured(format!(
+        "{} one after another (CPU {}): the file system's share of the daemon's CPU above; \
+         the daemon overlaps the fsyncs' waits on its blocking threads, so its time can be shorter",
+        Stats::of(wall).s(),
+        Stats::of(cpu).s()
+    ))
+    .report())
+}
+
+fn one_start(dir: &Path, credentials: usize) -> Res<(Duration, Duration)> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir.join("out"))?;
+    fs::create_dir_all(dir.join("state/tokens"))?;
+    let record = vec![b'r'; 120];
+    let token = vec![b't'; 300];
+    let (started, cpu) = (Instant::now(), thread_cpu()?);
+    for i in 0..credentials {
+        save(&dir.join(format!("state/tokens/c{i}.json")), &record, Sync::None)?;
+        save(&dir.join(format!("out/c{i}.token")), &token, Sync::FileAndDir)?;
+    }
+    Ok((started.elapsed(), thread_cpu()? - cpu))
 }
 
 #[derive(PartialEq)]
