@@ -36,7 +36,8 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Export CREDENTIAL's secret as VAR (and VAR_EXPIRES_AT); repeatable. Without it,
-    /// every credential is exported as VOIPBIN_TOKEN or VOIPBIN_API_KEY.
+    /// every credential is exported as VOIPBIN_TOKEN or VOIPBIN_API_KEY. VAR may not be
+    /// PATH, LD_* or GLIBC_TUNABLES (the loader prints what it cannot load), or a systemd one.
     #[arg(long = "env", value_name = "VAR=CREDENTIAL")]
     pub env: Vec<String>,
     /// What a changed secret does to the child: restart it, send it a signal, or nothing.

@@ -139,6 +139,9 @@ pub fn exports(env_flags: &[String], config: &Config) -> Result<Vec<Export>, Str
                 "--env {flag:?}: {variable:?} is not a variable name (letters, digits and _, not starting with a digit)"
             ));
         }
+        if let Some(why) = reserved_variable(variable) {
+            return Err(format!("--env {flag:?}: {variable} {why}; choose another name"));
+        }
         if !config.credentials.iter().any(|c| c.name == credential) {
             let known: Vec<&str> = config.credentials.iter().map(|c| c.name.as_str()).collect();
             return Err(format!(
@@ -160,6 +163,23 @@ pub fn exports(env_flags: &[String], config: &Config) -> Result<Vec<Export>, Str
         });
     }
     Ok(exports)
+}
+
+/// Why a secret may not go under `name`, if it may not: the names the
+/// system reads in every program, before or around the program itself.
+/// The dynamic loader prints what it cannot load (`LD_PRELOAD=<the key>`
+/// would write the key to the child's stderr, that is the journal), and
+/// the daemon keeps the systemd variables for itself.
+fn reserved_variable(name: &str) -> Option<&'static str> {
+    if name.starts_with("LD_") || name == "GLIBC_TUNABLES" {
+        Some("is read by the dynamic loader, which prints a value it cannot use to the child's stderr")
+    } else if name == "PATH" {
+        Some("is where the child finds programs")
+    } else if ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"].contains(&name) {
+        Some("is the service manager's, and never reaches the child")
+    } else {
+        None
+    }
 }
 
 fn valid_variable(name: &str) -> bool {
@@ -389,6 +409,19 @@ path = "/run/t/b"
             let err = exports(&flags, &c).unwrap_err();
             assert!(err.starts_with("--env"), "{bad}: {err}");
         }
+        // Names the loader, the command lookup or systemd read: a secret
+        // there would be printed or lost.
+        for reserved in [
+            "LD_PRELOAD=a",
+            "LD_LIBRARY_PATH=a",
+            "GLIBC_TUNABLES=a",
+            "PATH=a",
+            "NOTIFY_SOCKET=a",
+        ] {
+            let err = exports(&[reserved.to_string()], &c).unwrap_err();
+            assert!(err.contains("choose another name"), "{reserved}: {err}");
+        }
+        assert!(exports(&["OLD_PATH=a".into(), "VN_LD_X=b".into()], &c).is_ok());
         // A name and another's _EXPIRES_AT would collide.
         assert!(exports(&["A=a".into(), "A_EXPIRES_AT=b".into()], &c).is_err());
     }

@@ -105,6 +105,23 @@ fn bad_env_flags_are_config_errors_78_naming_env() {
         &[78],
         &["--env", "nope"],
     );
+    // Names the dynamic loader or systemd read: the loader would print a
+    // secret it cannot load to the child's stderr (the journal).
+    for reserved in [
+        "LD_PRELOAD=main",
+        "LD_LIBRARY_PATH=main",
+        "PATH=main",
+        "NOTIFY_SOCKET=main",
+    ] {
+        let name = reserved.split('=').next().unwrap();
+        refused(
+            &s,
+            &e,
+            &["--env", reserved, "--", &child],
+            &[78],
+            &["--env", name, "choose another name"],
+        );
+    }
     // No '=' at all: a usage error or a config error, naming --env either way.
     refused(
         &s,
