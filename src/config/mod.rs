@@ -22,6 +22,7 @@
 
 mod credential;
 mod model;
+mod names;
 mod output;
 mod paths;
 mod proxy;
@@ -39,6 +40,7 @@ pub use model::{
     DEFAULT_SOCKET_MODE, HealthConfig, Kind, Listen, Login, MIN_KEY_LIFETIME, OutputConfig, Owner,
     ProxyConfig, RenewalPolicy,
 };
+pub use names::{is_env_name, reserved_for_a_secret};
 pub use paths::{same_input, same_key_source};
 pub use proxy::MAX_SOCKET_PATH;
 pub use validate::{read_ca_file, read_ca_file_der};

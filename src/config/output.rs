@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::model::{ConfigError, OutputConfig, Owner};
+use super::names::{is_env_name, reserved_for_a_secret};
 use super::raw::RawOutput;
 use super::validate::Validator;
 use crate::output::Format;
@@ -75,6 +76,12 @@ impl Validator<'_> {
                 return Err(self.err(
                     &key("variable"),
                     format!("{v:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+                ));
+            }
+            Some(v) if let Some(why) = reserved_for_a_secret(&v) => {
+                return Err(self.err(
+                    &key("variable"),
+                    format!("{v} {why}: no secret may go under it; choose another name"),
                 ));
             }
             v => v,
@@ -235,11 +242,6 @@ impl Validator<'_> {
     }
 }
 
-fn is_env_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
 /// True if this process holds CAP_CHOWN (Linux: bit 0 of CapEff).
 fn has_cap_chown() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

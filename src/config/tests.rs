@@ -248,6 +248,12 @@ fn output_options_are_checked() {
         k("format = \"env\"\nvariable = \"1X\""),
         "credential[main].output[0].variable"
     );
+    for reserved in ["LD_PRELOAD", "PATH"] {
+        assert_eq!(
+            k(&format!("format = \"shell\"\nvariable = \"{reserved}\"")),
+            "credential[main].output[0].variable"
+        );
+    }
     assert_eq!(k("format = \"template\""), "credential[main].output[0].template");
     assert_eq!(
         k("format = \"template\"\ntemplate = \"{nope}\""),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::config::{Config, CredentialConfig};
+use crate::config::{Config, CredentialConfig, is_env_name, reserved_for_a_secret};
 use crate::export::Exported;
 use crate::secret::PasswordSource;
 
@@ -134,12 +134,12 @@ pub fn exports(env_flags: &[String], config: &Config) -> Result<Vec<Export>, Str
         let Some((variable, credential)) = flag.split_once('=') else {
             return Err(format!("--env {flag:?}: expected VAR=CREDENTIAL"));
         };
-        if !valid_variable(variable) {
+        if !is_env_name(variable) {
             return Err(format!(
                 "--env {flag:?}: {variable:?} is not a variable name (letters, digits and _, not starting with a digit)"
             ));
         }
-        if let Some(why) = reserved_variable(variable) {
+        if let Some(why) = reserved_for_a_secret(variable) {
             return Err(format!("--env {flag:?}: {variable} {why}; choose another name"));
         }
         if !config.credentials.iter().any(|c| c.name == credential) {
@@ -163,29 +163,6 @@ pub fn exports(env_flags: &[String], config: &Config) -> Result<Vec<Export>, Str
         });
     }
     Ok(exports)
-}
-
-/// Why a secret may not go under `name`, if it may not: the names the
-/// system reads in every program, before or around the program itself.
-/// The dynamic loader prints what it cannot load (`LD_PRELOAD=<the key>`
-/// would write the key to the child's stderr, that is the journal), and
-/// the daemon keeps the systemd variables for itself.
-fn reserved_variable(name: &str) -> Option<&'static str> {
-    if name.starts_with("LD_") || name == "GLIBC_TUNABLES" {
-        Some("is read by the dynamic loader, which prints a value it cannot use to the child's stderr")
-    } else if name == "PATH" {
-        Some("is where the child finds programs")
-    } else if ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"].contains(&name) {
-        Some("is the service manager's, and never reaches the child")
-    } else {
-        None
-    }
-}
-
-fn valid_variable(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A reloaded config must still have every exported credential, of the
