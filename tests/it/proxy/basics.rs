@@ -170,10 +170,10 @@ fn a_reload_keeps_an_unchanged_listener_and_its_keep_alive_connection() {
     stop(&mut d, nix::sys::signal::Signal::SIGTERM);
 }
 
-#[test]
-fn status_shows_each_proxy_and_metrics_count_its_requests() {
-    let s = standin(Duration::from_secs(3600));
-    let t = TestDir::new();
+/// A token credential "main" with a proxy and a `[health]` port (for
+/// `/metrics`), both on free loopback ports; returned once the proxy
+/// serves: the daemon, the proxy's address and the health port's.
+fn token_proxy_with_health(s: &StandIn, t: &TestDir) -> (Daemon, SocketAddr, SocketAddr) {
     let addr = free_port();
     let health = free_port();
     t.write_config(
@@ -184,10 +184,18 @@ fn status_shows_each_proxy_and_metrics_count_its_requests() {
             proxy(&addr.to_string(), "main", "")
         ),
     );
-    let d = daemon_with(&t, "info", &[]);
+    let d = daemon_with(t, "info", &[]);
     wait_listening(addr, &d);
     wait_file(&t.path("main.token"), WAIT, || d.log());
     wait_ready(addr, &d);
+    (d, addr, health)
+}
+
+#[test]
+fn status_shows_each_proxy_and_metrics_count_its_requests() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let (_d, addr, health) = token_proxy_with_health(&s, &t);
     let served = |metrics: &str| -> u64 {
         metrics
             .lines()
@@ -246,20 +254,7 @@ fn connections_over_the_limit_are_closed_counted_and_logged_once_not_each() {
     use std::io::Read;
     let s = standin(Duration::from_secs(3600));
     let t = TestDir::new();
-    let addr = free_port();
-    let health = free_port();
-    t.write_config(
-        &s.base_url(),
-        &format!(
-            "[health]\nlisten = \"{health}\"\n\n{}{}",
-            cred("main", USER, "password", "", &output("main.token", "raw")),
-            proxy(&addr.to_string(), "main", "")
-        ),
-    );
-    let d = daemon_with(&t, "info", &[]);
-    wait_listening(addr, &d);
-    wait_file(&t.path("main.token"), WAIT, || d.log());
-    wait_ready(addr, &d);
+    let (d, addr, health) = token_proxy_with_health(&s, &t);
     // A client that leaks connections: 512 (the limit) left open, idle
     // after one request each (answered, so each surely holds its slot: a
     // connect alone may wait in the kernel's queue, unaccepted).
