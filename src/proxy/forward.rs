@@ -18,7 +18,7 @@ use url::Url;
 
 use super::rewrite::{self, Credential, Refused};
 pub use super::upstream::{BoxError, ProxyBody};
-use super::upstream::{Upstream, UpstreamError};
+use super::upstream::{Stalled, Timed, Upstream, UpstreamError};
 use crate::export::Exported;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -47,6 +47,9 @@ pub struct Route {
     /// Asks the credential to renew now (a 401 seen with its secret).
     pub renew: Arc<dyn Fn() + Send + Sync>,
     pub client: Arc<Upstream>,
+    /// A client's request body that sends nothing for this long is cut
+    /// (408): a stalled upload does not hold its connection's slot busy.
+    pub client_idle: Duration,
     /// The secret a renewal was last asked for: one request per refused
     /// secret, however many requests saw it refused.
     pub renewal_asked_for: Arc<Mutex<Option<Secret>>>,
@@ -92,13 +95,20 @@ pub async fn handle(route: &Route, mut request: Request<Incoming>) -> Response<P
     let response = if let Some(client_side) = client_side {
         upgrade(route, &parts, &path, &sent_with.secret, client_side).await
     } else {
+        let body = Timed::new(
+            body,
+            route.client_idle,
+            "the client stopped sending its request body",
+        );
         let (first, kept) = match read_body(body).await {
             Ok(body) => body,
             Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cannot read the request body: {e}"),
-                );
+                let status = if e.is::<Stalled>() {
+                    StatusCode::REQUEST_TIMEOUT
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return error(status, &format!("cannot read the request body: {e}"));
             }
         };
         let mut answer = send(route, &parts, &path, &sent_with.secret, first).await;
@@ -295,7 +305,7 @@ fn empty() -> ProxyBody {
 /// The request body to send, and the same bytes kept for a replay if it
 /// ended within [`REPLAY_LIMIT`]; a larger one is what was read so far
 /// followed by the rest as it arrives (never buffered whole, no replay).
-async fn read_body(mut body: Incoming) -> Result<(ProxyBody, Option<Bytes>), hyper::Error> {
+async fn read_body(mut body: Timed) -> Result<(ProxyBody, Option<Bytes>), BoxError> {
     let mut head: VecDeque<Bytes> = VecDeque::new();
     let mut size = 0usize;
     while size <= REPLAY_LIMIT {
@@ -316,8 +326,7 @@ async fn read_body(mut body: Incoming) -> Result<(ProxyBody, Option<Bytes>), hyp
             }
         }
     }
-    let rest = Chain { head, rest: body }.map_err(|e| Box::new(e) as BoxError);
-    Ok((rest.boxed(), None))
+    Ok((Chain { head, rest: body }.boxed(), None))
 }
 
 /// Chunks already read, then a body: one body.

@@ -198,6 +198,7 @@ impl Proxies {
                     secret: w.secret.clone(),
                     renew: w.renew.clone(),
                     client: client.clone(),
+                    client_idle: serve::IDLE,
                     renewal_asked_for: asked.clone(),
                     served: served.clone(),
                     metrics: self.metrics.clone(),

@@ -22,6 +22,45 @@ fn exported(secret: &str) -> Option<Exported> {
     })
 }
 
+/// A route to `base_url` with the secrets of `secret` (and `renew`), and
+/// a client body idle limit of `client_idle`.
+fn route(
+    base_url: &str,
+    is_key: bool,
+    secret: watch::Receiver<Option<Exported>>,
+    renew: Arc<dyn Fn() + Send + Sync>,
+    client_idle: Duration,
+) -> Arc<Route> {
+    let cfg = crate::config::Config::parse(
+        &format!("[api]\nbase-url = \"{base_url}\"\n[[credential]]\nname = \"k\"\nusername = \"u@example.com\"\npassword = \"p\"\n[[credential.output]]\npath = \"/nonexistent/x\"\n"),
+        std::path::Path::new("/etc/t/config.toml"),
+    )
+    .unwrap();
+    Arc::new(Route {
+        credential: "k".into(),
+        is_key,
+        base_url: base_url.parse().unwrap(),
+        origin: forward::origin_of(&base_url.parse().unwrap()).unwrap(),
+        secret,
+        renew,
+        client: Arc::new(super::upstream::Upstream::new(&cfg.api).unwrap()),
+        client_idle,
+        renewal_asked_for: Arc::new(Mutex::new(None)),
+        served: Default::default(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
+    })
+}
+
+/// Serves `route` on a loopback port until `cancel`.
+fn listen(route: Arc<Route>, cancel: &CancellationToken) -> std::net::SocketAddr {
+    let tcp = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let Listener::Tcp(std) = &tcp else { unreachable!() };
+    let addr = std.local_addr().unwrap();
+    let slots = Arc::new(serve::Slots::new(8));
+    tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
+    addr
+}
+
 #[test]
 fn a_refused_key_is_renewed_once_and_the_request_replayed() {
     let standin = StandIn::start(StandInOptions::default()).unwrap();
@@ -41,34 +80,16 @@ fn a_refused_key_is_renewed_once_and_the_request_replayed() {
                 tx.send_replace(exported(&good));
             })
         };
-        let cfg = crate::config::Config::parse(
-            &format!("[api]\nbase-url = \"{}\"\n[[credential]]\nname = \"k\"\nusername = \"u@example.com\"\npassword = \"p\"\n[[credential.output]]\npath = \"/nonexistent/x\"\n", standin.base_url()),
-            std::path::Path::new("/etc/t/config.toml"),
-        )
-        .unwrap();
-        let route = Arc::new(Route {
-            credential: "k".into(),
-            is_key: true,
-            base_url: standin.base_url().parse().unwrap(),
-            origin: forward::origin_of(&standin.base_url().parse().unwrap()).unwrap(),
-            secret: rx,
-            renew,
-            client: Arc::new(super::upstream::Upstream::new(&cfg.api).unwrap()),
-            renewal_asked_for: Arc::new(Mutex::new(None)),
-            served: Default::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-        });
-        let tcp = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let Listener::Tcp(std) = &tcp else { unreachable!() };
-        let addr = std.local_addr().unwrap();
+        let route = route(&standin.base_url(), true, rx, renew, serve::IDLE);
         let cancel = CancellationToken::new();
-        let slots = Arc::new(serve::Slots::new(8));
-        tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
+        let addr = listen(route, &cancel);
         let client = reqwest::Client::new();
         let mut answers = Vec::new();
         for _ in 0..3 {
             let r = client
-                .get(format!("http://{addr}/v1.0/accesskeys?accesskey=vb_clientsownkey&page_size=5"))
+                .get(format!(
+                    "http://{addr}/v1.0/accesskeys?accesskey=vb_clientsownkey&page_size=5"
+                ))
                 .header("authorization", "Bearer client")
                 .timeout(Duration::from_secs(10))
                 .send();
@@ -77,7 +98,11 @@ fn a_refused_key_is_renewed_once_and_the_request_replayed() {
         for r in answers {
             assert_eq!(r.await.unwrap().status(), 200);
         }
-        assert_eq!(asked.load(Ordering::SeqCst), 1, "one renewal for every request that saw the key refused");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "one renewal for every request that saw the key refused"
+        );
         cancel.cancel();
     });
 }
@@ -141,29 +166,9 @@ fn a_websocket_upgrade_passes_through_with_the_daemons_token() {
     rt.block_on(async {
         let upstream = upgrading_upstream().await;
         let (_tx, rx) = watch::channel(exported("ey.daemon.token"));
-        let cfg = crate::config::Config::parse(
-            &format!("[api]\nbase-url = \"http://{upstream}\"\n[[credential]]\nname = \"t\"\nusername = \"u@example.com\"\npassword = \"p\"\n[[credential.output]]\npath = \"/nonexistent/x\"\n"),
-            std::path::Path::new("/etc/t/config.toml"),
-        )
-        .unwrap();
-        let route = Arc::new(Route {
-            credential: "t".into(),
-            is_key: false,
-            base_url: format!("http://{upstream}").parse().unwrap(),
-            origin: forward::origin_of(&format!("http://{upstream}").parse().unwrap()).unwrap(),
-            secret: rx,
-            renew: Arc::new(|| {}),
-            client: Arc::new(super::upstream::Upstream::new(&cfg.api).unwrap()),
-            renewal_asked_for: Arc::new(Mutex::new(None)),
-            served: Default::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-        });
-        let tcp = Listener::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let Listener::Tcp(std) = &tcp else { unreachable!() };
-        let addr = std.local_addr().unwrap();
+        let route = route(&format!("http://{upstream}"), false, rx, Arc::new(|| {}), serve::IDLE);
         let cancel = CancellationToken::new();
-        let slots = Arc::new(serve::Slots::new(8));
-        tokio::spawn(serve::serve(tcp, route, slots, cancel.clone()));
+        let addr = listen(route, &cancel);
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /v1.0/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nAuthorization: Bearer client\r\n\r\n")
             .await
@@ -180,6 +185,49 @@ fn a_websocket_upgrade_passes_through_with_the_daemons_token() {
         let mut echo = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
         assert_eq!(&echo, b"ping");
+        cancel.cancel();
+    });
+}
+
+#[test]
+fn an_upload_that_stops_is_cut_with_408_and_the_connection_freed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Nothing listens at the API: the body is read before it is sent.
+        let (_tx, rx) = watch::channel(exported("ey.daemon.token"));
+        let route = route(
+            "http://127.0.0.1:9",
+            false,
+            rx,
+            Arc::new(|| {}),
+            Duration::from_millis(300),
+        );
+        let cancel = CancellationToken::new();
+        let addr = listen(route, &cancel);
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /v1.0/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nsome")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .expect("the proxy answers and closes")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("the client stopped sending its request body"),
+            "{answer}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "cut after its idle time, not before"
+        );
         cancel.cancel();
     });
 }

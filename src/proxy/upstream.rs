@@ -119,11 +119,11 @@ impl Upstream {
         };
         let timeout = self.timeout;
         Ok(answer.map(|body| {
-            http_body_util::BodyExt::boxed(Timed {
-                inner: body,
+            http_body_util::BodyExt::boxed(Timed::new(
+                body,
                 timeout,
-                sleep: None,
-            })
+                "the VoIPBIN API stopped sending its answer",
+            ))
         }))
     }
 
@@ -185,14 +185,39 @@ impl Body for Progress {
     }
 }
 
-/// A body whose every wait for a frame is bounded by `timeout`. The timer
-/// is only armed when a frame is not ready at once (most small answers
-/// never arm it).
-struct Timed {
+/// A body whose every wait for a frame is bounded by `timeout`, then fails
+/// with [`Stalled`]. The timer is only armed when a frame is not ready at
+/// once (most small bodies never arm it).
+pub struct Timed {
     inner: Incoming,
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What [`Stalled`] says: who stopped sending what.
+    stopped: &'static str,
 }
+
+impl Timed {
+    pub fn new(inner: Incoming, timeout: Duration, stopped: &'static str) -> Timed {
+        Timed {
+            inner,
+            timeout,
+            sleep: None,
+            stopped,
+        }
+    }
+}
+
+/// A [`Timed`] body's error: nothing came for its timeout.
+#[derive(Debug)]
+pub struct Stalled(&'static str);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
 
 impl Body for Timed {
     type Data = Bytes;
@@ -213,9 +238,7 @@ impl Body for Timed {
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Some(Err("the VoIPBIN API stopped sending its answer".into())))
-                    }
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(self.stopped))))),
                     Poll::Pending => Poll::Pending,
                 }
             }

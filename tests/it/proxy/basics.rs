@@ -249,16 +249,20 @@ fn three_hundred_client_connections_are_served_at_once() {
     assert!(!d.log().contains("too many open"), "{}", d.log());
 }
 
-#[test]
-fn connections_over_the_limit_are_closed_counted_and_logged_once_not_each() {
-    use std::io::Read;
-    let s = standin(Duration::from_secs(3600));
-    let t = TestDir::new();
-    let (d, addr, health) = token_proxy_with_health(&s, &t);
-    // A client that leaks connections: 512 (the limit) left open, idle
-    // after one request each (answered, so each surely holds its slot: a
-    // connect alone may wait in the kernel's queue, unaccepted).
-    let held: Vec<_> = (0..512)
+/// The count in `voipbin_tokend_proxy_connections_refused_total` of the
+/// proxy of credential `main`.
+fn refused(metrics: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("voipbin_tokend_proxy_connections_refused_total{credential=\"main\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `n` connections to `addr`, each answered once (so each surely holds its
+/// slot: a connect alone may wait in the kernel's queue, unaccepted) and
+/// then left open, idle.
+fn idle_connections(addr: SocketAddr, n: usize, d: &Daemon) -> Vec<std::net::TcpStream> {
+    (0..n)
         .map(|i| {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -266,37 +270,92 @@ fn connections_over_the_limit_are_closed_counted_and_logged_once_not_each() {
             assert_eq!(status, 400, "connection {i}\n{}", d.log());
             c
         })
-        .collect();
-    // Each one more is closed unserved.
+        .collect()
+}
+
+/// Reads until the peer closes (true) or sends something (false).
+fn closed_by_peer(c: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    matches!(c.read(&mut buf), Ok(0))
+}
+
+/// `n` connections to `addr`, each with an upload in progress whose body
+/// (10 bytes) has not come: the proxy's "100 Continue" says it is reading
+/// it.
+fn busy_connections(addr: SocketAddr, n: usize, d: &Daemon) -> Vec<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    (0..n)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let head = format!(
+                "POST /v1.0/echo HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(b"\r\n\r\n") {
+                let n = c.read(&mut byte).unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
+                assert_eq!(n, 1, "connection {i} closed\n{}", d.log());
+                answer.push(byte[0]);
+            }
+            assert!(answer.starts_with(b"HTTP/1.1 100"), "connection {i}: {}", String::from_utf8_lossy(&answer));
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn at_the_limit_new_clients_take_the_place_of_connections_idle_30_s_and_else_are_refused() {
+    let s = standin(Duration::from_secs(3600));
+    let t = TestDir::new();
+    let (d, addr, health) = token_proxy_with_health(&s, &t);
+    // The limit (512) reached: 256 connections idle (a client that leaks
+    // keep-alive connections) and 256 with an upload in progress.
+    let mut idle = idle_connections(addr, 256, &d);
+    let mut busy = busy_connections(addr, 256, &d);
+    // Idle connections are kept 30 s at least: each one more is closed unserved.
     let extra = 100;
     for i in 0..extra {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 64];
-        let n = c
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
-        assert_eq!(n, 0, "connection {i} closed unserved");
+        assert!(
+            closed_by_peer(&mut c),
+            "connection {i} closed unserved\n{}",
+            d.log()
+        );
     }
-    let refused = |metrics: &str| -> Option<u64> {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("voipbin_tokend_proxy_connections_refused_total{credential=\"main\"} ")
-            })
-            .and_then(|v| v.trim().parse().ok())
-    };
     let (_, _, metrics) = get(health, "/metrics", "");
     assert_eq!(refused(&metrics), Some(extra), "{metrics}");
     // One warning for the burst (the next would come 10 s later), with its count.
     let log = d.log();
     assert_eq!(log.matches("proxy connections refused").count(), 1, "{log}");
-    // Once the leaked connections close, clients are served again.
-    drop(held);
-    let ok = voipbin_tokend_testkit::poll(WAIT, Duration::from_millis(50), || {
-        get(addr, "/v1.0/accesskeys", "").0 == 200
-    });
-    assert!(ok.is_some(), "served again\n{}", d.log());
+    let ask = format!("GET * HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    assert_eq!(
+        exchange(&mut idle[0], &ask).0,
+        400,
+        "the idle ones are kept\n{}",
+        d.log()
+    );
+    // Past 30 s idle, a new client takes the place of the one idle the
+    // longest; uploads in progress, however old, are never closed.
+    std::thread::sleep(Duration::from_secs(31));
+    for i in 0..20 {
+        let (status, _, body) = get(addr, "/v1.0/accesskeys", "");
+        assert_eq!(status, 200, "client {i}: {body}\n{}", d.log());
+    }
+    // (idle[0] answered a request above: idle[1] has been idle the longest.)
+    assert!(
+        closed_by_peer(&mut idle[1]),
+        "the connection idle the longest was closed"
+    );
+    for (i, c) in busy.iter_mut().enumerate().take(5) {
+        let (status, _, body) = exchange(c, "0123456789");
+        assert_eq!(status, 200, "upload {i}: {body}\n{}", d.log());
+    }
+    let (_, _, metrics) = get(health, "/metrics", "");
+    assert_eq!(refused(&metrics), Some(extra), "none refused since\n{metrics}");
 }
 
 #[test]
