@@ -425,7 +425,9 @@ impl KeySource {
     /// starts now, with a save of its own.
     pub async fn published(&mut self, ctx: &Ctx<'_>, now: OffsetDateTime, started: Option<GraceStarted>) {
         let Some(state) = self.state.as_mut() else { return };
-        let mut logged = false;
+        // When the grace started here ends (not the next deletion: a key
+        // replaced earlier may still wait for its own, earlier one).
+        let mut ends = None;
         if let Some(started) = started {
             let ids = started.ids;
             start_grace(state, self.cfg.grace, started.at, |id| {
@@ -434,15 +436,15 @@ impl KeySource {
             if let Err(e) = started.saved {
                 warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
             }
-            logged = true;
+            ends = Some(crate::schedule::after(started.at, self.cfg.grace));
         }
         if start_grace(state, self.cfg.grace, now, |id| ctx.in_use.holds(id)) {
             if let Err(e) = self.save_redoable(ctx).await {
                 warn!(error = %e, "cannot save the key state; the replaced key's deletion may be late");
             }
-            logged = true;
+            ends = Some(crate::schedule::after(now, self.cfg.grace));
         }
-        if logged && let Some(at) = self.state.as_ref().and_then(next_deletion) {
+        if let Some(at) = ends {
             info!(delete_at = %crate::token::rfc3339(at), "the replaced key will be deleted after the grace");
         }
     }

@@ -646,3 +646,36 @@ fn key_calls_obey_retry_after_and_back_off_on_server_errors_keeping_the_key() {
     assert!(!log.contains("BOOM"), "an error body is never logged");
     assert_no_keys(&log, &s);
 }
+
+#[test]
+fn each_rotation_logs_when_the_key_it_replaced_is_deleted_not_an_earlier_ones() {
+    let s = key_standin();
+    let t = TestDir::new();
+    let (_, boot) = bootstrap(&s, &t, 365);
+    t.write_config(
+        &s.base_url(),
+        &key_cred("", &output("mcp.env", "env")).replace("grace = \"1s\"", "grace = \"6s\""),
+    );
+    let d = t.daemon();
+    let k1 = wait_env_key(&t, "mcp.env", &[&boot], &d);
+    // A second rotation while the bootstrap key's grace still runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    d.signal(Signal::SIGUSR1);
+    wait_env_key(&t, "mcp.env", &[&boot, &k1], &d);
+    let graces = || -> Vec<String> {
+        d.log()
+            .lines()
+            .filter(|l| l.contains("will be deleted after the grace"))
+            .filter_map(|l| l.split("delete_at=").nth(1))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            .collect()
+    };
+    wait_for(WAIT, "two graces logged", || graces().len() == 2, || d.log());
+    let (first, second) = (&graces()[0], &graces()[1]);
+    // RFC 3339 in UTC, to the second: compared as text.
+    assert!(
+        second > first,
+        "the second rotation's key goes at {second}, after the bootstrap key ({first})\n{}",
+        d.log()
+    );
+}
